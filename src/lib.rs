@@ -1,0 +1,17 @@
+//! ZePo zero-shot portrait stylization on burn.
+//!
+//! Layout (dependencies point one way: `zepo` → `models`, `weights`):
+//! - [`weights`]: safetensors parsing (files, shards, streams) and the [`weights::VarBuilder`]
+//!   that hands tensors to model constructors by diffusers key name.
+//! - [`models`]: the Stable Diffusion 1.5 / LCM parts (CLIP, tokenizer, UNet, VAE), config
+//!   driven, knowing nothing of ZePo except that the UNet's self-attention accepts a controller.
+//! - [`zepo`]: the LCM scheduler and, on top, the ZePo pipeline.
+
+pub mod device;
+pub mod error;
+pub mod models;
+pub mod nn;
+pub mod weights;
+pub mod zepo;
+
+pub use error::{Error, Result};

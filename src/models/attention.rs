@@ -1,0 +1,134 @@
+//! diffusers' `Attention` (to_q / to_k / to_v / to_out.0), used by the UNet's transformer blocks
+//! (self- and cross-attention) and the VAE's mid-block, and the hook through which a caller
+//! may take over a UNet self-attention ([`AttentionController`]).
+
+use burn::nn::{GroupNorm, Linear};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::Tensor;
+
+use crate::nn::{group_norm, linear};
+use crate::weights::{VarBuilder, WeightsError};
+
+/// Multi-head scaled dot-product attention with diffusers' parameter names.
+#[derive(burn::module::Module, Debug)]
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `query_dim` → `heads × head_dim`, keys and values from `context_dim` (cross-attention)
+    /// or `query_dim` (self-attention). `qkv_bias`: the VAE's projections have biases, the
+    /// UNet's do not.
+    pub fn load(
+        vb: &VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, WeightsError> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: linear(&vb.pp("to_q"), query_dim, inner, qkv_bias)?,
+            to_k: linear(&vb.pp("to_k"), context_dim, inner, qkv_bias)?,
+            to_v: linear(&vb.pp("to_v"), context_dim, inner, qkv_bias)?,
+            to_out: linear(&vb.pp("to_out").pp(0), inner, query_dim, true)?,
+            heads,
+            head_dim,
+        })
+    }
+
+    /// `[B, N, heads·d]` → `[B, heads, N, d]`.
+    pub fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [b, n, _] = x.dims();
+        x.reshape([b, n, self.heads, self.head_dim]).swap_dims(1, 2)
+    }
+
+    /// `[B, heads, N, d]` → `[B, N, heads·d]`.
+    pub fn merge_heads(&self, x: Tensor<4>) -> Tensor<3> {
+        let [b, h, n, d] = x.dims();
+        x.swap_dims(1, 2).reshape([b, n, h * d])
+    }
+
+    /// softmax(q·kᵀ/√d)·v on `[B, N, heads·d]` projections, output `[B, N, heads·d]`
+    /// (before `to_out`). burn's fused kernel on wgpu never materialises the scores.
+    pub fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let out = attention(
+            self.split_heads(q),
+            self.split_heads(k),
+            self.split_heads(v),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
+        self.merge_heads(out)
+    }
+
+    /// Plain attention of `x` `[B, N, C]` over `context` (or itself), including `to_out`.
+    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
+        let context = context.unwrap_or_else(|| x.clone());
+        let q = self.to_q.forward(x);
+        let k = self.to_k.forward(context.clone());
+        let v = self.to_v.forward(context);
+        self.to_out.forward(self.attend(q, k, v))
+    }
+}
+
+/// The VAE mid-block's spatial self-attention: group norm, one head over all channels,
+/// residual connection.
+#[derive(burn::module::Module, Debug)]
+pub struct SpatialSelfAttention {
+    pub group_norm: GroupNorm,
+    pub attn: Attention,
+}
+
+impl SpatialSelfAttention {
+    pub fn load(vb: &VarBuilder, channels: usize, groups: usize, eps: f64) -> Result<Self, WeightsError> {
+        Ok(Self {
+            group_norm: group_norm(&vb.pp("group_norm"), groups, channels, eps)?,
+            attn: Attention::load(vb, channels, channels, 1, channels, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let hs = self.group_norm.forward(x.clone());
+        let hs = hs.reshape([b, c, h * w]).swap_dims(1, 2);
+        let out = self.attn.forward(hs, None);
+        let out = out.swap_dims(1, 2).reshape([b, c, h, w]);
+        out + x
+    }
+}
+
+/// What a UNet self-attention (`attn1`) hands to a controller.
+pub struct SelfAttentionCall<'a> {
+    /// Index among the UNet's self-attentions, in call order (down, mid, up).
+    pub layer: usize,
+    /// The attention module (its projections and head layout).
+    pub attn: &'a Attention,
+    /// The block's normed input `[B, N, C]`, N = `height·width`.
+    pub hidden: Tensor<3>,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Takes over UNet self-attentions. Return `Some(out)` (`[B, N, heads·d]`, before `to_out`)
+/// to replace a layer's attention, `None` to let it run as usual.
+pub trait AttentionController {
+    fn self_attention(&mut self, call: SelfAttentionCall<'_>) -> Option<Tensor<3>>;
+}
+
+/// The controller that controls nothing: every layer runs as usual.
+pub struct NoControl;
+
+impl AttentionController for NoControl {
+    fn self_attention(&mut self, _call: SelfAttentionCall<'_>) -> Option<Tensor<3>> {
+        None
+    }
+}

@@ -1,0 +1,19 @@
+//! Stable Diffusion 1.5 / LCM model parts, following diffusers' structure and parameter names.
+//! Every size comes from the part's `config.json`. Nothing here knows about ZePo, except that
+//! the UNet's self-attentions accept an [`attention::AttentionController`].
+
+pub mod attention;
+pub mod resnet;
+pub mod unet;
+
+/// Reads a part's `config.json` into its config type.
+pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> crate::Result<T> {
+    serde_json::from_str(text).map_err(|e| crate::Error::config(name, e))
+}
+
+/// Reads `path` and parses it as a config.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_config<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> crate::Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    parse_config(&text, &path.display().to_string())
+}

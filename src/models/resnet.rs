@@ -1,0 +1,101 @@
+//! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`, shared by the UNet and the VAE.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear, PaddingConfig2d};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::Tensor;
+
+use crate::nn::{conv2d, conv2d_padded, group_norm, linear, silu};
+use crate::weights::{VarBuilder, WeightsError};
+
+/// `ResnetBlock2D` (time_embedding_norm "default", output_scale_factor 1).
+#[derive(burn::module::Module, Debug)]
+pub struct ResnetBlock2D {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    /// Projection of the time embedding (UNet only; the VAE has none).
+    pub time_emb_proj: Option<Linear>,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    /// 1×1 convolution when the channel count changes.
+    pub conv_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock2D {
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        temb_channels: Option<usize>,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self, WeightsError> {
+        Ok(Self {
+            norm1: group_norm(&vb.pp("norm1"), groups, c_in, eps)?,
+            conv1: conv2d(&vb.pp("conv1"), c_in, c_out, 3, 1, 1)?,
+            time_emb_proj: temb_channels.map(|t| linear(&vb.pp("time_emb_proj"), t, c_out, true)).transpose()?,
+            norm2: group_norm(&vb.pp("norm2"), groups, c_out, eps)?,
+            conv2: conv2d(&vb.pp("conv2"), c_out, c_out, 3, 1, 1)?,
+            conv_shortcut: if c_in != c_out { Some(conv2d(&vb.pp("conv_shortcut"), c_in, c_out, 1, 1, 0)?) } else { None },
+        })
+    }
+
+    /// `temb`: `[B, temb_channels]` (the UNet's time embedding), or `None` in the VAE.
+    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
+        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(silu(temb.clone()));
+            let [b, c] = t.dims();
+            h = h + t.reshape([b, c, 1, 1]);
+        }
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let x = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        x + h
+    }
+}
+
+/// `Downsample2D` with a convolution: stride 2, padding 1 in the UNet; in the VAE padding 0
+/// after padding the right and bottom by one (diffusers pads `(0, 1, 0, 1)`).
+#[derive(burn::module::Module, Debug)]
+pub struct Downsample2D {
+    pub conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn load(vb: &VarBuilder, channels: usize, padding: usize) -> Result<Self, WeightsError> {
+        let pad = if padding == 0 {
+            PaddingConfig2d::Explicit(0, 0, 1, 1)
+        } else {
+            PaddingConfig2d::Explicit(padding, padding, padding, padding)
+        };
+        Ok(Self { conv: conv2d_padded(&vb.pp("conv"), channels, channels, 3, 2, pad)? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+/// `Upsample2D`: nearest ×2 (or to the skip connection's size), then a 3×3 convolution.
+#[derive(burn::module::Module, Debug)]
+pub struct Upsample2D {
+    pub conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn load(vb: &VarBuilder, channels: usize) -> Result<Self, WeightsError> {
+        Ok(Self { conv: conv2d(&vb.pp("conv"), channels, channels, 3, 1, 1)? })
+    }
+
+    /// `size`: the output's `[h, w]`; `None` doubles.
+    pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let size = size.unwrap_or([h * 2, w * 2]);
+        let x = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size));
+        self.conv.forward(x)
+    }
+}

@@ -1,0 +1,138 @@
+//! `Transformer2DModel` (conv proj_in/out) and its `BasicTransformerBlock`s: self-attention
+//! (the one an [`AttentionController`] may take over), cross-attention, GEGLU feed-forward.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear};
+use burn::tensor::Tensor;
+
+use crate::models::attention::{Attention, AttentionController, SelfAttentionCall};
+use crate::nn::{conv2d, gelu, group_norm, linear, LayerNorm};
+use crate::weights::{VarBuilder, WeightsError};
+
+/// GEGLU feed-forward: `net.0.proj` to 2×4·dim, `x·gelu(gate)`, `net.2` back to dim.
+#[derive(burn::module::Module, Debug)]
+pub struct FeedForward {
+    pub proj: Linear,
+    pub out: Linear,
+}
+
+impl FeedForward {
+    pub fn load(vb: &VarBuilder, dim: usize) -> Result<Self, WeightsError> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: linear(&vb.pp("net").pp(0).pp("proj"), dim, inner * 2, true)?,
+            out: linear(&vb.pp("net").pp(2), inner, dim, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.proj.forward(x);
+        let [hidden, gate] = h.chunk(2, 2).try_into().expect("two halves");
+        self.out.forward(hidden * gelu(gate))
+    }
+}
+
+/// `BasicTransformerBlock` (layer norms, self-attention, cross-attention, feed-forward).
+#[derive(burn::module::Module, Debug)]
+pub struct BasicTransformerBlock {
+    pub norm1: LayerNorm,
+    pub attn1: Attention,
+    pub norm2: LayerNorm,
+    pub attn2: Attention,
+    pub norm3: LayerNorm,
+    pub ff: FeedForward,
+    /// This block's index among the UNet's self-attentions, in call order.
+    pub self_attn_index: usize,
+}
+
+impl BasicTransformerBlock {
+    pub fn load(
+        vb: &VarBuilder,
+        dim: usize,
+        heads: usize,
+        cross_dim: usize,
+        self_attn_index: usize,
+    ) -> Result<Self, WeightsError> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            norm1: LayerNorm::load(&vb.pp("norm1"), dim, 1e-5)?,
+            attn1: Attention::load(&vb.pp("attn1"), dim, dim, heads, head_dim, false)?,
+            norm2: LayerNorm::load(&vb.pp("norm2"), dim, 1e-5)?,
+            attn2: Attention::load(&vb.pp("attn2"), dim, cross_dim, heads, head_dim, false)?,
+            norm3: LayerNorm::load(&vb.pp("norm3"), dim, 1e-5)?,
+            ff: FeedForward::load(&vb.pp("ff"), dim)?,
+            self_attn_index,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        context: &Tensor<3>,
+        hw: [usize; 2],
+        ctrl: &mut dyn AttentionController,
+    ) -> Tensor<3> {
+        let hidden = self.norm1.forward(x.clone());
+        let call = SelfAttentionCall {
+            layer: self.self_attn_index,
+            attn: &self.attn1,
+            hidden: hidden.clone(),
+            height: hw[0],
+            width: hw[1],
+        };
+        let attn = match ctrl.self_attention(call) {
+            Some(out) => self.attn1.to_out.forward(out),
+            None => self.attn1.forward(hidden, None),
+        };
+        let x = attn + x;
+        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context.clone())) + x;
+        self.ff.forward(self.norm3.forward(x.clone())) + x
+    }
+}
+
+/// `Transformer2DModel` with convolutional `proj_in` / `proj_out` (SD1.5).
+#[derive(burn::module::Module, Debug)]
+pub struct Transformer2DModel {
+    pub norm: GroupNorm,
+    pub proj_in: Conv2d,
+    pub transformer_blocks: Vec<BasicTransformerBlock>,
+    pub proj_out: Conv2d,
+}
+
+impl Transformer2DModel {
+    /// `next_self_attn`: the running self-attention counter, advanced by this model's blocks.
+    pub fn load(
+        vb: &VarBuilder,
+        channels: usize,
+        heads: usize,
+        layers: usize,
+        cross_dim: usize,
+        groups: usize,
+        next_self_attn: &mut usize,
+    ) -> Result<Self, WeightsError> {
+        let mut blocks = Vec::with_capacity(layers);
+        for k in 0..layers {
+            blocks.push(BasicTransformerBlock::load(&vb.pp("transformer_blocks").pp(k), channels, heads, cross_dim, *next_self_attn)?);
+            *next_self_attn += 1;
+        }
+        Ok(Self {
+            // diffusers hard-codes eps 1e-6 here, whatever the UNet's norm_eps.
+            norm: group_norm(&vb.pp("norm"), groups, channels, 1e-6)?,
+            proj_in: conv2d(&vb.pp("proj_in"), channels, channels, 1, 1, 0)?,
+            transformer_blocks: blocks,
+            proj_out: conv2d(&vb.pp("proj_out"), channels, channels, 1, 1, 0)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>, ctrl: &mut dyn AttentionController) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let residual = x.clone();
+        let hs = self.proj_in.forward(self.norm.forward(x));
+        let mut hs = hs.reshape([b, c, h * w]).swap_dims(1, 2);
+        for block in &self.transformer_blocks {
+            hs = block.forward(hs, context, [h, w], ctrl);
+        }
+        let hs = hs.swap_dims(1, 2).reshape([b, c, h, w]);
+        self.proj_out.forward(hs) + residual
+    }
+}

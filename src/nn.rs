@@ -1,0 +1,88 @@
+//! Layers built from checkpoint weights: burn's own `nn` modules, filled from a [`VarBuilder`]
+//! with PyTorch's layouts, without a random initialisation first.
+
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Embedding, GroupNorm, Linear, PaddingConfig2d};
+use burn::tensor::activation;
+use burn::tensor::Tensor;
+
+use crate::weights::{VarBuilder, WeightsError};
+
+type R<T> = Result<T, WeightsError>;
+
+/// `torch.nn.Linear(d_in, d_out, bias)`: weight `[d_out, d_in]`, kept transposed for burn.
+pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> R<Linear> {
+    let weight = vb.get("weight", [d_out, d_in])?.transpose();
+    let bias = if bias { Some(Param::from_tensor(vb.get("bias", [d_out])?)) } else { None };
+    Ok(Linear { weight: Param::from_tensor(weight), bias })
+}
+
+/// `torch.nn.Conv2d(c_in, c_out, k, stride, padding)` with a bias.
+pub fn conv2d(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> R<Conv2d> {
+    conv2d_padded(vb, c_in, c_out, kernel, stride, PaddingConfig2d::Explicit(padding, padding, padding, padding))
+}
+
+/// A convolution with explicit (possibly asymmetric) padding `(top, left, bottom, right)`.
+pub fn conv2d_padded(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: PaddingConfig2d) -> R<Conv2d> {
+    let weight = vb.get("weight", [c_out, c_in, kernel, kernel])?;
+    let bias = vb.get("bias", [c_out])?;
+    Ok(Conv2d {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
+        stride: [stride, stride],
+        kernel_size: [kernel, kernel],
+        dilation: [1, 1],
+        groups: 1,
+        padding,
+    })
+}
+
+/// `torch.nn.GroupNorm(groups, channels, eps, affine=True)`.
+pub fn group_norm(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> R<GroupNorm> {
+    Ok(GroupNorm {
+        gamma: Some(Param::from_tensor(vb.get("weight", [channels])?)),
+        beta: Some(Param::from_tensor(vb.get("bias", [channels])?)),
+        num_groups: groups,
+        num_channels: channels,
+        epsilon: eps,
+        affine: true,
+    })
+}
+
+/// `torch.nn.Embedding(n, d)`.
+pub fn embedding(vb: &VarBuilder, n: usize, d: usize) -> R<Embedding> {
+    Ok(Embedding { weight: Param::from_tensor(vb.get("weight", [n, d])?) })
+}
+
+/// `torch.nn.LayerNorm(d, eps)` over the last dimension.
+#[derive(burn::module::Module, Debug)]
+pub struct LayerNorm {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+    pub epsilon: f64,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &VarBuilder, d: usize, eps: f64) -> R<Self> {
+        Ok(Self {
+            gamma: Param::from_tensor(vb.get("weight", [d])?),
+            beta: Param::from_tensor(vb.get("bias", [d])?),
+            epsilon: eps,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.epsilon)
+    }
+}
+
+/// SiLU, as diffusers' `act_fn = "silu"`.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation::silu(x)
+}
+
+/// GELU with the exact erf form (PyTorch's default `approximate="none"`).
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation::gelu(x)
+}

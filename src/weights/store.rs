@@ -1,0 +1,324 @@
+//! [`VarStore`]: the tensors of one model part, uploaded to the device as they are read;
+//! [`VarBuilder`]: a prefixed view that model constructors take their weights from by diffusers
+//! key, with the expected shape, so that a missing or mis-shaped key is an error naming it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use super::safetensors::{Dtype, TensorEntry};
+use super::WeightsError;
+
+/// How weights are turned into device tensors.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The compute dtype: `DType::F32` or `DType::F16`; stored weights are cast to it.
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32 }
+    }
+}
+
+struct Stored {
+    flat: Tensor<1>,
+    shape: Vec<usize>,
+}
+
+enum Source {
+    Loaded(HashMap<String, Stored>),
+    /// Deterministic random weights (benchmarks and memory checks on full-size configs).
+    Random { seed: u64 },
+}
+
+/// The tensors of one model part on one device.
+pub struct VarStore {
+    device: Device,
+    dtype: DType,
+    source: Source,
+    name: String,
+    used: BTreeSet<String>,
+    /// Keys a checkpoint may carry that no module needs (e.g. CLIP's `position_ids` buffer).
+    ignorable: Vec<String>,
+    /// Where each key came from, to report duplicates across shards.
+    origin: HashMap<String, String>,
+}
+
+impl VarStore {
+    /// An empty store; fill it with [`VarStore::insert`].
+    pub fn new(device: &Device, options: &LoadOptions, name: impl Into<String>) -> Self {
+        Self {
+            device: device.clone(),
+            dtype: options.dtype,
+            source: Source::Loaded(HashMap::new()),
+            name: name.into(),
+            used: BTreeSet::new(),
+            ignorable: Vec::new(),
+            origin: HashMap::new(),
+        }
+    }
+
+    /// A store that makes up weights of whatever shape is asked, from `seed`.
+    pub fn random(device: &Device, options: &LoadOptions, seed: u64) -> Self {
+        let mut store = Self::new(device, options, "random weights");
+        store.source = Source::Random { seed };
+        store
+    }
+
+    /// Number of tensors held.
+    pub fn len(&self) -> usize {
+        match &self.source {
+            Source::Loaded(m) => m.len(),
+            Source::Random { .. } => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes one tensor's raw bytes, casts it to the compute dtype and uploads it.
+    /// Non-float tensors (integer buffers) are kept aside: a module never asks for one, and
+    /// they are reported as unexpected only if not declared ignorable.
+    pub fn insert(&mut self, entry: &TensorEntry, bytes: &[u8], origin: &str) -> Result<(), WeightsError> {
+        let Source::Loaded(map) = &mut self.source else { return Ok(()) };
+        if let Some(first) = self.origin.get(&entry.name) {
+            return Err(WeightsError::Duplicate {
+                key: entry.name.clone(),
+                first: first.clone(),
+                second: origin.to_string(),
+            });
+        }
+        self.origin.insert(entry.name.clone(), origin.to_string());
+        let numel: usize = entry.shape.iter().product();
+        let data = if entry.dtype.is_float() {
+            decode_float(entry.dtype, bytes, numel, self.dtype)
+        } else {
+            // Keep a placeholder so that `finish` can report it unless it is ignorable.
+            TensorData::new(vec![0f32; 0], [0])
+        };
+        let flat = Tensor::<1>::from_data(data, (&self.device, self.dtype));
+        map.insert(entry.name.clone(), Stored { flat, shape: entry.shape.clone() });
+        Ok(())
+    }
+
+    /// Declares keys (exact names) that may be present and need not be used.
+    pub fn ignore(&mut self, key: impl Into<String>) {
+        self.ignorable.push(key.into());
+    }
+
+    /// A builder at the root of this store. The store is shared: call [`VarStore::finish`]
+    /// through [`VarBuilder::finish`] once the model is built.
+    pub fn into_builder(self) -> VarBuilder {
+        VarBuilder { store: Rc::new(RefCell::new(self)), prefix: String::new() }
+    }
+
+    fn take<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<D>, WeightsError> {
+        match &self.source {
+            Source::Random { seed } => {
+                let seed = seed.wrapping_add(hash(key));
+                Ok(random_tensor(key, shape, seed, &self.device, self.dtype))
+            }
+            Source::Loaded(map) => {
+                let stored = map.get(key).ok_or_else(|| WeightsError::Missing {
+                    key: key.to_string(),
+                    expected: shape.to_vec(),
+                    source_name: self.name.clone(),
+                })?;
+                if stored.shape != shape {
+                    return Err(WeightsError::Shape {
+                        key: key.to_string(),
+                        expected: shape.to_vec(),
+                        found: stored.shape.clone(),
+                    });
+                }
+                if stored.flat.dims()[0] != shape.iter().product::<usize>() {
+                    return Err(WeightsError::Dtype { key: key.to_string(), dtype: "integer".into() });
+                }
+                self.used.insert(key.to_string());
+                Ok(stored.flat.clone().reshape(shape))
+            }
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        match &self.source {
+            Source::Loaded(map) => map.contains_key(key),
+            Source::Random { .. } => true,
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), WeightsError> {
+        let Source::Loaded(map) = &mut self.source else { return Ok(()) };
+        let mut unexpected: Vec<&String> = map
+            .keys()
+            .filter(|k| !self.used.contains(*k) && !self.ignorable.iter().any(|i| i == *k))
+            .collect();
+        unexpected.sort();
+        let result = if unexpected.is_empty() {
+            Ok(())
+        } else {
+            let shown: Vec<String> = unexpected.iter().take(8).map(|k| format!("`{k}`")).collect();
+            let more = unexpected.len().saturating_sub(8);
+            let keys = if more > 0 { format!("{} and {more} more", shown.join(", ")) } else { shown.join(", ") };
+            Err(WeightsError::Unexpected { source_name: self.name.clone(), keys })
+        };
+        map.clear();
+        result
+    }
+}
+
+/// A prefixed view on a [`VarStore`], cheap to clone, like diffusers' dotted module paths.
+#[derive(Clone)]
+pub struct VarBuilder {
+    store: Rc<RefCell<VarStore>>,
+    prefix: String,
+}
+
+impl VarBuilder {
+    /// The view one level down: `vb.pp("down_blocks").pp(0)` addresses `down_blocks.0.*`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) };
+        Self { store: self.store.clone(), prefix }
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
+    }
+
+    /// The tensor `prefix.name`, which must have exactly `shape`.
+    pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>, WeightsError> {
+        let key = self.key(name);
+        self.store.borrow_mut().take(&key, shape)
+    }
+
+    /// Whether `prefix.name` exists (optional weights such as a bias).
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.borrow().contains(&self.key(name))
+    }
+
+    pub fn device(&self) -> Device {
+        self.store.borrow().device.clone()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.store.borrow().dtype
+    }
+
+    /// Ends loading: every stored tensor must have been used by the model (no unexpected keys).
+    /// Frees the store's references so the model holds the only copy of each weight.
+    pub fn finish(self) -> Result<(), WeightsError> {
+        self.store.borrow_mut().finish()
+    }
+}
+
+fn decode_float(dtype: Dtype, bytes: &[u8], numel: usize, target: DType) -> TensorData {
+    use half::{bf16, f16};
+    let as_f32 = || -> Vec<f32> {
+        match dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            _ => unreachable!("checked by the caller"),
+        }
+    };
+    match target {
+        DType::F16 => {
+            let v: Vec<f16> = if dtype == Dtype::F16 {
+                bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()
+            } else {
+                as_f32().into_iter().map(f16::from_f32).collect()
+            };
+            TensorData::new(v, [numel])
+        }
+        _ => TensorData::new(as_f32(), [numel]),
+    }
+}
+
+fn hash(key: &str) -> u64 {
+    // FNV-1a: stable across runs and platforms, unlike std's hasher.
+    key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+fn random_tensor<const D: usize>(key: &str, shape: [usize; D], seed: u64, device: &Device, dtype: DType) -> Tensor<D> {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let numel: usize = shape.iter().product();
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Fan-in scaled weights keep activations finite through a deep random network; 1-D
+    // `weight`s are norm scales, kept near one.
+    let fan_in: usize = if D > 1 { shape[1..].iter().product() } else { 1 };
+    let (mean, std) = if D == 1 && key.ends_with("weight") {
+        (1.0, 0.1)
+    } else if D == 1 {
+        (0.0, 0.02)
+    } else {
+        (0.0, 1.0 / (fan_in as f32).sqrt())
+    };
+    let values: Vec<f32> = (0..numel)
+        .map(|_| {
+            // Box-Muller from two uniforms: rand's normal distribution lives in rand_distr.
+            let u1: f32 = rng.random::<f32>().max(1e-7);
+            let u2: f32 = rng.random::<f32>();
+            mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+        })
+        .collect();
+    Tensor::<D>::from_data(TensorData::new(values, shape), (device, dtype))
+}
+
+/// Loads one part of a diffusers checkpoint directory (`dir/<part>/<stem>.safetensors`, or its
+/// sharded `.safetensors.index.json`, or the `.fp16` variant) into a [`VarStore`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_dir_part(
+    dir: &std::path::Path,
+    part: &str,
+    stem: &str,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<VarStore, WeightsError> {
+    use super::safetensors::SafetensorsBytes;
+    let part_dir = dir.join(part);
+    let single = part_dir.join(format!("{stem}.safetensors"));
+    let index = part_dir.join(format!("{stem}.safetensors.index.json"));
+    let fp16 = part_dir.join(format!("{stem}.fp16.safetensors"));
+    let io = |file: &std::path::Path, source| WeightsError::Io { file: file.display().to_string(), source };
+
+    let files: Vec<std::path::PathBuf> = if single.exists() {
+        vec![single]
+    } else if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| io(&index, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| WeightsError::Corrupt {
+            file: index.display().to_string(),
+            reason: format!("not JSON: {e}"),
+        })?;
+        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| WeightsError::Corrupt {
+            file: index.display().to_string(),
+            reason: "no `weight_map` object".into(),
+        })?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        shards.into_iter().map(|s| part_dir.join(s)).collect()
+    } else if fp16.exists() {
+        vec![fp16]
+    } else {
+        return Err(io(
+            &single,
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {stem}.safetensors (or sharded index) in {}", part_dir.display())),
+        ));
+    };
+
+    let mut store = VarStore::new(device, options, part_dir.display().to_string());
+    for path in files {
+        let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
+        // SAFETY: the map is read-only and the file is not modified while we read it.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io(&path, e))?;
+        let st = SafetensorsBytes::new(map, path.display().to_string())?;
+        for (entry, bytes) in st.tensors() {
+            store.insert(entry, bytes, st.name())?;
+        }
+    }
+    Ok(store)
+}

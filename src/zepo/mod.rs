@@ -1,0 +1,1 @@
+//! ZePo: the LCM scheduler, attention control, token merging, feature cache and pipeline.

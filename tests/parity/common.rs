@@ -1,0 +1,130 @@
+//! Fixture loading and tolerance checks shared by the parity tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use zepo::weights::{Dtype, SafetensorsBytes};
+
+/// `tests/fixtures/<rel>`.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// The tiny LCM model in diffusers layout (`weights/tiny-lcm`).
+pub fn tiny_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-lcm")
+}
+
+/// Devices the parity tests run on: the CPU backend always; wgpu too when `ZEPO_TEST_WGPU=1`
+/// (lavapipe in CI).
+pub fn devices() -> Vec<(&'static str, Device)> {
+    let mut out = vec![("cpu", zepo::device::device(zepo::device::Backend::Cpu).unwrap())];
+    if std::env::var("ZEPO_TEST_WGPU").map(|v| v == "1").unwrap_or(false) {
+        out.push(("wgpu", zepo::device::device(zepo::device::Backend::Wgpu).expect("ZEPO_TEST_WGPU=1 but no wgpu adapter")));
+    }
+    out
+}
+
+/// A reference safetensors file, every tensor decoded to f32 (floats) or i64 (integers).
+pub struct Fixture {
+    tensors: HashMap<String, (Vec<usize>, Values)>,
+}
+
+enum Values {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+impl Fixture {
+    pub fn load(rel: &str) -> Self {
+        let path = fixture(rel);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = SafetensorsBytes::new(bytes, rel).unwrap();
+        let mut tensors = HashMap::new();
+        for (entry, b) in st.tensors() {
+            let values = match entry.dtype {
+                Dtype::F32 => Values::F32(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+                Dtype::F64 => Values::F32(b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()),
+                Dtype::I64 => Values::I64(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+                Dtype::U8 => Values::I64(b.iter().map(|&v| v as i64).collect()),
+                other => panic!("fixture dtype {other:?}"),
+            };
+            tensors.insert(entry.name.clone(), (entry.shape.clone(), values));
+        }
+        Self { tensors }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<_> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        self.entry(name).0.clone()
+    }
+
+    fn entry(&self, name: &str) -> &(Vec<usize>, Values) {
+        self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no tensor `{name}`"))
+    }
+
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        match &self.entry(name).1 {
+            Values::F32(v) => v.clone(),
+            Values::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    pub fn i64(&self, name: &str) -> Vec<i64> {
+        match &self.entry(name).1 {
+            Values::I64(v) => v.clone(),
+            Values::F32(v) => v.iter().map(|&x| x as i64).collect(),
+        }
+    }
+
+    pub fn data(&self, name: &str) -> TensorData {
+        TensorData::new(self.f32(name), self.shape(name))
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        Tensor::from_data(self.data(name), device)
+    }
+
+    pub fn int_tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D, Int> {
+        Tensor::from_data(TensorData::new(self.i64(name), self.shape(name)), device)
+    }
+}
+
+/// Max abs error relative to the expected tensor's max magnitude; panics above `tol`.
+pub fn assert_close_rel(what: &str, actual: &[f32], expected: &[f32], tol: f32) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "{what}: {} values, expected {}", actual.len(), expected.len());
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let err = max_abs_diff(actual, expected);
+    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    assert!(err / scale <= tol, "{what}: max abs error {err:.3e} = {:.3e} of max |ref| {scale:.3e} > {tol:.0e}", err / scale);
+    err / scale
+}
+
+/// Max abs error; panics above `tol`.
+pub fn assert_close_abs(what: &str, actual: &[f32], expected: &[f32], tol: f32) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "{what}: {} values, expected {}", actual.len(), expected.len());
+    let err = max_abs_diff(actual, expected);
+    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    assert!(err <= tol, "{what}: max abs error {err:.3e} > {tol:.0e}");
+    err
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// A tensor's values as f32 on the host.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}

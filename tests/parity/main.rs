@@ -1,0 +1,4 @@
+//! Parity with the authors' PyTorch stack (`tests/fixtures`, copied from the shared oracle):
+//! one test binary, one module per model part.
+
+mod common;
