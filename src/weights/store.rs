@@ -253,11 +253,11 @@ fn random_tensor<const D: usize>(key: &str, shape: [usize; D], seed: u64, device
     // `weight`s are norm scales, kept near one.
     let fan_in: usize = if D > 1 { shape[1..].iter().product() } else { 1 };
     let (mean, std) = if D == 1 && key.ends_with("weight") {
-        (1.0, 0.1)
+        (1.0f32, 0.1f32)
     } else if D == 1 {
         (0.0, 0.02)
     } else {
-        (0.0, 1.0 / (fan_in as f32).sqrt())
+        (0.0f32, 1.0 / (fan_in as f32).sqrt())
     };
     let values: Vec<f32> = (0..numel)
         .map(|_| {

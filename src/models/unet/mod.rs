@@ -50,6 +50,8 @@ impl UNet2DConditionModel {
             with_attention,
         };
         let mut counter = 0;
+        let conv_in = conv2d(&vb.pp("conv_in"), cfg.in_channels, boc[0], 3, 1, 1)?;
+        let time_embedding = TimestepEmbedding::load(&vb.pp("time_embedding"), boc[0], temb, cfg.time_cond_proj_dim)?;
 
         let mut down_blocks = Vec::with_capacity(n);
         let mut c_out = boc[0];
@@ -90,8 +92,8 @@ impl UNet2DConditionModel {
         }
 
         Ok(Self {
-            conv_in: conv2d(&vb.pp("conv_in"), cfg.in_channels, boc[0], 3, 1, 1)?,
-            time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), boc[0], temb, cfg.time_cond_proj_dim)?,
+            conv_in,
+            time_embedding,
             down_blocks,
             mid_block,
             up_blocks,

@@ -1,0 +1,151 @@
+//! `zepo bench`: full-size models with random weights (configs only), timed per part and per
+//! pipeline stage, per backend. Numbers, never assertions.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use clap::Args;
+use zepo::device::Backend;
+use zepo::zepo::image::RgbImage;
+use zepo::zepo::load::{load_scheduler, load_text, load_unet, load_vae, WeightSource};
+use zepo::zepo::noise::SeededNoise;
+use zepo::zepo::pipeline::{PromptEmbeddings, Style, Zepo};
+use zepo::zepo::progress::{Observer, Progress, Stage};
+use zepo::zepo::ZepoOptions;
+use zepo::{Error, Result};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model directory: only the config.json files are read (weights are random).
+    #[arg(long, default_value = "weights/lcm-dreamshaper-v7")]
+    config: PathBuf,
+    /// Backends, comma-separated.
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    backend: Vec<String>,
+    /// Image sizes, comma-separated.
+    #[arg(long, default_value = "256,512", value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Steps N of the pipeline runs, comma-separated (0: parts only).
+    #[arg(long, default_value = "2,4", value_delimiter = ',')]
+    steps: Vec<usize>,
+    /// Time each part this many times (after one warm-up) and report the best.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+}
+
+fn sync(device: &Device) -> Result<()> {
+    device.sync().map_err(|e| Error::Device(format!("{e:?}")))
+}
+
+/// Best time of `repeat` runs after one warm-up, in seconds.
+fn time<T>(device: &Device, repeat: usize, mut f: impl FnMut() -> T) -> Result<f64> {
+    let _ = f();
+    sync(device)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        let out = f();
+        sync(device)?;
+        drop(out);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn device_mib(device: &Device) -> Option<f64> {
+    device.memory_pool_usage().map(|u| u.bytes_reserved as f64 / (1 << 20) as f64)
+}
+
+fn random(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// Times every stage of a stylization through the observer.
+struct StageClock {
+    start: Instant,
+    last: Instant,
+    stages: Vec<(Stage, f64)>,
+    device: Device,
+}
+
+impl Observer for StageClock {
+    fn progress(&mut self, p: Progress) {
+        let _ = self.device.sync();
+        let now = Instant::now();
+        let dt = (now - self.last).as_secs_f64();
+        self.last = now;
+        match self.stages.last_mut() {
+            Some((s, t)) if *s == p.stage => *t += dt,
+            _ => self.stages.push((p.stage, dt)),
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let dir = &args.config;
+    println!("zepo bench: random weights, configs from {}", dir.display());
+    println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    for name in &args.backend {
+        let backend: Backend = name.parse()?;
+        let device = zepo::device::device(backend)?;
+        println!("\n== backend {name}");
+        let t = Instant::now();
+        let unet = load_unet(dir, &device, &Default::default(), WeightSource::Random(1))?;
+        let vae = load_vae(dir, &device, &Default::default(), WeightSource::Random(2))?;
+        let text = load_text(dir, &device, &Default::default(), WeightSource::Random(3))?;
+        sync(&device)?;
+        println!("build full-size models (random weights): {:.1} s", t.elapsed().as_secs_f64());
+        let model = Zepo::new(unet, vae, Some(text), load_scheduler(dir)?, device.clone());
+        let prompts: PromptEmbeddings = model.embed_prompts("face", "")?;
+        let ctx = prompts.cond.clone();
+
+        for &size in &args.sizes {
+            let lat = size / 8;
+            let x = random([1, 3, size, size], 1, &device);
+            let z = random([1, 4, lat, lat], 2, &device);
+            let unet_s = time(&device, args.repeat, || model.unet.forward(z.clone(), &[499.0], &ctx))?;
+            let enc_s = time(&device, args.repeat, || model.vae.encode(x.clone()).mean)?;
+            let dec_s = time(&device, args.repeat, || model.vae.decode(z.clone()))?;
+            println!(
+                "{size}²: UNet forward (1 image) {unet_s:.3} s | VAE encode {enc_s:.3} s | VAE decode {dec_s:.3} s | peak RSS {:.0} MiB{}",
+                peak_rss_mib().unwrap_or(f64::NAN),
+                device_mib(&device).map(|m| format!(" | device pool {m:.0} MiB")).unwrap_or_default()
+            );
+            for &n in args.steps.iter().filter(|&&n| n > 0) {
+                let opts = ZepoOptions { resolution: size, steps: n, ..Default::default() };
+                let img = |seed: u8| RgbImage::new(size, size, (0..size * size * 3).map(|i| (i as u8).wrapping_mul(seed)).collect()).unwrap();
+                let (content, style) = (img(3), img(7));
+                model.reset_counters();
+                let mut clock = StageClock { start: Instant::now(), last: Instant::now(), stages: vec![], device: device.clone() };
+                model.stylize(&content, Style::Image(&style), &opts, &prompts, &mut SeededNoise::new(0), &mut clock, None)?;
+                let total = clock.start.elapsed().as_secs_f64();
+                let c = model.counters();
+                let stages: Vec<String> = clock.stages.iter().map(|(s, t)| format!("{} {t:.2}", s.name())).collect();
+                println!(
+                    "{size}², N={n}: stylize {total:.2} s [{}] | UNet image-evaluations {} (reference {}) | VAE {} encodes, {} decodes (reference 3 + 3) | peak RSS {:.0} MiB",
+                    stages.join(", "),
+                    c.unet_evals,
+                    6 * n,
+                    c.vae_encodes,
+                    c.vae_decodes,
+                    peak_rss_mib().unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
+    Ok(())
+}

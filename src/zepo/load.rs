@@ -1,0 +1,78 @@
+//! Loading a whole diffusers model directory (natively) into a [`Zepo`] pipeline.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+
+use super::pipeline::{TextStack, Zepo};
+use super::scheduler::{LcmScheduler, LcmSchedulerConfig};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::read_config;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::weights::{load_dir_part, LoadOptions, VarStore};
+use crate::{Error, Result};
+
+/// Which weights to use: a checkpoint directory, or random weights for the configs in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightSource {
+    Checkpoint,
+    /// Deterministic random weights from this seed (benchmarks on full-size configs).
+    Random(u64),
+}
+
+fn store(dir: &Path, part: &str, stem: &str, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<VarStore> {
+    Ok(match src {
+        WeightSource::Checkpoint => load_dir_part(dir, part, stem, device, opts)?,
+        WeightSource::Random(seed) => VarStore::random(device, opts, seed),
+    })
+}
+
+/// The UNet of `dir/unet`.
+pub fn load_unet(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<UNet2DConditionModel> {
+    let cfg: UNetConfig = read_config(&dir.join("unet/config.json"))?;
+    cfg.validate().map_err(|e| Error::config(dir.join("unet/config.json").display(), e))?;
+    let vb = store(dir, "unet", "diffusion_pytorch_model", device, opts, src)?.into_builder();
+    let unet = UNet2DConditionModel::load(&vb, &cfg)?;
+    vb.finish()?;
+    Ok(unet)
+}
+
+/// The VAE of `dir/vae`.
+pub fn load_vae(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<AutoencoderKL> {
+    let cfg: VaeConfig = read_config(&dir.join("vae/config.json"))?;
+    let vb = store(dir, "vae", "diffusion_pytorch_model", device, opts, src)?.into_builder();
+    let vae = AutoencoderKL::load(&vb, &cfg)?;
+    vb.finish()?;
+    Ok(vae)
+}
+
+/// The tokenizer and text encoder of `dir/tokenizer`, `dir/text_encoder`.
+pub fn load_text(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<TextStack> {
+    let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+    let cfg: ClipTextConfig = read_config(&dir.join("text_encoder/config.json"))?;
+    let mut store = store(dir, "text_encoder", "model", device, opts, src)?;
+    store.ignore("text_model.embeddings.position_ids");
+    let vb = store.into_builder();
+    let encoder = ClipTextModel::load(&vb, &cfg)?;
+    vb.finish()?;
+    Ok(TextStack { tokenizer, encoder })
+}
+
+/// The scheduler of `dir/scheduler`.
+pub fn load_scheduler(dir: &Path) -> Result<LcmScheduler> {
+    let cfg: LcmSchedulerConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
+    Ok(LcmScheduler::new(&cfg))
+}
+
+/// Every part of a diffusers directory (`model_index.json` layout).
+pub fn load_dir(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<Zepo> {
+    if !dir.is_dir() {
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
+    }
+    let text = load_text(dir, device, opts, src)?;
+    let unet = load_unet(dir, device, opts, src)?;
+    let vae = load_vae(dir, device, opts, src)?;
+    Ok(Zepo::new(unet, vae, Some(text), load_scheduler(dir)?, device.clone()))
+}

@@ -1,0 +1,371 @@
+//! The ZePo pipeline: content portrait + style image → stylized portrait, as the authors'
+//! code computes it, without its waste:
+//! - the style and content branches run once (their latents, timestep and text are fixed),
+//!   their controlled layers' k/v are kept and reused at every step (4 + 2·N UNet image
+//!   evaluations instead of 6·N; a style's features serve any number of contents);
+//! - the content is VAE-encoded once (two posterior samples of one encoding) and only the
+//!   result is decoded.
+
+use std::cell::Cell;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::control::{ControlSpec, FeatureRecorder, ImageFeatures, ReferenceControl, StyleInjector};
+use super::image::{FloatImage, RgbImage};
+use super::noise::NoiseSource;
+use super::options::ZepoOptions;
+use super::progress::{Observer, Progress, Stage};
+use super::scheduler::LcmScheduler;
+use crate::models::clip::ClipTextModel;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::{guidance_scale_embedding, UNet2DConditionModel};
+use crate::models::vae::AutoencoderKL;
+use crate::{Error, Result};
+
+/// The prompt's text embeddings `[1, 77, D]`, cond and uncond.
+#[derive(Clone, Debug)]
+pub struct PromptEmbeddings {
+    pub cond: Tensor<3>,
+    pub uncond: Tensor<3>,
+}
+
+/// The text stack, loaded only when a prompt must be encoded.
+pub struct TextStack {
+    pub tokenizer: ClipTokenizer,
+    pub encoder: ClipTextModel,
+}
+
+/// Work done, counted for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// UNet image-evaluations (batch items through the UNet).
+    pub unet_evals: usize,
+    pub vae_encodes: usize,
+    pub vae_decodes: usize,
+}
+
+/// A style image's consistency features, reusable for any number of content images run with
+/// the same options (resolution, prompt, layers, token merging, feature step, seed).
+#[derive(Clone, Debug)]
+pub struct StyleFeatures {
+    pub features: ImageFeatures,
+    /// The options they were computed with (checked on reuse).
+    key: FeatureKey,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct FeatureKey {
+    resolution: usize,
+    feature_step: usize,
+    layers: (usize, usize),
+    tome: Option<super::options::TomeOptions>,
+    mix_q: bool,
+    prompt: String,
+    negative_prompt: String,
+    no_cfg: bool,
+}
+
+impl FeatureKey {
+    fn of(o: &ZepoOptions) -> Self {
+        Self {
+            resolution: o.resolution,
+            feature_step: o.feature_step,
+            layers: (o.start_layer, o.end_layer),
+            tome: o.tome.clone(),
+            mix_q: o.mix_q < 1.0,
+            prompt: o.prompt.clone(),
+            negative_prompt: o.negative_prompt.clone(),
+            no_cfg: o.no_cfg,
+        }
+    }
+}
+
+/// The style of a run: an image, or features computed before.
+pub enum Style<'a> {
+    Image(&'a RgbImage),
+    Features(&'a StyleFeatures),
+}
+
+/// Intermediate values kept for parity checks.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// Per step: the guided ε of the target.
+    pub eps: Vec<Vec<f32>>,
+    /// Per step: the LCM denoised latent.
+    pub denoised: Vec<Vec<f32>>,
+}
+
+/// The result of a stylization.
+pub struct Stylized {
+    pub image: FloatImage,
+    /// The content's features (so a caller may reuse them) and the style's.
+    pub style: StyleFeatures,
+}
+
+/// The loaded models and the scheduler, on one device.
+pub struct Zepo {
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub text: Option<TextStack>,
+    pub scheduler: LcmScheduler,
+    pub device: Device,
+    counters: Cell<Counters>,
+}
+
+impl Zepo {
+    pub fn new(unet: UNet2DConditionModel, vae: AutoencoderKL, text: Option<TextStack>, scheduler: LcmScheduler, device: Device) -> Self {
+        Self { unet, vae, text, scheduler, device, counters: Cell::new(Counters::default()) }
+    }
+
+    /// Work done since the last [`Zepo::reset_counters`].
+    pub fn counters(&self) -> Counters {
+        self.counters.get()
+    }
+
+    pub fn reset_counters(&self) {
+        self.counters.set(Counters::default());
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    /// Text embeddings of a prompt pair, with the text encoder.
+    pub fn embed_prompts(&self, prompt: &str, negative: &str) -> Result<PromptEmbeddings> {
+        let text = self.text.as_ref().ok_or_else(|| {
+            Error::InvalidOption("this model was loaded without its text encoder; use the precomputed prompt or load the text encoder".into())
+        })?;
+        let embed = |p: &str| {
+            let ids = text.tokenizer.encode(p);
+            let n = ids.len();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
+            text.encoder.forward(ids)
+        };
+        Ok(PromptEmbeddings { cond: embed(prompt), uncond: embed(negative) })
+    }
+
+    fn unet(&self, sample: Tensor<4>, t: &[f32], context: &Tensor<3>, cond: Option<Tensor<2>>, ctrl: &mut dyn crate::models::attention::AttentionController) -> Tensor<4> {
+        self.count(|c| c.unet_evals += t.len());
+        self.unet.forward_controlled(sample, t, context, cond, ctrl)
+    }
+
+    /// The CFG halves `[uncond, cond]` of a context (just `[cond]` without CFG).
+    fn context(&self, p: &PromptEmbeddings, no_cfg: bool, rows: usize) -> Tensor<3> {
+        let half = |t: &Tensor<3>| {
+            let [_, n, d] = t.dims();
+            t.clone().expand([rows, n, d])
+        };
+        if no_cfg {
+            half(&p.cond)
+        } else {
+            Tensor::cat(vec![half(&p.uncond), half(&p.cond)], 0)
+        }
+    }
+
+    fn guidance_cond(&self, o: &ZepoOptions, rows: usize) -> Option<Tensor<2>> {
+        let dim = self.unet.time_embedding.cond_proj.as_ref().map(|p| p.weight.dims()[0])?;
+        o.no_cfg.then(|| guidance_scale_embedding(&vec![o.cfg - 1.0; rows], dim, &self.device))
+    }
+
+    fn control_spec(&self, o: &ZepoOptions) -> ControlSpec {
+        ControlSpec {
+            layers: o.start_layer..o.end_layer,
+            tome: o.tome.clone(),
+            tome_seed: o.seed,
+            style_guidance: o.style_guidance,
+            mix_q: o.mix_q,
+        }
+    }
+
+    /// Validates options against this model (layer count, schedule length, no-CFG support).
+    pub fn check_options(&self, o: &ZepoOptions) -> Result<()> {
+        o.validate(self.unet.num_self_attentions, self.scheduler.num_train_timesteps())?;
+        if o.no_cfg && self.unet.time_embedding.cond_proj.is_none() {
+            return Err(Error::InvalidOption("no-CFG mode needs a UNet with time_cond_proj_dim (an LCM checkpoint)".into()));
+        }
+        Ok(())
+    }
+
+    fn image_tensor(&self, img: &RgbImage, o: &ZepoOptions) -> Tensor<4> {
+        img.resize_square(o.resolution).to_tensor(&self.device)
+    }
+
+    /// Encodes an image and draws `samples` posterior samples, each followed by its noise draw:
+    /// the reference's `prepare_latents` (posterior noise, then the noise added at `t`).
+    fn latents(&self, img: &RgbImage, o: &ZepoOptions, labels: &[(&str, usize)], noise: &mut dyn NoiseSource) -> Result<Vec<Tensor<4>>> {
+        self.count(|c| c.vae_encodes += 1);
+        let post = self.vae.encode(self.image_tensor(img, o));
+        let shape = post.mean.dims();
+        let sf = self.vae.scaling_factor() as f32;
+        let mut out = Vec::new();
+        for (label, t) in labels {
+            let z = post.sample(noise.draw(&format!("{label}_vae_posterior"), shape, &self.device)?).mul_scalar(sf);
+            let n = noise.draw(&format!("{label}_prepare_latents_noise"), shape, &self.device)?;
+            out.push(self.scheduler.add_noise(z, n, *t));
+        }
+        Ok(out)
+    }
+
+    /// Runs one image's branch at the feature step and records its consistency features.
+    fn record_features(&self, noisy: &Tensor<4>, o: &ZepoOptions, prompts: &PromptEmbeddings) -> ImageFeatures {
+        let spec = self.control_spec(o);
+        let mut rec = FeatureRecorder::new(&spec);
+        let halves = if o.no_cfg { 1 } else { 2 };
+        let [_, c, h, w] = noisy.dims();
+        let sample = noisy.clone().expand([halves, c, h, w]);
+        let t = vec![o.feature_step as f32; halves];
+        let _ = self.unet(sample, &t, &self.context(prompts, o.no_cfg, 1), self.guidance_cond(o, halves), &mut rec);
+        rec.features
+    }
+
+    /// A style's consistency features, to reuse across contents. Draws the style's two noise
+    /// tensors from `noise`.
+    pub fn style_features(&self, style: &RgbImage, o: &ZepoOptions, prompts: &PromptEmbeddings, noise: &mut dyn NoiseSource) -> Result<StyleFeatures> {
+        self.check_options(o)?;
+        let noisy = self.latents(style, o, &[("style", o.feature_step)], noise)?.remove(0);
+        Ok(StyleFeatures { features: self.record_features(&noisy, o, prompts), key: FeatureKey::of(o) })
+    }
+
+    /// Stylizes `content` after `style`. Draws noise in the reference's order.
+    pub fn stylize(
+        &self,
+        content: &RgbImage,
+        style: Style<'_>,
+        o: &ZepoOptions,
+        prompts: &PromptEmbeddings,
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Stylized> {
+        self.check_options(o)?;
+        let (all, run) = self.scheduler.zepo_timesteps(o.steps, o.strength);
+        let n = run.len();
+        let halves = if o.no_cfg { 1 } else { 2 };
+        // Work units: 2 encodes, the feature passes, N steps, 1 decode (roughly UNet-sized).
+        let total = (4 + 2 * halves + n * halves) as f32;
+        let mut done = 0f32;
+        let mut report = |obs: &mut dyn Observer, stage: Stage, step: usize, steps: usize, work: f32| -> Result<()> {
+            done += work;
+            obs.progress(Progress { stage, step, steps, fraction: (done / total).min(1.0) });
+            if obs.cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+        };
+        report(obs, Stage::Encode, 0, 2, 0.0)?;
+
+        // Content: one encoding, two posterior samples (the reference encodes it twice).
+        self.count(|c| c.vae_encodes += 1);
+        let post = self.vae.encode(self.image_tensor(content, o));
+        let shape = post.mean.dims();
+        let sf = self.vae.scaling_factor() as f32;
+        let content_clean = post.sample(noise.draw("content_vae_posterior", shape, &self.device)?).mul_scalar(sf);
+        let content_noisy = self.scheduler.add_noise(content_clean, noise.draw("content_prepare_latents_noise", shape, &self.device)?, o.feature_step);
+        report(obs, Stage::Encode, 1, 2, 1.0)?;
+
+        let style = match style {
+            Style::Image(img) => {
+                let noisy = self.latents(img, o, &[("style", o.feature_step)], noise)?.remove(0);
+                report(obs, Stage::Encode, 2, 2, 1.0)?;
+                let features = self.record_features(&noisy, o, prompts);
+                report(obs, Stage::Features, 1, 2, halves as f32)?;
+                StyleFeatures { features, key: FeatureKey::of(o) }
+            }
+            Style::Features(f) => {
+                if f.key != FeatureKey::of(o) {
+                    return Err(Error::InvalidOption("style features were computed with other options (resolution, prompt, layers, token merging or feature step)".into()));
+                }
+                report(obs, Stage::Features, 1, 2, 1.0 + halves as f32)?;
+                f.clone()
+            }
+        };
+        let content_features = self.record_features(&content_noisy, o, prompts);
+        report(obs, Stage::Features, 2, 2, halves as f32)?;
+
+        let mut x = {
+            let z = post.sample(noise.draw("mutual_vae_posterior", shape, &self.device)?).mul_scalar(sf);
+            self.scheduler.add_noise(z, noise.draw("mutual_prepare_latents_noise", shape, &self.device)?, run[0])
+        };
+
+        let spec = self.control_spec(o);
+        let context = self.context(prompts, o.no_cfg, 1);
+        let [_, c, h, w] = shape;
+        let mut denoised = x.clone();
+        for (i, &t) in run.iter().enumerate() {
+            let mut inject = StyleInjector { spec: &spec, content: &content_features, style: &style.features };
+            let out = self.unet(x.clone().expand([halves, c, h, w]), &vec![t as f32; halves], &context, self.guidance_cond(o, halves), &mut inject);
+            let eps = if o.no_cfg {
+                out
+            } else {
+                // The reference's quirk: ε = out_c + g·(out_u − out_c).
+                let out_u = out.clone().slice([0..1]);
+                let out_c = out.slice([1..2]);
+                out_c.clone() + (out_u - out_c).mul_scalar(o.cfg)
+            };
+            // The reference draws (and ignores) one tensor here; keep the order for replay.
+            noise.draw(&format!("step{i}_randn_like_unused"), shape, &self.device)?;
+            let last = self.scheduler.is_last_index(&all, t);
+            let step_noise = if last { None } else { Some(noise.draw(&format!("step{i}_lcm_step_noise"), shape, &self.device)?) };
+            let (prev, den) = self.scheduler.step(eps.clone(), t, &all, x, step_noise);
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.eps.push(read(eps)?);
+                tr.denoised.push(read(den.clone())?);
+            }
+            x = prev;
+            denoised = den;
+            report(obs, Stage::Denoise, i + 1, n, halves as f32)?;
+        }
+
+        self.count(|c| c.vae_decodes += 1);
+        let decoded = self.vae.decode(denoised.div_scalar(sf));
+        let [_, _, hh, ww] = decoded.dims();
+        let image = FloatImage::from_decoded(&read(decoded)?, hh, ww);
+        report(obs, Stage::Decode, 1, 1, 1.0)?;
+        Ok(Stylized { image, style })
+    }
+
+    /// The reference's uncached path: a 6-row batch `[style, content, target] × [uncond, cond]`
+    /// through the UNet at every step, the content encoded twice. Same draws, same output as
+    /// [`Zepo::stylize`]: kept to prove the cache changes nothing.
+    pub fn stylize_uncached(&self, content: &RgbImage, style: &RgbImage, o: &ZepoOptions, prompts: &PromptEmbeddings, noise: &mut dyn NoiseSource) -> Result<FloatImage> {
+        self.check_options(o)?;
+        if o.no_cfg {
+            return Err(Error::InvalidOption("the uncached reference path has no no-CFG mode".into()));
+        }
+        let (all, run) = self.scheduler.zepo_timesteps(o.steps, o.strength);
+        let fs = o.feature_step;
+        let c_lat = self.latents(content, o, &[("content", fs)], noise)?.remove(0);
+        let s_lat = self.latents(style, o, &[("style", fs)], noise)?.remove(0);
+        let mut x = self.latents(content, o, &[("mutual", run[0])], noise)?.remove(0);
+        let shape = x.dims();
+        let spec = self.control_spec(o);
+        let context = self.context(prompts, false, 3);
+        let mut denoised = x.clone();
+        for (i, &t) in run.iter().enumerate() {
+            let rows = vec![s_lat.clone(), c_lat.clone(), x.clone()];
+            let sample = Tensor::cat([rows.clone(), rows].concat(), 0);
+            let ts = [fs as f32, fs as f32, t as f32, fs as f32, fs as f32, t as f32];
+            let out = self.unet(sample, &ts, &context, None, &mut ReferenceControl { spec: &spec });
+            let out_u = out.clone().slice([2..3]);
+            let out_c = out.slice([5..6]);
+            let eps = out_c.clone() + (out_u - out_c).mul_scalar(o.cfg);
+            noise.draw(&format!("step{i}_randn_like_unused"), shape, &self.device)?;
+            let step_noise = if self.scheduler.is_last_index(&all, t) { None } else { Some(noise.draw(&format!("step{i}_lcm_step_noise"), shape, &self.device)?) };
+            let (prev, den) = self.scheduler.step(eps, t, &all, x, step_noise);
+            x = prev;
+            denoised = den;
+        }
+        self.count(|c| c.vae_decodes += 1);
+        let decoded = self.vae.decode(denoised.div_scalar(self.vae.scaling_factor() as f32));
+        let [_, _, hh, ww] = decoded.dims();
+        Ok(FloatImage::from_decoded(&read(decoded)?, hh, ww))
+    }
+}
+
+/// Reads a tensor back to the host (natively; the browser uses the async variant).
+fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.try_into_data()
+        .map_err(|e| Error::Device(format!("{e:?}")))?
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Device(format!("{e:?}")))
+}
