@@ -16,7 +16,8 @@ cd "$ZEPO_ROOT"
 
 declare -a SUMMARY=()
 FAILED=0
-section() { printf '\n\033[1m==== %s ====\033[0m\n' "$*"; }
+if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B='' N=''; fi
+section() { printf '\n%s==== %s ====%s\n' "$B" "$*" "$N"; }
 # stage NAME CMD...: runs CMD under a header, records its time and result.
 stage() {
     local name="$1"; shift
