@@ -1,5 +1,6 @@
 //! Picking the compute device at run time.
 
+#[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::Device;
 
 /// Which burn backend runs the model.
@@ -29,10 +30,34 @@ pub fn device(backend: Backend) -> crate::Result<Device> {
         #[cfg(feature = "cpu")]
         Backend::Cpu => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        Backend::Wgpu => Device::wgpu_options()
-            .init()
+        Backend::Wgpu => wgpu_device()
+            .clone()
+            .map(|(device, _)| device)
             .map_err(|e| crate::Error::Device(format!("no usable wgpu adapter: {e}"))),
         #[allow(unreachable_patterns)]
         other => Err(crate::Error::InvalidOption(format!("backend {other:?} is not compiled in"))),
     }
+}
+
+/// burn's wgpu runtime can be initialised once per process (a second `init` is an error), so the
+/// device is made once and shared; with it, a description of its adapter.
+#[cfg(all(not(target_arch = "wasm32"), feature = "wgpu"))]
+fn wgpu_device() -> &'static Result<(Device, String), String> {
+    static DEVICE: std::sync::OnceLock<Result<(Device, String), String>> = std::sync::OnceLock::new();
+    DEVICE.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+        let a = setup.adapter.get_info();
+        Ok((device, format!("{} ({:?}, {:?}, driver {} {})", a.name, a.backend, a.device_type, a.driver, a.driver_info)))
+    })
+}
+
+/// The adapter of the wgpu device (name, graphics API, type, driver), once it is initialised:
+/// lets tests and logs confirm which GPU (or lavapipe) actually runs.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu_adapter() -> Option<String> {
+    #[cfg(feature = "wgpu")]
+    if let Ok((_, info)) = wgpu_device() {
+        return Some(info.clone());
+    }
+    None
 }

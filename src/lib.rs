@@ -6,6 +6,7 @@
 //! - [`models`]: the Stable Diffusion 1.5 / LCM parts (CLIP, tokenizer, UNet, VAE), config
 //!   driven, knowing nothing of ZePo except that the UNet's self-attention accepts a controller.
 //! - [`zepo`]: the LCM scheduler and, on top, the ZePo pipeline.
+//! - `web` (wasm32 only): the browser engine's JS API, on top of all three.
 
 pub mod device;
 pub mod error;
@@ -13,5 +14,9 @@ pub mod models;
 pub mod nn;
 pub mod weights;
 pub mod zepo;
+
+/// The browser engine (wasm32 only): the JS API run in a Web Worker.
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

@@ -23,6 +23,11 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     let mut out = vec![("cpu", zepo::device::device(zepo::device::Backend::Cpu).unwrap())];
     if std::env::var("ZEPO_TEST_WGPU").map(|v| v == "1").unwrap_or(false) {
         out.push(("wgpu", zepo::device::device(zepo::device::Backend::Wgpu).expect("ZEPO_TEST_WGPU=1 but no wgpu adapter")));
+        // scripts/test.sh sets this to `llvmpipe`, so that a run on another adapter fails.
+        if let Ok(want) = std::env::var("ZEPO_TEST_WGPU_ADAPTER") {
+            let got = zepo::device::wgpu_adapter().unwrap_or_default();
+            assert!(got.to_lowercase().contains(&want.to_lowercase()), "wgpu adapter is `{got}`, not `{want}`");
+        }
     }
     out
 }

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The one test command: bash scripts/test.sh
+#
+# Installs what it needs (idempotent, quiet; see scripts/setup.sh), then runs
+#   1. cargo test                      every Rust test on burn's CPU backend
+#   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan)
+#   3. wasm build                      the browser engine into www/pkg (scripts/build-wasm.sh)
+#   4. browser tests                   node --test tests/browser: the page in headless Chromium
+#                                      on WebGPU (SwiftShader)
+# Every stage runs even if an earlier one failed (the browser tests need the wasm build); the
+# exit status is non-zero if any failed. Cargo's target dir: $CARGO_TARGET_DIR, by default
+# ~/.cache/zepo-target (outside the clone, shared between clones).
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$ZEPO_ROOT"
+
+declare -a SUMMARY=()
+FAILED=0
+if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B='' N=''; fi
+section() { printf '\n%s==== %s ====%s\n' "$B" "$*" "$N"; }
+# stage NAME CMD...: runs CMD under a header, records its time and result.
+stage() {
+    local name="$1"; shift
+    section "$name"
+    local t0=$SECONDS rc=0
+    "$@" || rc=$?
+    local took=$((SECONDS - t0))
+    if [ $rc -eq 0 ]; then
+        SUMMARY+=("$(printf 'ok     %-28s %4ds' "$name" "$took")")
+    else
+        SUMMARY+=("$(printf 'FAILED %-28s %4ds (exit %d)' "$name" "$took" "$rc")")
+        FAILED=1
+    fi
+    return $rc
+}
+
+setup_all() {
+    zepo_setup_browser && zepo_setup_wasm && zepo_setup_node || return 1
+    echo "  rustc $(rustc --version | awk '{print $2}'), node $(node --version), wasm-bindgen $(wasm-bindgen --version | awk '{print $2}'), $("$(zepo_chromium)" --version 2>/dev/null)"
+}
+
+cpu_tests() {
+    cargo test --quiet
+}
+
+wgpu_parity() {
+    # Only lavapipe's Vulkan driver is visible, and the tests check that it is the adapter used.
+    local icd
+    icd="$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -n 1)"
+    [ -n "$icd" ] || { echo "lavapipe's Vulkan driver is missing (apt-get install mesa-vulkan-drivers)" >&2; return 1; }
+    if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+        XDG_RUNTIME_DIR="$(mktemp -d /tmp/zepo-xdg.XXXXXX)"
+        chmod 700 "$XDG_RUNTIME_DIR"
+        export XDG_RUNTIME_DIR
+    fi
+    echo "  Vulkan driver: $icd"
+    VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd" ZEPO_TEST_WGPU=1 ZEPO_TEST_WGPU_ADAPTER=llvmpipe \
+        cargo test --quiet --test parity
+}
+
+browser_tests() {
+    [ -f www/pkg/zepo_bg.wasm ] || { echo "no wasm build: skipped" >&2; return 1; }
+    local chrome
+    chrome="$(zepo_chromium)" || { echo "no chromium" >&2; return 1; }
+    CHROME="$chrome" ZEPO_TEST_WEBGPU_ARCH=swiftshader node --test tests/browser/*.test.mjs
+}
+
+T0=$SECONDS
+stage "setup" setup_all || { section "summary"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+stage "cargo test (CPU)" cpu_tests
+stage "parity on wgpu (lavapipe)" wgpu_parity
+if stage "wasm build" bash scripts/build-wasm.sh; then
+    stage "browser tests (WebGPU)" browser_tests
+else
+    SUMMARY+=("$(printf 'FAILED %-28s   (skipped: no wasm build)' "browser tests (WebGPU)")")
+fi
+
+section "summary"
+printf '%s\n' "${SUMMARY[@]}"
+echo "total $((SECONDS - T0))s"
+if [ $FAILED -ne 0 ]; then
+    echo "FAILED"
+    exit 1
+fi
+echo "all passed"
