@@ -70,7 +70,7 @@ impl ClipTextConfig {
     /// Checks what the shapes alone cannot.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::config("text_encoder/config.json", reason));
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -199,7 +199,7 @@ impl ClipTextModel {
     /// `last_hidden_state` `[B, N, hidden]` of ids `[B, N]`, N ≤ [`Self::max_positions`].
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let [_, n] = ids.dims();
-        let positions = self.position_embedding.weight.val().slice([0..n]).unsqueeze::<3>();
+        let positions = self.position_embedding.weight.val().narrow(0, 0, n).unsqueeze::<3>();
         let mut x = self.token_embedding.forward(ids) + positions;
         for layer in &self.layers {
             x = layer.forward(x);

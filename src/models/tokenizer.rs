@@ -150,7 +150,7 @@ impl ClipTokenizer {
             }
         }
         // Longest first, so that a token containing another wins where both match.
-        no_split.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        no_split.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
         no_split.retain(|(t, _)| !t.is_empty());
 
         // As transformers seeds its BPE cache: these two map to themselves, not to BPE pieces.
