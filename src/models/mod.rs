@@ -3,7 +3,9 @@
 //! the UNet's self-attentions accept an [`attention::AttentionController`].
 
 pub mod attention;
+pub mod clip;
 pub mod resnet;
+pub mod tokenizer;
 pub mod unet;
 
 /// Reads a part's `config.json` into its config type.

@@ -1,5 +1,6 @@
 //! Parity with the authors' PyTorch stack (`tests/fixtures`, copied from the shared oracle):
 //! one test binary, one module per model part.
 
+mod clip;
 mod common;
 mod unet;
