@@ -228,7 +228,48 @@ impl Zepo {
         Ok(StyleFeatures { features: self.record_features(&noisy, o, prompts), key: FeatureKey::of(o) })
     }
 
-    /// Stylizes `content` after `style`. Draws noise in the reference's order.
+    /// Starts a stylization of `content` after `style`, to be driven step by step with
+    /// [`StylizeRun::advance`] (the browser awaits the GPU between steps; [`Zepo::stylize`]
+    /// loops). Noise is drawn in the reference's order.
+    pub fn start<'a>(
+        &'a self,
+        content: &'a RgbImage,
+        style: Style<'a>,
+        o: &ZepoOptions,
+        prompts: &'a PromptEmbeddings,
+        noise: &'a mut dyn NoiseSource,
+    ) -> Result<StylizeRun<'a>> {
+        self.check_options(o)?;
+        if let Style::Features(f) = &style {
+            if f.key != FeatureKey::of(o) {
+                return Err(Error::InvalidOption("style features were computed with other options (resolution, prompt, layers, token merging or feature step)".into()));
+            }
+        }
+        let (all, run) = self.scheduler.zepo_timesteps(o.steps, o.strength);
+        Ok(StylizeRun {
+            zepo: self,
+            o: o.clone(),
+            prompts,
+            noise,
+            content,
+            style_in: style,
+            all,
+            run,
+            phase: Phase::EncodeContent,
+            posterior: None,
+            content_noisy: None,
+            style: None,
+            content_features: None,
+            x: None,
+            denoised: None,
+            decoded: None,
+            trace: None,
+        })
+    }
+
+    /// Stylizes `content` after `style` in one go, reporting to `obs` and stopping with
+    /// [`Error::Cancelled`] when it asks.
+    #[allow(clippy::too_many_arguments)]
     pub fn stylize(
         &self,
         content: &RgbImage,
@@ -237,90 +278,28 @@ impl Zepo {
         prompts: &PromptEmbeddings,
         noise: &mut dyn NoiseSource,
         obs: &mut dyn Observer,
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
     ) -> Result<Stylized> {
-        self.check_options(o)?;
-        let (all, run) = self.scheduler.zepo_timesteps(o.steps, o.strength);
-        let n = run.len();
-        let halves = if o.no_cfg { 1 } else { 2 };
-        // Work units: 2 encodes, the feature passes, N steps, 1 decode (roughly UNet-sized).
-        let total = (4 + 2 * halves + n * halves) as f32;
-        let mut done = 0f32;
-        let mut report = |obs: &mut dyn Observer, stage: Stage, step: usize, steps: usize, work: f32| -> Result<()> {
-            done += work;
-            obs.progress(Progress { stage, step, steps, fraction: (done / total).min(1.0) });
-            if obs.cancelled() { Err(Error::Cancelled) } else { Ok(()) }
-        };
-        report(obs, Stage::Encode, 0, 2, 0.0)?;
-
-        // Content: one encoding, two posterior samples (the reference encodes it twice).
-        self.count(|c| c.vae_encodes += 1);
-        let post = self.vae.encode(self.image_tensor(content, o));
-        let shape = post.mean.dims();
-        let sf = self.vae.scaling_factor() as f32;
-        let content_clean = post.sample(noise.draw("content_vae_posterior", shape, &self.device)?).mul_scalar(sf);
-        let content_noisy = self.scheduler.add_noise(content_clean, noise.draw("content_prepare_latents_noise", shape, &self.device)?, o.feature_step);
-        report(obs, Stage::Encode, 1, 2, 1.0)?;
-
-        let style = match style {
-            Style::Image(img) => {
-                let noisy = self.latents(img, o, &[("style", o.feature_step)], noise)?.remove(0);
-                report(obs, Stage::Encode, 2, 2, 1.0)?;
-                let features = self.record_features(&noisy, o, prompts);
-                report(obs, Stage::Features, 1, 2, halves as f32)?;
-                StyleFeatures { features, key: FeatureKey::of(o) }
-            }
-            Style::Features(f) => {
-                if f.key != FeatureKey::of(o) {
-                    return Err(Error::InvalidOption("style features were computed with other options (resolution, prompt, layers, token merging or feature step)".into()));
-                }
-                report(obs, Stage::Features, 1, 2, 1.0 + halves as f32)?;
-                f.clone()
-            }
-        };
-        let content_features = self.record_features(&content_noisy, o, prompts);
-        report(obs, Stage::Features, 2, 2, halves as f32)?;
-
-        let mut x = {
-            let z = post.sample(noise.draw("mutual_vae_posterior", shape, &self.device)?).mul_scalar(sf);
-            self.scheduler.add_noise(z, noise.draw("mutual_prepare_latents_noise", shape, &self.device)?, run[0])
-        };
-
-        let spec = self.control_spec(o);
-        let context = self.context(prompts, o.no_cfg, 1);
-        let [_, c, h, w] = shape;
-        let mut denoised = x.clone();
-        for (i, &t) in run.iter().enumerate() {
-            let mut inject = StyleInjector { spec: &spec, content: &content_features, style: &style.features };
-            let out = self.unet(x.clone().expand([halves, c, h, w]), &vec![t as f32; halves], &context, self.guidance_cond(o, halves), &mut inject);
-            let eps = if o.no_cfg {
-                out
-            } else {
-                // The reference's quirk: ε = out_c + g·(out_u − out_c).
-                let out_u = out.clone().slice([0..1]);
-                let out_c = out.slice([1..2]);
-                out_c.clone() + (out_u - out_c).mul_scalar(o.cfg)
-            };
-            // The reference draws (and ignores) one tensor here; keep the order for replay.
-            noise.draw(&format!("step{i}_randn_like_unused"), shape, &self.device)?;
-            let last = self.scheduler.is_last_index(&all, t);
-            let step_noise = if last { None } else { Some(noise.draw(&format!("step{i}_lcm_step_noise"), shape, &self.device)?) };
-            let (prev, den) = self.scheduler.step(eps.clone(), t, &all, x, step_noise);
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.eps.push(read(eps)?);
-                tr.denoised.push(read(den.clone())?);
-            }
-            x = prev;
-            denoised = den;
-            report(obs, Stage::Denoise, i + 1, n, halves as f32)?;
+        let mut run = self.start(content, style, o, prompts, noise)?;
+        let mut local = Trace::default();
+        if trace.is_some() {
+            run.trace = Some(&mut local);
         }
-
-        self.count(|c| c.vae_decodes += 1);
-        let decoded = self.vae.decode(denoised.div_scalar(sf));
-        let [_, _, hh, ww] = decoded.dims();
-        let image = FloatImage::from_decoded(&read(decoded)?, hh, ww);
-        report(obs, Stage::Decode, 1, 1, 1.0)?;
-        Ok(Stylized { image, style })
+        loop {
+            obs.progress(run.progress());
+            if obs.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if !run.advance()? {
+                break;
+            }
+        }
+        let (decoded, style) = run.finish()?;
+        if let Some(t) = trace {
+            *t = local;
+        }
+        let [_, _, h, w] = decoded.dims();
+        Ok(Stylized { image: FloatImage::from_decoded(&read(decoded)?, h, w), style })
     }
 
     /// The reference's uncached path: a 6-row batch `[style, content, target] × [uncond, cond]`
@@ -358,6 +337,156 @@ impl Zepo {
         let decoded = self.vae.decode(denoised.div_scalar(self.vae.scaling_factor() as f32));
         let [_, _, hh, ww] = decoded.dims();
         Ok(FloatImage::from_decoded(&read(decoded)?, hh, ww))
+    }
+}
+
+/// Where a [`StylizeRun`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    EncodeContent,
+    Style,
+    ContentFeatures,
+    Step(usize),
+    Decode,
+    Done,
+}
+
+/// A stylization in progress: each [`StylizeRun::advance`] does one model call (an encode, a
+/// feature pass, one LCM step, the decode), so that a caller can report progress, yield to
+/// an event loop and cancel between them.
+pub struct StylizeRun<'a> {
+    zepo: &'a Zepo,
+    o: ZepoOptions,
+    prompts: &'a PromptEmbeddings,
+    noise: &'a mut dyn NoiseSource,
+    content: &'a RgbImage,
+    style_in: Style<'a>,
+    all: Vec<usize>,
+    run: Vec<usize>,
+    phase: Phase,
+    posterior: Option<crate::models::vae::Posterior>,
+    content_noisy: Option<Tensor<4>>,
+    style: Option<StyleFeatures>,
+    content_features: Option<ImageFeatures>,
+    x: Option<Tensor<4>>,
+    denoised: Option<Tensor<4>>,
+    decoded: Option<Tensor<4>>,
+    trace: Option<&'a mut Trace>,
+}
+
+impl StylizeRun<'_> {
+    fn halves(&self) -> usize {
+        if self.o.no_cfg { 1 } else { 2 }
+    }
+
+    /// The progress before the next [`StylizeRun::advance`].
+    pub fn progress(&self) -> Progress {
+        let n = self.run.len();
+        let h = self.halves() as f32;
+        // Units of work, roughly UNet-evaluation sized: 2 encodes, 2 feature passes, N steps, decode.
+        let total = 2.0 + 2.0 * h + n as f32 * h + 1.0;
+        let (stage, step, steps, done) = match self.phase {
+            Phase::EncodeContent => (Stage::Encode, 0, 2, 0.0),
+            Phase::Style => (Stage::Encode, 1, 2, 1.0),
+            Phase::ContentFeatures => (Stage::Features, 1, 2, 2.0 + h),
+            Phase::Step(i) => (Stage::Denoise, i, n, 2.0 + 2.0 * h + i as f32 * h),
+            Phase::Decode => (Stage::Decode, 0, 1, total - 1.0),
+            Phase::Done => (Stage::Decode, 1, 1, total),
+        };
+        Progress { stage, step, steps, fraction: done / total }
+    }
+
+    /// Does the next unit of work; `Ok(false)` once the result is ready.
+    pub fn advance(&mut self) -> Result<bool> {
+        let z = self.zepo;
+        let device = &z.device;
+        let o = &self.o;
+        match self.phase {
+            Phase::EncodeContent => {
+                // One encoding serves both content samples (the reference encodes twice).
+                z.count(|c| c.vae_encodes += 1);
+                let post = z.vae.encode(z.image_tensor(self.content, o));
+                let shape = post.mean.dims();
+                let sf = z.vae.scaling_factor() as f32;
+                let clean = post.sample(self.noise.draw("content_vae_posterior", shape, device)?).mul_scalar(sf);
+                let n = self.noise.draw("content_prepare_latents_noise", shape, device)?;
+                self.content_noisy = Some(z.scheduler.add_noise(clean, n, o.feature_step));
+                self.posterior = Some(post);
+                self.phase = Phase::Style;
+            }
+            Phase::Style => {
+                self.style = Some(match &self.style_in {
+                    Style::Image(img) => {
+                        let noisy = z.latents(img, o, &[("style", o.feature_step)], self.noise)?.remove(0);
+                        StyleFeatures { features: z.record_features(&noisy, o, self.prompts), key: FeatureKey::of(o) }
+                    }
+                    Style::Features(f) => (*f).clone(),
+                });
+                self.phase = Phase::ContentFeatures;
+            }
+            Phase::ContentFeatures => {
+                let noisy = self.content_noisy.take().expect("encoded");
+                self.content_features = Some(z.record_features(&noisy, o, self.prompts));
+                let post = self.posterior.as_ref().expect("encoded");
+                let shape = post.mean.dims();
+                let sf = z.vae.scaling_factor() as f32;
+                let clean = post.sample(self.noise.draw("mutual_vae_posterior", shape, device)?).mul_scalar(sf);
+                let n = self.noise.draw("mutual_prepare_latents_noise", shape, device)?;
+                self.x = Some(z.scheduler.add_noise(clean, n, self.run[0]));
+                self.phase = Phase::Step(0);
+            }
+            Phase::Step(i) => {
+                let t = self.run[i];
+                let halves = self.halves();
+                let x = self.x.take().expect("prepared");
+                let shape = x.dims();
+                let [_, c, h, w] = shape;
+                let spec = z.control_spec(o);
+                let style = self.style.as_ref().expect("style features");
+                let content = self.content_features.as_ref().expect("content features");
+                let mut inject = StyleInjector { spec: &spec, content, style: &style.features };
+                let context = z.context(self.prompts, o.no_cfg, 1);
+                let out = z.unet(x.clone().expand([halves, c, h, w]), &vec![t as f32; halves], &context, z.guidance_cond(o, halves), &mut inject);
+                let eps = if o.no_cfg {
+                    out
+                } else {
+                    // The reference's quirk: ε = out_c + g·(out_u − out_c).
+                    let out_u = out.clone().slice([0..1]);
+                    let out_c = out.slice([1..2]);
+                    out_c.clone() + (out_u - out_c).mul_scalar(o.cfg)
+                };
+                // The reference draws (and ignores) one tensor here; keep the order for replay.
+                self.noise.draw(&format!("step{i}_randn_like_unused"), shape, device)?;
+                let step_noise = if z.scheduler.is_last_index(&self.all, t) {
+                    None
+                } else {
+                    Some(self.noise.draw(&format!("step{i}_lcm_step_noise"), shape, device)?)
+                };
+                let (prev, den) = z.scheduler.step(eps.clone(), t, &self.all, x, step_noise);
+                if let Some(tr) = self.trace.as_deref_mut() {
+                    tr.eps.push(read(eps)?);
+                    tr.denoised.push(read(den.clone())?);
+                }
+                self.x = Some(prev);
+                self.denoised = Some(den);
+                self.phase = if i + 1 < self.run.len() { Phase::Step(i + 1) } else { Phase::Decode };
+            }
+            Phase::Decode => {
+                z.count(|c| c.vae_decodes += 1);
+                let den = self.denoised.take().expect("denoised");
+                self.decoded = Some(z.vae.decode(den.div_scalar(z.vae.scaling_factor() as f32)));
+                self.phase = Phase::Done;
+            }
+            Phase::Done => return Ok(false),
+        }
+        Ok(self.phase != Phase::Done)
+    }
+
+    /// The decoded result `[1, 3, H, W]` (in [-1, 1], before clamping) and the style's
+    /// features for reuse. Read it with `into_data` natively, `into_data_async` in a browser.
+    pub fn finish(mut self) -> Result<(Tensor<4>, StyleFeatures)> {
+        let decoded = self.decoded.take().ok_or_else(|| Error::InvalidOption("the run has not finished".into()))?;
+        Ok((decoded, self.style.take().expect("style features")))
     }
 }
 
