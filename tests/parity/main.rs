@@ -3,4 +3,5 @@
 
 mod clip;
 mod common;
+mod pipeline;
 mod unet;
