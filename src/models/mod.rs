@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod resnet;
 pub mod unet;
+pub mod vae;
 
 /// Reads a part's `config.json` into its config type.
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> crate::Result<T> {

@@ -2,3 +2,4 @@
 //! one test binary, one module per model part.
 
 mod common;
+mod vae;
