@@ -188,6 +188,8 @@ fn vae_full_size_plan_fits_default_limit() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/lcm-dreamshaper-v7-config");
     let cfg = config(&dir);
     cfg.validate().unwrap();
+    // Fields the published config leaves out take diffusers 0.30's defaults.
+    assert!(cfg.use_quant_conv && cfg.use_post_quant_conv && cfg.mid_block_add_attention);
     let shape = VaeShape::from(&cfg);
     let options = VaeOptions::default();
     let unlimited = VaeOptions { max_buffer_bytes: usize::MAX };
@@ -212,4 +214,19 @@ fn vae_full_size_plan_fits_default_limit() {
             assert!(dec_whole.peak_bytes >= 128 << 20 && enc_whole.peak_bytes >= 128 << 20, "the whole-image run should not fit");
         }
     }
+}
+
+#[test]
+fn vae_config_rejects_unsupported() {
+    let cfg = config(&tiny_model());
+    cfg.validate().unwrap();
+    let mut bad = cfg.clone();
+    bad.up_block_types[0] = "AttnUpDecoderBlock2D".into();
+    assert!(bad.validate().unwrap_err().contains("AttnUpDecoderBlock2D"));
+    let mut bad = cfg.clone();
+    bad.block_out_channels.push(48);
+    assert!(bad.validate().is_err());
+    let mut bad = cfg;
+    bad.block_out_channels[0] += 1;
+    assert!(bad.validate().unwrap_err().contains("groups"));
 }

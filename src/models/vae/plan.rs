@@ -106,7 +106,7 @@ pub(crate) fn block_rows(limit: usize, b: usize, c: usize, h: usize, w: usize) -
 pub(crate) fn partition(h: usize, rows: usize) -> Vec<usize> {
     let rows = rows.max(1);
     let mut out = vec![rows; h / rows];
-    if h % rows != 0 {
+    if !h.is_multiple_of(rows) {
         out.push(h % rows);
     }
     out
