@@ -7,6 +7,7 @@ pub mod clip;
 pub mod resnet;
 pub mod tokenizer;
 pub mod unet;
+pub mod vae;
 
 /// Reads a part's `config.json` into its config type.
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> crate::Result<T> {

@@ -5,3 +5,4 @@ mod clip;
 mod common;
 mod pipeline;
 mod unet;
+mod vae;
