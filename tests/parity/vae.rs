@@ -185,7 +185,7 @@ fn vae_banded_within_limit_equals_plain() {
 /// (computed from shapes; the whole-image run would not).
 #[test]
 fn vae_full_size_plan_fits_default_limit() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/lcm-dreamshaper-v7-config");
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/lcm-dreamshaper-v7");
     let cfg = config(&dir);
     cfg.validate().unwrap();
     // Fields the published config leaves out take diffusers 0.30's defaults.
