@@ -29,9 +29,14 @@ pub fn device(backend: Backend) -> crate::Result<Device> {
         #[cfg(feature = "cpu")]
         Backend::Cpu => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        Backend::Wgpu => Device::wgpu_options()
-            .init()
-            .map_err(|e| crate::Error::Device(format!("no usable wgpu adapter: {e}"))),
+        Backend::Wgpu => {
+            // burn registers the wgpu runtime once per process; a second init fails, so
+            // initialise once and hand out clones.
+            static WGPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+            WGPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
+                .clone()
+                .map_err(|e| crate::Error::Device(format!("no usable wgpu adapter: {e}")))
+        }
         #[allow(unreachable_patterns)]
         other => Err(crate::Error::InvalidOption(format!("backend {other:?} is not compiled in"))),
     }

@@ -2,3 +2,6 @@
 //! one test binary, one module per model part.
 
 mod common;
+mod scheduler;
+mod style_attention;
+mod tome;
