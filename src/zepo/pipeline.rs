@@ -297,6 +297,7 @@ impl Zepo {
                 break;
             }
         }
+        obs.progress(run.progress());
         let (decoded, style) = run.finish()?;
         if let Some(t) = trace {
             *t = local;

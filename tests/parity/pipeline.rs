@@ -207,3 +207,79 @@ fn cli_errors_are_one_clear_line() {
     let err = run(&["stylize", "--model", &model, "--content", "a.png", "--style", "b.png", "--out", "o.png", "--steps", "0"]);
     assert!(err.starts_with("error: ") && err.contains("steps"), "{err}");
 }
+
+#[test]
+fn progress_is_reported_and_cancellation_stops_between_model_calls() {
+    use zepo::zepo::progress::{FnObserver, Stage};
+    let device = burn::tensor::Device::flex();
+    let zepo = model(&device);
+    let fx = Fixture::load("cases/tiny_s2_r64/reference.safetensors");
+    let o = ZepoOptions { resolution: 64, steps: 2, ..Default::default() };
+    let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
+    let (content, style) = (rgb(&fx, "content_rgb_u8"), rgb(&fx, "style_rgb_u8"));
+
+    let mut seen = Vec::new();
+    let mut obs = FnObserver::new(|p| {
+        seen.push(p);
+        true
+    });
+    zepo.stylize(&content, Style::Image(&style), &o, &prompts, &mut SeededNoise::new(0), &mut obs, None).unwrap();
+    assert!(seen.windows(2).all(|w| w[0].fraction <= w[1].fraction), "fractions only grow");
+    assert_eq!(seen.first().unwrap().fraction, 0.0);
+    assert_eq!(seen.last().unwrap().fraction, 1.0);
+    let steps: Vec<_> = seen.iter().filter(|p| p.stage == Stage::Denoise).map(|p| (p.step, p.steps)).collect();
+    assert_eq!(steps, vec![(0, 2), (1, 2)]);
+
+    // Cancel once the first LCM step is announced: no further UNet call runs.
+    zepo.reset_counters();
+    let mut obs = FnObserver::new(|p| p.stage != Stage::Denoise);
+    let err = zepo.stylize(&content, Style::Image(&style), &o, &prompts, &mut SeededNoise::new(0), &mut obs, None).err().unwrap();
+    assert!(matches!(err, zepo::Error::Cancelled), "{err}");
+    assert_eq!(zepo.counters().unet_evals, 4, "only the feature passes ran");
+}
+
+#[test]
+fn no_cfg_mode_halves_the_unet_work() {
+    let device = burn::tensor::Device::flex();
+    let zepo = model(&device);
+    let fx = Fixture::load("cases/tiny_s2_r64/reference.safetensors");
+    let o = ZepoOptions { resolution: 64, steps: 2, no_cfg: true, ..Default::default() };
+    let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
+    let (content, style) = (rgb(&fx, "content_rgb_u8"), rgb(&fx, "style_rgb_u8"));
+    zepo.reset_counters();
+    let out = zepo.stylize(&content, Style::Image(&style), &o, &prompts, &mut SeededNoise::new(0), &mut Silent, None).unwrap();
+    assert_eq!(zepo.counters().unet_evals, 2 + 2, "1 style + 1 content feature pass + 1 per step");
+    assert!(out.image.values.iter().all(|v| (0.0..=1.0).contains(v)));
+    let cfg = zepo
+        .stylize(&content, Style::Image(&style), &ZepoOptions { no_cfg: false, ..o.clone() }, &prompts, &mut SeededNoise::new(0), &mut Silent, None)
+        .unwrap();
+    assert!(cfg.image.values != out.image.values, "no-CFG is a different mode, never the default");
+}
+
+#[test]
+fn cli_stylizes_a_folder_with_one_style() {
+    let exe = env!("CARGO_BIN_EXE_zepo");
+    let dir = std::env::temp_dir().join(format!("zepo-folder-{}", std::process::id()));
+    let (contents, out) = (dir.join("contents"), dir.join("out"));
+    std::fs::create_dir_all(&contents).unwrap();
+    let fx = Fixture::load("cases/tiny_s2_r64/reference.safetensors");
+    let (content, style) = (rgb(&fx, "content_rgb_u8"), rgb(&fx, "style_rgb_u8"));
+    std::fs::write(contents.join("a.png"), content.to_png().unwrap()).unwrap();
+    std::fs::write(contents.join("b.png"), style.to_png().unwrap()).unwrap();
+    std::fs::write(contents.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(dir.join("style.png"), style.to_png().unwrap()).unwrap();
+    let status = std::process::Command::new(exe)
+        .args(["stylize", "--quiet", "--resolution", "64", "--steps", "2", "--model"])
+        .arg(tiny_model())
+        .arg("--content").arg(&contents)
+        .arg("--style").arg(dir.join("style.png"))
+        .arg("--out").arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for name in ["a.png", "b.png"] {
+        let img = RgbImage::decode(&std::fs::read(out.join(name)).unwrap(), name).unwrap();
+        assert_eq!((img.width, img.height), (64, 64));
+    }
+    assert!(!out.join("notes.png").exists());
+}
