@@ -9,3 +9,4 @@ mod style_attention;
 mod tome;
 mod unet;
 mod vae;
+mod weights;
