@@ -85,7 +85,8 @@ struct StylizeArgs {
     no_cfg: bool,
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// Reference case file: its content_rgb_u8, style_rgb_u8 and rand_* draws are the inputs.
+    /// Reference case file: its content_rgb_u8, style_rgb_u8 and rand_* draws are the inputs
+    /// (the resolution is the case's; token merging is deterministic, as in the cases).
     #[arg(long)]
     replay: Option<PathBuf>,
     /// Write the float result as `image` (H×W×3 in [0,1]) to this safetensors file.
@@ -223,6 +224,11 @@ fn stylize(args: StylizeArgs) -> Result<()> {
             return Err(Error::InvalidOption("replay images must be square".into()));
         }
         opts.resolution = r.content.width;
+        // The reference's random token-merging destinations come from torch's generator and
+        // cannot be replayed; its recorded cases use the top-left of each cell.
+        if let Some(t) = &mut opts.tome {
+            t.deterministic = true;
+        }
     }
     let device = zepo::device::device(backend)?;
     let model = load_dir(&args.model, &device, &Default::default(), WeightSource::Checkpoint)?;

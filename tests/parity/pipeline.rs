@@ -169,12 +169,8 @@ fn cli_replays_a_case_with_flags() {
             "--style-guidance".into(), o.style_guidance.to_string(),
         ];
         match &o.tome {
-            Some(t) => {
-                args.extend(["--tome-ratio".into(), t.ratio.to_string()]);
-                if t.deterministic {
-                    args.push("--tome-deterministic".into());
-                }
-            }
+            // No --tome-deterministic: replay implies it (the cases' destinations are top-left).
+            Some(t) => args.extend(["--tome-ratio".into(), t.ratio.to_string()]),
             None => args.push("--no-tome".into()),
         }
         let status = std::process::Command::new(exe).args(&args).status().unwrap();
