@@ -51,12 +51,9 @@ pub struct AutoencoderKL {
     pub decoder: Decoder,
     pub quant_conv: Option<Conv2d>,
     pub post_quant_conv: Option<Conv2d>,
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub latent_channels: usize,
-    pub block_out_channels: Vec<usize>,
-    pub layers_per_block: usize,
-    pub mid_attention: bool,
+    /// The sizes (what the buffer plan needs).
+    #[module(skip)]
+    pub shape: VaeShape,
     pub scaling_factor: f64,
     /// [`VaeOptions::max_buffer_bytes`].
     pub max_buffer_bytes: usize,
@@ -72,12 +69,7 @@ impl AutoencoderKL {
             decoder: Decoder::load(&vb.pp("decoder"), cfg)?,
             quant_conv: if cfg.use_quant_conv { Some(conv2d(&vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 1, 0)?) } else { None },
             post_quant_conv: if cfg.use_post_quant_conv { Some(conv2d(&vb.pp("post_quant_conv"), lc, lc, 1, 1, 0)?) } else { None },
-            in_channels: cfg.in_channels,
-            out_channels: cfg.out_channels,
-            latent_channels: lc,
-            block_out_channels: cfg.block_out_channels.clone(),
-            layers_per_block: cfg.layers_per_block,
-            mid_attention: cfg.mid_block_add_attention,
+            shape: VaeShape::from(cfg),
             scaling_factor: cfg.scaling_factor,
             max_buffer_bytes: VaeOptions::default().max_buffer_bytes,
         })
@@ -97,19 +89,12 @@ impl AutoencoderKL {
     }
 
     pub fn shape(&self) -> VaeShape {
-        VaeShape {
-            in_channels: self.in_channels,
-            out_channels: self.out_channels,
-            latent_channels: self.latent_channels,
-            block_out_channels: self.block_out_channels.clone(),
-            layers_per_block: self.layers_per_block,
-            mid_attention: self.mid_attention,
-        }
+        self.shape.clone()
     }
 
     /// Image size ÷ latent size.
     pub fn downscale(&self) -> usize {
-        1 << (self.block_out_channels.len() - 1)
+        1 << (self.shape.block_out_channels.len() - 1)
     }
 
     /// Checks an image batch's dims `[B, C, H, W]` for [`Self::encode`]: the channel count, and
@@ -117,10 +102,10 @@ impl AutoencoderKL {
     pub fn check_encode_input(&self, dims: [usize; 4]) -> crate::Result<()> {
         let [b, c, h, w] = dims;
         let f = self.downscale();
-        if b == 0 || c != self.in_channels || h < f || w < f {
+        if b == 0 || c != self.shape.in_channels || h < f || w < f {
             return Err(crate::Error::InvalidOption(format!(
                 "VAE encode input {dims:?}: expected [B>0, {}, H>={f}, W>={f}]",
-                self.in_channels
+                self.shape.in_channels
             )));
         }
         Ok(())
@@ -129,10 +114,10 @@ impl AutoencoderKL {
     /// Checks a latent batch's dims `[B, C, h, w]` for [`Self::decode`].
     pub fn check_decode_input(&self, dims: [usize; 4]) -> crate::Result<()> {
         let [b, c, h, w] = dims;
-        if b == 0 || c != self.latent_channels || h == 0 || w == 0 {
+        if b == 0 || c != self.shape.latent_channels || h == 0 || w == 0 {
             return Err(crate::Error::InvalidOption(format!(
                 "VAE decode input {dims:?}: expected [B>0, {}, h>0, w>0]",
-                self.latent_channels
+                self.shape.latent_channels
             )));
         }
         Ok(())
