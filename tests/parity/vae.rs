@@ -142,13 +142,13 @@ fn vae_banded_every_block_equals_plain() {
     for (dev, device) in devices() {
         let plain = load(&device);
         let banded = with_limit(&plain, 1);
-        assert!(!plain.decode_plan([2, plain.latent_channels, 8, 8]).banded, "the default limit bands the tiny model");
+        assert!(!plain.decode_plan([2, plain.shape.latent_channels, 8, 8]).banded, "the default limit bands the tiny model");
         for (i, (h, w)) in [(8, 8), (5, 3), (7, 10)].into_iter().enumerate() {
-            let z = pattern([if i == 0 { 2 } else { 1 }, plain.latent_channels, h, w], i as f32, &device).mul_scalar(2.0);
+            let z = pattern([if i == 0 { 2 } else { 1 }, plain.shape.latent_channels, h, w], i as f32, &device).mul_scalar(2.0);
             banded_decode_case(dev, &plain, &banded, z, true);
         }
         for (i, (h, w)) in [(64, 64), (40, 56), (37, 50)].into_iter().enumerate() {
-            let x = pattern([if i == 0 { 2 } else { 1 }, plain.in_channels, h, w], 3.0 + i as f32, &device);
+            let x = pattern([if i == 0 { 2 } else { 1 }, plain.shape.in_channels, h, w], 3.0 + i as f32, &device);
             banded_encode_case(dev, &plain, &banded, x, true);
         }
     }
@@ -167,13 +167,13 @@ fn vae_banded_within_limit_equals_plain() {
         let plain = load(&device);
         let shape = plain.shape();
         for (i, (b, h, w)) in [(1, 16, 16), (2, 13, 10)].into_iter().enumerate() {
-            let dims = [b, plain.latent_channels, h, w];
+            let dims = [b, plain.shape.latent_channels, h, w];
             let limit = tightest_limit(|l| decode_plan(&shape, &VaeOptions { max_buffer_bytes: l }, dims));
             let z = pattern(dims, 7.0 + i as f32, &device).mul_scalar(2.0);
             banded_decode_case(dev, &plain, &with_limit(&plain, limit), z, false);
         }
         for (i, (b, h, w)) in [(1, 128, 128), (2, 99, 83)].into_iter().enumerate() {
-            let dims = [b, plain.in_channels, h, w];
+            let dims = [b, plain.shape.in_channels, h, w];
             let limit = tightest_limit(|l| encode_plan(&shape, &VaeOptions { max_buffer_bytes: l }, dims));
             let x = pattern(dims, 11.0 + i as f32, &device);
             banded_encode_case(dev, &plain, &with_limit(&plain, limit), x, false);
