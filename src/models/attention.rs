@@ -59,15 +59,7 @@ impl Attention {
     /// softmax(q·kᵀ/√d)·v on `[B, N, heads·d]` projections, output `[B, N, heads·d]`
     /// (before `to_out`). burn's fused kernel on wgpu never materialises the scores.
     pub fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
-        let out = attention(
-            self.split_heads(q),
-            self.split_heads(k),
-            self.split_heads(v),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        );
-        self.merge_heads(out)
+        self.merge_heads(attend_heads(self.split_heads(q), self.split_heads(k), self.split_heads(v)))
     }
 
     /// Plain attention of `x` `[B, N, C]` over `context` (or itself), including `to_out`.
@@ -78,6 +70,23 @@ impl Attention {
         let v = self.to_v.forward(context);
         self.to_out.forward(self.attend(q, k, v))
     }
+}
+
+/// Largest score matrix a backend without a fused kernel may materialise (f32 bytes).
+const SCORES_CHUNK_BYTES: usize = 256 << 20;
+
+/// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]`. burn's fused kernel on wgpu never materialises the
+/// scores; the CPU backend does, so long sequences run in query chunks (exact: softmax is per
+/// query row) — 1024² images would otherwise need a 17 GB score matrix.
+pub fn attend_heads(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [b, h, n, _] = q.dims();
+    let m = k.dims()[2];
+    let rows = (SCORES_CHUNK_BYTES / (b * h * m * 4).max(1)).max(1);
+    let run = |q: Tensor<4>| attention(q, k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+    if n <= rows {
+        return run(q);
+    }
+    Tensor::cat((0..n).step_by(rows).map(|s| run(q.clone().narrow(2, s, rows.min(n - s)))).collect(), 2)
 }
 
 /// The VAE mid-block's spatial self-attention: group norm, one head over all channels,
@@ -130,5 +139,23 @@ pub struct NoControl;
 impl AttentionController for NoControl {
     fn self_attention(&mut self, _call: SelfAttentionCall<'_>) -> Option<Tensor<3>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    #[test]
+    fn query_chunked_attention_equals_whole() {
+        let device = Device::flex();
+        let rnd = |s: [usize; 4]| Tensor::<4>::random(s, Distribution::Normal(0.0, 1.0), &device);
+        // 1 × 1 × n × 4096 keys × 4 B > SCORES_CHUNK_BYTES once n > 16384.
+        let (q, k, v) = (rnd([1, 1, 40_000, 4]), rnd([1, 1, 4096, 4]), rnd([1, 1, 4096, 4]));
+        let whole = attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+        let chunked = attend_heads(q, k, v);
+        let diff = (whole - chunked).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-6, "{diff}");
     }
 }

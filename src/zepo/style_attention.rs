@@ -45,8 +45,11 @@ pub fn style_attention(q: Tensor<4>, kv: &StyleKv, style_guidance: f32, scale: O
     }
     let k = Tensor::cat(vec![kv.k_content.clone(), kv.k_style.clone().mul_scalar(style_guidance)], 2);
     let v = Tensor::cat(vec![kv.v_content.clone(), kv.v_style.clone()], 2);
-    let options = AttentionModuleOptions { scale, ..Default::default() };
-    Ok(attention(q, k, v, None, None, options))
+    Ok(match scale {
+        // The default scale: the same (query-chunked where needed) path as every attention.
+        None => crate::models::attention::attend_heads(q, k, v),
+        Some(_) => attention(q, k, v, None, None, AttentionModuleOptions { scale, ..Default::default() }),
+    })
 }
 
 /// The optional query mix (`mix_q_scale` < 1): `mix·q_target + (1 − mix)·q_content`.

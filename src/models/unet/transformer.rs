@@ -9,6 +9,9 @@ use crate::models::attention::{Attention, AttentionController, SelfAttentionCall
 use crate::nn::{conv2d, gelu, group_norm, linear, LayerNorm};
 use crate::weights::{VarBuilder, WeightsError};
 
+/// Largest feed-forward projection computed at once (f32 bytes).
+const FF_CHUNK_BYTES: usize = 64 << 20;
+
 /// GEGLU feed-forward: `net.0.proj` to 2×4·dim, `x·gelu(gate)`, `net.2` back to dim.
 #[derive(burn::module::Module, Debug)]
 pub struct FeedForward {
@@ -25,7 +28,21 @@ impl FeedForward {
         })
     }
 
+    /// Token by token, so long sequences run in chunks: the 8·dim-wide projection of a
+    /// 512² batch would otherwise be one of the largest buffers (a WebGPU binding is capped at
+    /// 128 MiB). Chunking is exact: nothing mixes tokens here.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, n, _] = x.dims();
+        let wide = self.proj.weight.dims()[1];
+        let rows = (FF_CHUNK_BYTES / (b * wide * 4).max(1)).max(1);
+        if n <= rows {
+            return self.forward_chunk(x);
+        }
+        let chunks = (0..n).step_by(rows).map(|s| self.forward_chunk(x.clone().narrow(1, s, rows.min(n - s)))).collect();
+        Tensor::cat(chunks, 1)
+    }
+
+    fn forward_chunk(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.proj.forward(x);
         let [hidden, gate] = h.chunk(2, 2).try_into().expect("two halves");
         self.out.forward(hidden * gelu(gate))
@@ -134,5 +151,28 @@ impl Transformer2DModel {
         }
         let hs = hs.swap_dims(1, 2).reshape([b, c, h, w]);
         self.proj_out.forward(hs) + residual
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::tensor::{Device, Distribution};
+
+    #[test]
+    fn chunked_feed_forward_equals_whole() {
+        let device = Device::flex();
+        let lin = |i: usize, o: usize| Linear {
+            weight: Param::from_tensor(Tensor::random([i, o], Distribution::Normal(0.0, 0.1), &device)),
+            bias: Some(Param::from_tensor(Tensor::random([o], Distribution::Normal(0.0, 0.1), &device))),
+        };
+        let ff = FeedForward { proj: lin(8, 64), out: lin(32, 8) };
+        // 3 × 1.5M tokens × 64 wide × 4 B > FF_CHUNK_BYTES: runs in several chunks.
+        let n = FF_CHUNK_BYTES / (3 * 64 * 4) * 5 / 2;
+        let x = Tensor::<3>::random([3, n, 8], Distribution::Normal(0.0, 1.0), &device);
+        let whole = ff.forward_chunk(x.clone()).into_data();
+        let chunked = ff.forward(x).into_data();
+        assert_eq!(whole, chunked);
     }
 }
