@@ -14,6 +14,7 @@ use zepo::zepo::{TomeOptions, ZepoOptions};
 use zepo::{Error, Result};
 
 mod bench;
+mod weights_cmd;
 
 #[derive(Parser)]
 #[command(name = "zepo", version, about = "ZePo zero-shot portrait stylization (burn; CPU or wgpu)")]
@@ -28,6 +29,11 @@ enum Command {
     Stylize(StylizeArgs),
     /// Time the models and the pipeline on full-size random weights.
     Bench(bench::BenchArgs),
+    /// Make or check the fp16 weight bundle that the browser streams.
+    Weights {
+        #[command(subcommand)]
+        cmd: weights_cmd::WeightsCommand,
+    },
 }
 
 #[derive(Args)]
@@ -305,6 +311,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Stylize(args) => stylize(args),
         Command::Bench(args) => bench::run(args),
+        Command::Weights { cmd } => weights_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

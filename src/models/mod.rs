@@ -3,6 +3,7 @@
 //! the UNet's self-attentions accept an [`attention::AttentionController`].
 
 pub mod attention;
+pub mod bundle;
 pub mod clip;
 pub mod resnet;
 pub mod tokenizer;

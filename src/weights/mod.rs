@@ -3,6 +3,9 @@
 //!
 //! Every failure names what it concerns: the file, the key, the expected and found shape.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bundle;
+pub mod manifest;
 mod safetensors;
 mod store;
 
@@ -12,7 +15,7 @@ pub use safetensors::{
 pub use store::{LoadOptions, VarBuilder, VarStore};
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use store::load_dir_part;
+pub use store::{load_dir_part, part_files};
 
 /// What can go wrong while reading or assigning weights.
 #[derive(Debug, thiserror::Error)]
@@ -33,4 +36,10 @@ pub enum WeightsError {
     Duplicate { key: String, first: String, second: String },
     #[error("{file}: {source}")]
     Io { file: String, source: std::io::Error },
+    #[error("{file}: {reason}")]
+    Bundle { file: String, reason: String },
+    #[error("{file}: sha256 is {found}, the manifest says {expected} (a corrupt or replaced file)")]
+    Checksum { file: String, expected: String, found: String },
+    #[error("weight `{key}` in {file}: value {value} cannot be stored as f16 (finite range ±65504), refusing to write it as inf/NaN")]
+    OutOfRange { key: String, file: String, value: String },
 }

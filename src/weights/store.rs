@@ -270,24 +270,18 @@ fn random_tensor<const D: usize>(key: &str, shape: [usize; D], seed: u64, device
     Tensor::<D>::from_data(TensorData::new(values, shape), (device, dtype))
 }
 
-/// Loads one part of a diffusers checkpoint directory (`dir/<part>/<stem>.safetensors`, or its
-/// sharded `.safetensors.index.json`, or the `.fp16` variant) into a [`VarStore`].
+/// The safetensors files of one part of a diffusers checkpoint directory:
+/// `dir/<part>/<stem>.safetensors`, or the shards of its `.safetensors.index.json`, or the
+/// `.fp16` variant.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load_dir_part(
-    dir: &std::path::Path,
-    part: &str,
-    stem: &str,
-    device: &Device,
-    options: &LoadOptions,
-) -> Result<VarStore, WeightsError> {
-    use super::safetensors::SafetensorsBytes;
+pub fn part_files(dir: &std::path::Path, part: &str, stem: &str) -> Result<Vec<std::path::PathBuf>, WeightsError> {
     let part_dir = dir.join(part);
     let single = part_dir.join(format!("{stem}.safetensors"));
     let index = part_dir.join(format!("{stem}.safetensors.index.json"));
     let fp16 = part_dir.join(format!("{stem}.fp16.safetensors"));
     let io = |file: &std::path::Path, source| WeightsError::Io { file: file.display().to_string(), source };
 
-    let files: Vec<std::path::PathBuf> = if single.exists() {
+    Ok(if single.exists() {
         vec![single]
     } else if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| io(&index, e))?;
@@ -308,16 +302,51 @@ pub fn load_dir_part(
             &single,
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {stem}.safetensors (or sharded index) in {}", part_dir.display())),
         ));
-    };
+    })
+}
 
-    let mut store = VarStore::new(device, options, part_dir.display().to_string());
-    for path in files {
-        let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
-        // SAFETY: the map is read-only and the file is not modified while we read it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io(&path, e))?;
-        let st = SafetensorsBytes::new(map, path.display().to_string())?;
+/// Memory-maps a safetensors file read-only.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap, WeightsError> {
+    let io = |source| WeightsError::Io { file: path.display().to_string(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only and the file is not modified while we read it.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
+}
+
+/// Drops the resident pages of `map[offset..offset + len]` once read, so that streaming a
+/// checkpoint through a map does not keep it all resident (the pages are clean: a later read
+/// faults them back in from the file).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: DontNeed on a read-only file mapping only discards clean page-cache references;
+    // the contents seen through `map` do not change.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
+}
+
+/// Loads one part of a diffusers checkpoint directory (see [`part_files`]) into a [`VarStore`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_dir_part(
+    dir: &std::path::Path,
+    part: &str,
+    stem: &str,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<VarStore, WeightsError> {
+    use super::safetensors::SafetensorsBytes;
+    let mut store = VarStore::new(device, options, dir.join(part).display().to_string());
+    for path in part_files(dir, part, stem)? {
+        let map = map_file(&path)?;
+        let st = SafetensorsBytes::new(&map, path.display().to_string())?;
+        let base = st.header().data_start as usize;
         for (entry, bytes) in st.tensors() {
             store.insert(entry, bytes, st.name())?;
+            release_pages(&map, base + entry.start as usize, bytes.len());
         }
     }
     Ok(store)

@@ -1,6 +1,7 @@
 //! Parity with the authors' PyTorch stack (`tests/fixtures`, copied from the shared oracle):
 //! one test binary, one module per model part.
 
+mod bundle;
 mod clip;
 mod common;
 mod pipeline;

@@ -1,0 +1,252 @@
+//! `manifest.json` of an fp16 weight bundle (`weights/README.md` describes the format): what a
+//! browser fetches, in which files, with their sizes and sha256, and what was left out.
+//! Shared by the native converter / loader and the browser engine (no file system here).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::WeightsError;
+
+/// The `format` field of every bundle manifest.
+pub const FORMAT: &str = "zepo-fp16-bundle";
+/// The version this crate writes and reads; a reader refuses any other.
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name at the bundle's root.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The model parts a bundle may hold, with their diffusers weight-file stems.
+pub const PARTS: &[(&str, &str)] =
+    &[("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+
+/// A file of the bundle: its URL relative to the bundle's root, size and sha256 (lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub url: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One safetensors shard of a part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    #[serde(flatten)]
+    pub file: FileRef,
+    /// The safetensors dtype of every tensor in it (`F16`).
+    pub dtype: String,
+    /// The tensors it holds, in file order.
+    pub tensors: Vec<String>,
+}
+
+/// One model part (`unet`, `vae`, `text_encoder`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// The part's diffusers / transformers `config.json`, copied verbatim.
+    pub config: FileRef,
+    pub shards: Vec<Shard>,
+    /// Sum of the shards' sizes.
+    pub total_bytes: u64,
+    /// Key prefixes left out on request (`encoder.`, `quant_conv.` for a decode-only VAE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<String>,
+    /// Non-float source tensors not carried: buffers no module uses (CLIP's `position_ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+impl Part {
+    pub fn tensor_count(&self) -> usize {
+        self.shards.iter().map(|s| s.tensors.len()).sum()
+    }
+
+    /// Whether keys under `prefix` (e.g. `encoder.`) were left out.
+    pub fn omits(&self, prefix: &str) -> bool {
+        self.omitted.iter().any(|p| p == prefix)
+    }
+}
+
+/// One precomputed prompt: its text and the tensor holding its embedding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptEntry {
+    pub text: String,
+    pub tensor: String,
+}
+
+/// Text-encoder outputs (`last_hidden_state`, one `[positions, hidden]` tensor per prompt)
+/// computed at conversion time, so that the browser needs no text encoder for these prompts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptEmbeddings {
+    #[serde(flatten)]
+    pub file: FileRef,
+    /// `F32`: the encoder's f32 output as is (a few hundred KB; no second rounding).
+    pub dtype: String,
+    /// `[max_position_embeddings, hidden_size]` of the text encoder.
+    pub shape: Vec<usize>,
+    pub prompts: Vec<PromptEntry>,
+}
+
+/// The whole `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    /// The source model's name (its directory name unless given).
+    pub model: String,
+    /// `unet`, `vae`, and `text_encoder` unless left out.
+    pub parts: BTreeMap<String, Part>,
+    /// Whole parts left out on request (`text_encoder`, then also `tokenizer`) and sub-parts
+    /// (`vae.encoder`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<String>,
+    /// The CLIP tokenizer files (absent with the text encoder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokenizer: Vec<FileRef>,
+    /// `scheduler/scheduler_config.json`.
+    pub scheduler: Option<FileRef>,
+    /// The source's `model_index.json`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_index: Option<FileRef>,
+    pub prompt_embeddings: Option<PromptEmbeddings>,
+}
+
+impl Manifest {
+    /// Parses and checks a manifest's text; `name` is used in errors.
+    pub fn parse(text: &str, name: &str) -> Result<Self, WeightsError> {
+        let bad = |reason: String| WeightsError::Bundle { file: name.to_string(), reason };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        match value.get("format").and_then(|f| f.as_str()) {
+            Some(FORMAT) => {}
+            other => return Err(bad(format!("format is {other:?}, expected \"{FORMAT}\""))),
+        }
+        match value.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == FORMAT_VERSION as u64 => {}
+            other => {
+                return Err(bad(format!(
+                    "format_version {other:?} is not supported (this build reads version {FORMAT_VERSION})"
+                )))
+            }
+        }
+        let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        for file in manifest.files() {
+            check_url(&file.url).map_err(|reason| bad(format!("`{}`: {reason}", file.url)))?;
+            if file.sha256.len() != 64 || !file.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!("`{}`: sha256 is not 64 hex digits", file.url)));
+            }
+        }
+        for (name, part) in &manifest.parts {
+            let sum: u64 = part.shards.iter().map(|s| s.file.size).sum();
+            if sum != part.total_bytes {
+                return Err(bad(format!("part {name}: total_bytes {} but its shards add up to {sum}", part.total_bytes)));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest as written to `manifest.json` (pretty, stable key order).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest always serializes") + "\n"
+    }
+
+    /// A part, or an error saying that it was left out (or never there).
+    pub fn part(&self, name: &str) -> Result<&Part, WeightsError> {
+        self.parts.get(name).ok_or_else(|| {
+            let reason = if self.omitted.iter().any(|o| o == name) {
+                format!("the {name} was left out of this bundle at conversion; convert the model again without leaving it out")
+            } else {
+                format!("this bundle has no {name} part (it has: {})", self.parts.keys().cloned().collect::<Vec<_>>().join(", "))
+            };
+            WeightsError::Bundle { file: format!("{} ({MANIFEST_FILE})", self.model), reason }
+        })
+    }
+
+    /// The tensor holding the precomputed embedding of `text`, if there is one.
+    pub fn prompt_tensor(&self, text: &str) -> Option<&str> {
+        let pe = self.prompt_embeddings.as_ref()?;
+        pe.prompts.iter().find(|p| p.text == text).map(|p| p.tensor.as_str())
+    }
+
+    /// Every file the bundle references (configs, shards, tokenizer, scheduler, embeddings).
+    pub fn files(&self) -> Vec<&FileRef> {
+        let mut files = Vec::new();
+        for part in self.parts.values() {
+            files.push(&part.config);
+            files.extend(part.shards.iter().map(|s| &s.file));
+        }
+        files.extend(self.tokenizer.iter());
+        files.extend(self.scheduler.iter());
+        files.extend(self.model_index.iter());
+        files.extend(self.prompt_embeddings.iter().map(|p| &p.file));
+        files
+    }
+
+    /// Bytes of every referenced file together.
+    pub fn total_bytes(&self) -> u64 {
+        self.files().iter().map(|f| f.size).sum()
+    }
+}
+
+/// A URL must stay inside the bundle: relative, no `..`, no scheme, no backslash.
+fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() || url.starts_with('/') || url.contains('\\') || url.contains(':') {
+        return Err("not a relative path inside the bundle".into());
+    }
+    if url.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err("has an empty, `.` or `..` component".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(url: &str, size: u64) -> FileRef {
+        FileRef { url: url.into(), size, sha256: "0".repeat(64) }
+    }
+
+    fn sample() -> Manifest {
+        let shard = Shard { file: file("unet/fp16-00001-of-00001.safetensors", 10), dtype: "F16".into(), tensors: vec!["a".into()] };
+        let part = Part { config: file("unet/config.json", 3), shards: vec![shard], total_bytes: 10, omitted: vec![], skipped: vec![] };
+        Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            model: "m".into(),
+            parts: [("unet".to_string(), part)].into(),
+            omitted: vec!["text_encoder".into()],
+            tokenizer: vec![],
+            scheduler: None,
+            model_index: None,
+            prompt_embeddings: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_names_left_out_parts() {
+        let m = sample();
+        let back = Manifest::parse(&m.to_json(), "manifest.json").unwrap();
+        assert_eq!(back, m);
+        let err = back.part("text_encoder").unwrap_err().to_string();
+        assert!(err.contains("left out"), "{err}");
+        let err = back.part("vae").unwrap_err().to_string();
+        assert!(err.contains("no vae part") && err.contains("unet"), "{err}");
+    }
+
+    #[test]
+    fn rejects_other_versions_escaping_urls_and_bad_totals() {
+        let mut m = sample();
+        m.format_version = 2;
+        let err = Manifest::parse(&m.to_json(), "x/manifest.json").unwrap_err().to_string();
+        assert!(err.contains("x/manifest.json") && err.contains("format_version"), "{err}");
+
+        for url in ["../secret", "/etc/passwd", "https://a/b", "a//b"] {
+            let mut m = sample();
+            m.parts.get_mut("unet").unwrap().config.url = url.into();
+            let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
+            assert!(err.contains(url), "{url}: {err}");
+        }
+
+        let mut m = sample();
+        m.parts.get_mut("unet").unwrap().total_bytes = 11;
+        let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
+        assert!(err.contains("total_bytes"), "{err}");
+    }
+}
