@@ -1,4 +1,5 @@
-//! Loading a whole diffusers model directory (natively) into a [`Zepo`] pipeline.
+//! Loading a whole model directory (natively) into a [`Zepo`] pipeline: a diffusers
+//! checkpoint (`unet/diffusion_pytorch_model.safetensors` …) or an fp16 bundle (`manifest.json`).
 
 use std::path::Path;
 
@@ -22,8 +23,12 @@ pub enum WeightSource {
     Random(u64),
 }
 
+/// A part's tensors: from a diffusers directory, an fp16 bundle (`manifest.json`), or random.
 fn store(dir: &Path, part: &str, stem: &str, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<VarStore> {
     Ok(match src {
+        WeightSource::Checkpoint if crate::weights::bundle::is_bundle(dir) => {
+            crate::weights::bundle::load_bundle_part(dir, part, device, opts)?
+        }
         WeightSource::Checkpoint => load_dir_part(dir, part, stem, device, opts)?,
         WeightSource::Random(seed) => VarStore::random(device, opts, seed),
     })

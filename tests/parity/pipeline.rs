@@ -279,3 +279,41 @@ fn cli_stylizes_a_folder_with_one_style() {
     }
     assert!(!out.join("notes.png").exists());
 }
+
+#[test]
+fn the_fp16_bundle_runs_the_pipeline() {
+    // The same case through the fp16 bundle: fp16 weights move the image by far less than a
+    // wrong weight would (see tests/parity/bundle.rs for the per-part figures).
+    let device = burn::tensor::Device::flex();
+    let bundle = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-lcm-bundle");
+    let zepo = load_dir(&bundle, &device, &Default::default(), WeightSource::Checkpoint).unwrap();
+    let case = "tiny_s2_r64";
+    let fx = Fixture::load(&format!("cases/{case}/reference.safetensors"));
+    let o = case_options(case);
+    let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
+    let out = zepo
+        .stylize(&rgb(&fx, "content_rgb_u8"), Style::Image(&rgb(&fx, "style_rgb_u8")), &o, &prompts, &mut replay(&fx), &mut Silent, None)
+        .unwrap();
+    let e = assert_close_abs("bundle image", &out.image.values, &reference_image(&fx), 2e-2);
+    println!("fp16 bundle {case}: image max abs err {e:.2e}");
+}
+
+#[test]
+fn a_differently_sized_model_runs_the_whole_pipeline() {
+    // tiny-lcm-2: other widths, per-block head counts, norm groups, text width, layer counts.
+    let device = burn::tensor::Device::flex();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-lcm-2-bundle");
+    let zepo = load_dir(&dir, &device, &Default::default(), WeightSource::Checkpoint).unwrap();
+    let fx = Fixture::load("cases/tiny_s2_r96_synth/reference.safetensors");
+    let (content, style) = (rgb(&fx, "content_rgb_u8"), rgb(&fx, "style_rgb_u8"));
+    for no_cfg in [false, true] {
+        let o = ZepoOptions { resolution: 96, steps: 2, no_cfg, end_layer: zepo.unet.num_self_attentions, ..Default::default() };
+        let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
+        zepo.reset_counters();
+        let out = zepo.stylize(&content, Style::Image(&style), &o, &prompts, &mut SeededNoise::new(3), &mut Silent, None).unwrap();
+        assert_eq!((out.image.width, out.image.height), (96, 96));
+        assert!(out.image.values.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+        let halves = if no_cfg { 1 } else { 2 };
+        assert_eq!(zepo.counters().unet_evals, 2 * halves + 2 * halves, "no_cfg {no_cfg}");
+    }
+}
