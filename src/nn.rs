@@ -86,3 +86,45 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation::gelu(x)
 }
+
+/// `torch.nn.Embedding(n, d)` whose table may be split in row blocks (each one device buffer):
+/// CLIP-L's 49408×768 f32 table is 152 MB, over WebGPU's 128 MiB binding limit.
+#[derive(burn::module::Module, Debug)]
+pub struct BlockedEmbedding {
+    pub blocks: Vec<Param<Tensor<2>>>,
+}
+
+impl BlockedEmbedding {
+    pub fn load(vb: &VarBuilder, n: usize, d: usize) -> R<Self> {
+        Ok(Self { blocks: vb.get_row_blocks("weight", [n, d])?.into_iter().map(Param::from_tensor).collect() })
+    }
+
+    /// Rows `ids` `[B, N]` → `[B, N, d]`. With several blocks each looks up the ids in its
+    /// range (others clamped, then zeroed) and the results add up: exact, and no buffer holds
+    /// the whole table.
+    pub fn forward(&self, ids: Tensor<2, burn::tensor::Int>) -> Tensor<3> {
+        if self.blocks.len() == 1 {
+            return burn::tensor::module::embedding(self.blocks[0].val(), ids);
+        }
+        let mut start = 0i64;
+        let mut out: Option<Tensor<3>> = None;
+        for block in &self.blocks {
+            let rows = block.dims()[0] as i64;
+            let local = ids.clone().sub_scalar(start);
+            let inside = local.clone().greater_equal_elem(0).bool_and(local.clone().lower_elem(rows));
+            let e = burn::tensor::module::embedding(block.val(), local.clamp(0, rows - 1));
+            let e = e * inside.float().unsqueeze_dim::<3>(2);
+            out = Some(match out {
+                Some(o) => o + e,
+                None => e,
+            });
+            start += rows;
+        }
+        out.expect("at least one block")
+    }
+
+    /// The whole table (small tables only; used for checks).
+    pub fn rows(&self) -> usize {
+        self.blocks.iter().map(|b| b.dims()[0]).sum()
+    }
+}

@@ -205,7 +205,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     };
     if problems.is_empty() {
         let device = Device::flex();
-        let opts = LoadOptions { dtype: DType::F16 };
+        let opts = LoadOptions { dtype: DType::F16, ..Default::default() };
         for name in manifest.parts.keys() {
             match check_part(dir, &manifest, name, &device, &opts) {
                 Ok(Some(n)) => report.parts.push((name.clone(), n)),

@@ -9,7 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Int, Tensor};
 use serde::Deserialize;
 
-use crate::nn::{embedding, linear, LayerNorm};
+use crate::nn::{embedding, linear, BlockedEmbedding, LayerNorm};
 use crate::weights::{VarBuilder, VarStore};
 use crate::{Error, Result};
 
@@ -153,7 +153,8 @@ impl ClipEncoderLayer {
 /// `CLIPTextModel`; `forward` returns `last_hidden_state`.
 #[derive(burn::module::Module, Debug)]
 pub struct ClipTextModel {
-    pub token_embedding: Embedding,
+    /// Blocked: the real model's f32 table exceeds one WebGPU buffer.
+    pub token_embedding: BlockedEmbedding,
     pub position_embedding: Embedding,
     pub layers: Vec<ClipEncoderLayer>,
     pub final_layer_norm: LayerNorm,
@@ -172,7 +173,7 @@ impl ClipTextModel {
             .map(|i| ClipEncoderLayer::load(&vb.pp("encoder").pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            token_embedding: embedding(&emb.pp("token_embedding"), cfg.vocab_size, d)?,
+            token_embedding: BlockedEmbedding::load(&emb.pp("token_embedding"), cfg.vocab_size, d)?,
             position_embedding: embedding(&emb.pp("position_embedding"), cfg.max_position_embeddings, d)?,
             layers,
             final_layer_norm: LayerNorm::load(&vb.pp("final_layer_norm"), d, cfg.layer_norm_eps)?,

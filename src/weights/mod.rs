@@ -12,7 +12,7 @@ mod store;
 pub use safetensors::{
     parse_header, Dtype, Header, SafetensorsBytes, StreamParser, StreamedTensor, TensorEntry,
 };
-pub use store::{LoadOptions, VarBuilder, VarStore};
+pub use store::{LoadOptions, VarBuilder, VarStore, MAX_WEIGHT_BUFFER_BYTES};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use store::{load_dir_part, part_files};

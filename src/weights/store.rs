@@ -16,16 +16,24 @@ use super::WeightsError;
 pub struct LoadOptions {
     /// The compute dtype: `DType::F32` or `DType::F16`; stored weights are cast to it.
     pub dtype: DType,
+    /// Largest device buffer one weight may take; larger weights are kept as row blocks.
+    pub max_buffer_bytes: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32 }
+        Self { dtype: DType::F32, max_buffer_bytes: MAX_WEIGHT_BUFFER_BYTES }
     }
 }
 
+/// Largest single device buffer a weight may occupy: WebGPU's default (and lavapipe's) storage
+/// binding limit is 128 MiB; larger weights (CLIP-L's 152 MB f32 token table) are kept as row
+/// blocks, taken with [`VarBuilder::get_row_blocks`].
+pub const MAX_WEIGHT_BUFFER_BYTES: usize = 120 << 20;
+
 struct Stored {
-    flat: Tensor<1>,
+    /// Row blocks of the tensor, flattened; one block unless it is over the buffer limit.
+    blocks: Vec<Tensor<1>>,
     shape: Vec<usize>,
 }
 
@@ -39,6 +47,7 @@ enum Source {
 pub struct VarStore {
     device: Device,
     dtype: DType,
+    max_buffer_bytes: usize,
     source: Source,
     name: String,
     used: BTreeSet<String>,
@@ -54,6 +63,7 @@ impl VarStore {
         Self {
             device: device.clone(),
             dtype: options.dtype,
+            max_buffer_bytes: options.max_buffer_bytes,
             source: Source::Loaded(HashMap::new()),
             name: name.into(),
             used: BTreeSet::new(),
@@ -95,14 +105,25 @@ impl VarStore {
         }
         self.origin.insert(entry.name.clone(), origin.to_string());
         let numel: usize = entry.shape.iter().product();
-        let data = if entry.dtype.is_float() {
-            decode_float(entry.dtype, bytes, numel, self.dtype)
-        } else {
+        if !entry.dtype.is_float() {
             // Keep a placeholder so that `finish` can report it unless it is ignorable.
-            TensorData::new(vec![0f32; 0], [0])
-        };
-        let flat = Tensor::<1>::from_data(data, (&self.device, self.dtype));
-        map.insert(entry.name.clone(), Stored { flat, shape: entry.shape.clone() });
+            let flat = Tensor::<1>::from_data(TensorData::new(vec![0f32; 0], [0]), (&self.device, self.dtype));
+            map.insert(entry.name.clone(), Stored { blocks: vec![flat], shape: entry.shape.clone() });
+            return Ok(());
+        }
+        let rows = entry.shape.first().copied().unwrap_or(1).max(1);
+        let row_elems = numel / rows;
+        let rows_per_block = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
+        let in_row = row_elems * entry.dtype.size();
+        let blocks = (0..rows)
+            .step_by(rows_per_block.max(1))
+            .map(|r| {
+                let n = rows_per_block.min(rows - r);
+                let data = decode_float(entry.dtype, &bytes[r * in_row..(r + n) * in_row], n * row_elems, self.dtype);
+                Tensor::<1>::from_data(data, (&self.device, self.dtype))
+            })
+            .collect();
+        map.insert(entry.name.clone(), Stored { blocks, shape: entry.shape.clone() });
         Ok(())
     }
 
@@ -117,11 +138,23 @@ impl VarStore {
         VarBuilder { store: Rc::new(RefCell::new(self)), prefix: String::new() }
     }
 
-    fn take<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<D>, WeightsError> {
+    /// The row blocks of `key`, checked against `shape`, marked used.
+    fn take_blocks(&mut self, key: &str, shape: &[usize]) -> Result<Vec<Tensor<1>>, WeightsError> {
         match &self.source {
             Source::Random { seed } => {
+                // Blocked like a loaded tensor, so random full-size models respect the limit too.
+                let rows = shape.first().copied().unwrap_or(1).max(1);
+                let row_elems = shape.iter().product::<usize>() / rows;
+                let per = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
                 let seed = seed.wrapping_add(hash(key));
-                Ok(random_tensor(key, shape, seed, &self.device, self.dtype))
+                Ok((0..rows)
+                    .step_by(per)
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let n = per.min(rows - r) * row_elems;
+                        random_tensor(key, shape.len(), [n], seed.wrapping_add(i as u64), row_elems, &self.device, self.dtype)
+                    })
+                    .collect())
             }
             Source::Loaded(map) => {
                 let stored = map.get(key).ok_or_else(|| WeightsError::Missing {
@@ -130,19 +163,31 @@ impl VarStore {
                     source_name: self.name.clone(),
                 })?;
                 if stored.shape != shape {
-                    return Err(WeightsError::Shape {
-                        key: key.to_string(),
-                        expected: shape.to_vec(),
-                        found: stored.shape.clone(),
-                    });
+                    return Err(WeightsError::Shape { key: key.to_string(), expected: shape.to_vec(), found: stored.shape.clone() });
                 }
-                if stored.flat.dims()[0] != shape.iter().product::<usize>() {
+                let held: usize = stored.blocks.iter().map(|b| b.dims()[0]).sum();
+                if held != shape.iter().product::<usize>() {
                     return Err(WeightsError::Dtype { key: key.to_string(), dtype: "integer".into() });
                 }
+                let blocks = stored.blocks.clone();
                 self.used.insert(key.to_string());
-                Ok(stored.flat.clone().reshape(shape))
+                Ok(blocks)
             }
         }
+    }
+
+    fn take<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<D>, WeightsError> {
+        let mut blocks = self.take_blocks(key, &shape)?;
+        let flat = if blocks.len() == 1 { blocks.remove(0) } else { Tensor::cat(blocks, 0) };
+        Ok(flat.reshape(shape))
+    }
+
+    fn take_row_blocks(&mut self, key: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>, WeightsError> {
+        let blocks = self.take_blocks(key, &shape)?;
+        Ok(blocks.into_iter().map(|b| {
+            let rows = b.dims()[0] / shape[1];
+            b.reshape([rows, shape[1]])
+        }).collect())
     }
 
     fn contains(&self, key: &str) -> bool {
@@ -196,6 +241,13 @@ impl VarBuilder {
         self.store.borrow_mut().take(&key, shape)
     }
 
+    /// The 2-D tensor `prefix.name` as row blocks, each under [`MAX_WEIGHT_BUFFER_BYTES`]
+    /// (one block when it fits): for embedding tables too large for one GPU buffer.
+    pub fn get_row_blocks(&self, name: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>, WeightsError> {
+        let key = self.key(name);
+        self.store.borrow_mut().take_row_blocks(&key, shape)
+    }
+
     /// Whether `prefix.name` exists (optional weights such as a bias).
     pub fn contains(&self, name: &str) -> bool {
         self.store.borrow().contains(&self.key(name))
@@ -214,6 +266,12 @@ impl VarBuilder {
     pub fn finish(self) -> Result<(), WeightsError> {
         self.store.borrow_mut().finish()
     }
+}
+
+/// Rows per block so that a block stays under `max_bytes` in `dtype`.
+fn block_rows(rows: usize, row_elems: usize, dtype: DType, max_bytes: usize) -> usize {
+    let bytes = if dtype == DType::F16 { 2 } else { 4 };
+    (max_bytes / (row_elems * bytes).max(1)).clamp(1, rows)
 }
 
 fn decode_float(dtype: Dtype, bytes: &[u8], numel: usize, target: DType) -> TensorData {
@@ -245,21 +303,20 @@ fn hash(key: &str) -> u64 {
     key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
-fn random_tensor<const D: usize>(key: &str, shape: [usize; D], seed: u64, device: &Device, dtype: DType) -> Tensor<D> {
+/// `n` normal values for a weight of rank `rank` whose rows hold `row_elems` values.
+fn random_tensor(key: &str, rank: usize, n: [usize; 1], seed: u64, row_elems: usize, device: &Device, dtype: DType) -> Tensor<1> {
     use rand::{rngs::StdRng, Rng, SeedableRng};
-    let numel: usize = shape.iter().product();
     let mut rng = StdRng::seed_from_u64(seed);
     // Fan-in scaled weights keep activations finite through a deep random network; 1-D
     // `weight`s are norm scales, kept near one.
-    let fan_in: usize = if D > 1 { shape[1..].iter().product() } else { 1 };
-    let (mean, std) = if D == 1 && key.ends_with("weight") {
+    let (mean, std) = if rank == 1 && key.ends_with("weight") {
         (1.0f32, 0.1f32)
-    } else if D == 1 {
+    } else if rank == 1 {
         (0.0, 0.02)
     } else {
-        (0.0f32, 1.0 / (fan_in as f32).sqrt())
+        (0.0f32, 1.0 / (row_elems as f32).sqrt())
     };
-    let values: Vec<f32> = (0..numel)
+    let values: Vec<f32> = (0..n[0])
         .map(|_| {
             // Box-Muller from two uniforms: rand's normal distribution lives in rand_distr.
             let u1: f32 = rng.random::<f32>().max(1e-7);
@@ -267,7 +324,7 @@ fn random_tensor<const D: usize>(key: &str, shape: [usize; D], seed: u64, device
             mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
         })
         .collect();
-    Tensor::<D>::from_data(TensorData::new(values, shape), (device, dtype))
+    Tensor::<1>::from_data(TensorData::new(values, n), (device, dtype))
 }
 
 /// The safetensors files of one part of a diffusers checkpoint directory:
