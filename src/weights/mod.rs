@@ -4,6 +4,7 @@
 //! Every failure names what it concerns: the file, the key, the expected and found shape.
 
 #[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bundle;
 pub mod manifest;
 mod safetensors;
