@@ -13,8 +13,8 @@ use std::ops::Range;
 use burn::tensor::Tensor;
 
 use super::options::TomeOptions;
-use super::style_attention::style_attention;
-use super::tome;
+use super::style_attention::{style_attention, StyleKv};
+use super::tome::{merge_count, DstPick, TokenMerge};
 use crate::models::attention::{Attention, AttentionController, SelfAttentionCall};
 
 /// One controlled layer's features of one image: rows are the CFG halves `[uncond, cond]`.
@@ -56,7 +56,18 @@ impl ControlSpec {
     fn features(&self, layer: usize, attn: &Attention, hidden: Tensor<3>, hw: [usize; 2]) -> LayerFeatures {
         let q = (self.mix_q < 1.0).then(|| attn.to_q.forward(hidden.clone()));
         let merged = match &self.tome {
-            Some(t) => tome::merge_2d(hidden, hw[0], hw[1], t, self.tome_seed.wrapping_add(layer as u64)),
+            Some(t) => {
+                let pick = if t.deterministic {
+                    DstPick::TopLeft
+                } else {
+                    DstPick::Random { seed: self.tome_seed.wrapping_add(layer as u64) }
+                };
+                let r = merge_count(hidden.dims()[1], t.ratio as f64);
+                // The options were validated and `hidden` is this layer's h×w map.
+                TokenMerge::new(hidden.clone(), hw[0], hw[1], t.sx, t.sy, r, pick)
+                    .and_then(|m| m.merge(hidden))
+                    .expect("token merging of a validated h×w map")
+            }
             None => hidden,
         };
         LayerFeatures { k: attn.to_k.forward(merged.clone()), v: attn.to_v.forward(merged), q }
@@ -69,14 +80,14 @@ impl ControlSpec {
         if let Some(qc) = &content.q {
             q = q.mul_scalar(self.mix_q) + qc.clone().mul_scalar(1.0 - self.mix_q);
         }
-        let out = style_attention(
-            attn.split_heads(q),
-            attn.split_heads(content.k.clone()),
-            attn.split_heads(content.v.clone()),
-            attn.split_heads(style.k.clone()),
-            attn.split_heads(style.v.clone()),
-            self.style_guidance,
-        );
+        let kv = StyleKv {
+            k_content: attn.split_heads(content.k.clone()),
+            v_content: attn.split_heads(content.v.clone()),
+            k_style: attn.split_heads(style.k.clone()),
+            v_style: attn.split_heads(style.v.clone()),
+        };
+        let out = style_attention(attn.split_heads(q), &kv, self.style_guidance, None)
+            .expect("k/v recorded from the same layer have matching shapes");
         attn.merge_heads(out)
     }
 }

@@ -52,18 +52,14 @@ pub fn load_vae(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSour
 pub fn load_text(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<TextStack> {
     let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
     let cfg: ClipTextConfig = read_config(&dir.join("text_encoder/config.json"))?;
-    let mut store = store(dir, "text_encoder", "model", device, opts, src)?;
-    store.ignore("text_model.embeddings.position_ids");
-    let vb = store.into_builder();
-    let encoder = ClipTextModel::load(&vb, &cfg)?;
-    vb.finish()?;
+    let encoder = ClipTextModel::from_store(store(dir, "text_encoder", "model", device, opts, src)?, &cfg)?;
     Ok(TextStack { tokenizer, encoder })
 }
 
 /// The scheduler of `dir/scheduler`.
 pub fn load_scheduler(dir: &Path) -> Result<LcmScheduler> {
     let cfg: LcmSchedulerConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
-    Ok(LcmScheduler::new(&cfg))
+    LcmScheduler::new(cfg)
 }
 
 /// Every part of a diffusers directory (`model_index.json` layout).

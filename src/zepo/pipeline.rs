@@ -181,7 +181,7 @@ impl Zepo {
 
     /// Validates options against this model (layer count, schedule length, no-CFG support).
     pub fn check_options(&self, o: &ZepoOptions) -> Result<()> {
-        o.validate(self.unet.num_self_attentions, self.scheduler.num_train_timesteps())?;
+        o.validate(self.unet.num_self_attentions, self.scheduler.config.num_train_timesteps)?;
         if o.no_cfg && self.unet.time_embedding.cond_proj.is_none() {
             return Err(Error::InvalidOption("no-CFG mode needs a UNet with time_cond_proj_dim (an LCM checkpoint)".into()));
         }
@@ -194,16 +194,16 @@ impl Zepo {
 
     /// Encodes an image and draws `samples` posterior samples, each followed by its noise draw:
     /// the reference's `prepare_latents` (posterior noise, then the noise added at `t`).
-    fn latents(&self, img: &RgbImage, o: &ZepoOptions, labels: &[(&str, usize)], noise: &mut dyn NoiseSource) -> Result<Vec<Tensor<4>>> {
+    fn latents(&self, img: &RgbImage, o: &ZepoOptions, labels: &[(&str, i64)], noise: &mut dyn NoiseSource) -> Result<Vec<Tensor<4>>> {
         self.count(|c| c.vae_encodes += 1);
         let post = self.vae.encode(self.image_tensor(img, o));
         let shape = post.mean.dims();
-        let sf = self.vae.scaling_factor() as f32;
+        let sf = self.vae.scaling_factor as f32;
         let mut out = Vec::new();
         for (label, t) in labels {
             let z = post.sample(noise.draw(&format!("{label}_vae_posterior"), shape, &self.device)?).mul_scalar(sf);
             let n = noise.draw(&format!("{label}_prepare_latents_noise"), shape, &self.device)?;
-            out.push(self.scheduler.add_noise(z, n, *t));
+            out.push(self.scheduler.add_noise(z, n, *t)?);
         }
         Ok(out)
     }
@@ -224,7 +224,7 @@ impl Zepo {
     /// tensors from `noise`.
     pub fn style_features(&self, style: &RgbImage, o: &ZepoOptions, prompts: &PromptEmbeddings, noise: &mut dyn NoiseSource) -> Result<StyleFeatures> {
         self.check_options(o)?;
-        let noisy = self.latents(style, o, &[("style", o.feature_step)], noise)?.remove(0);
+        let noisy = self.latents(style, o, &[("style", o.feature_step as i64)], noise)?.remove(0);
         Ok(StyleFeatures { features: self.record_features(&noisy, o, prompts), key: FeatureKey::of(o) })
     }
 
@@ -245,15 +245,16 @@ impl Zepo {
                 return Err(Error::InvalidOption("style features were computed with other options (resolution, prompt, layers, token merging or feature step)".into()));
             }
         }
-        let (all, run) = self.scheduler.zepo_timesteps(o.steps, o.strength);
+        let mut scheduler = self.scheduler.clone();
+        let run = scheduler.zepo_timesteps(o.steps, o.strength)?;
         Ok(StylizeRun {
             zepo: self,
+            scheduler,
             o: o.clone(),
             prompts,
             noise,
             content,
             style_in: style,
-            all,
             run,
             phase: Phase::EncodeContent,
             posterior: None,
@@ -310,8 +311,9 @@ impl Zepo {
         if o.no_cfg {
             return Err(Error::InvalidOption("the uncached reference path has no no-CFG mode".into()));
         }
-        let (all, run) = self.scheduler.zepo_timesteps(o.steps, o.strength);
-        let fs = o.feature_step;
+        let mut scheduler = self.scheduler.clone();
+        let run = scheduler.zepo_timesteps(o.steps, o.strength)?;
+        let fs = o.feature_step as i64;
         let c_lat = self.latents(content, o, &[("content", fs)], noise)?.remove(0);
         let s_lat = self.latents(style, o, &[("style", fs)], noise)?.remove(0);
         let mut x = self.latents(content, o, &[("mutual", run[0])], noise)?.remove(0);
@@ -328,13 +330,13 @@ impl Zepo {
             let out_c = out.slice([5..6]);
             let eps = out_c.clone() + (out_u - out_c).mul_scalar(o.cfg);
             noise.draw(&format!("step{i}_randn_like_unused"), shape, &self.device)?;
-            let step_noise = if self.scheduler.is_last_index(&all, t) { None } else { Some(noise.draw(&format!("step{i}_lcm_step_noise"), shape, &self.device)?) };
-            let (prev, den) = self.scheduler.step(eps, t, &all, x, step_noise);
+            let step_noise = if scheduler.needs_noise(t)? { Some(noise.draw(&format!("step{i}_lcm_step_noise"), shape, &self.device)?) } else { None };
+            let (prev, den) = scheduler.step(eps, t, x, step_noise)?;
             x = prev;
             denoised = den;
         }
         self.count(|c| c.vae_decodes += 1);
-        let decoded = self.vae.decode(denoised.div_scalar(self.vae.scaling_factor() as f32));
+        let decoded = self.vae.decode(denoised.div_scalar(self.vae.scaling_factor as f32));
         let [_, _, hh, ww] = decoded.dims();
         Ok(FloatImage::from_decoded(&read(decoded)?, hh, ww))
     }
@@ -361,8 +363,10 @@ pub struct StylizeRun<'a> {
     noise: &'a mut dyn NoiseSource,
     content: &'a RgbImage,
     style_in: Style<'a>,
-    all: Vec<usize>,
-    run: Vec<usize>,
+    /// This run's scheduler, set to its schedule.
+    scheduler: LcmScheduler,
+    /// Timesteps actually run.
+    run: Vec<i64>,
     phase: Phase,
     posterior: Option<crate::models::vae::Posterior>,
     content_noisy: Option<Tensor<4>>,
@@ -407,17 +411,17 @@ impl StylizeRun<'_> {
                 z.count(|c| c.vae_encodes += 1);
                 let post = z.vae.encode(z.image_tensor(self.content, o));
                 let shape = post.mean.dims();
-                let sf = z.vae.scaling_factor() as f32;
+                let sf = z.vae.scaling_factor as f32;
                 let clean = post.sample(self.noise.draw("content_vae_posterior", shape, device)?).mul_scalar(sf);
                 let n = self.noise.draw("content_prepare_latents_noise", shape, device)?;
-                self.content_noisy = Some(z.scheduler.add_noise(clean, n, o.feature_step));
+                self.content_noisy = Some(self.scheduler.add_noise(clean, n, o.feature_step as i64)?);
                 self.posterior = Some(post);
                 self.phase = Phase::Style;
             }
             Phase::Style => {
                 self.style = Some(match &self.style_in {
                     Style::Image(img) => {
-                        let noisy = z.latents(img, o, &[("style", o.feature_step)], self.noise)?.remove(0);
+                        let noisy = z.latents(img, o, &[("style", o.feature_step as i64)], self.noise)?.remove(0);
                         StyleFeatures { features: z.record_features(&noisy, o, self.prompts), key: FeatureKey::of(o) }
                     }
                     Style::Features(f) => (*f).clone(),
@@ -429,10 +433,10 @@ impl StylizeRun<'_> {
                 self.content_features = Some(z.record_features(&noisy, o, self.prompts));
                 let post = self.posterior.as_ref().expect("encoded");
                 let shape = post.mean.dims();
-                let sf = z.vae.scaling_factor() as f32;
+                let sf = z.vae.scaling_factor as f32;
                 let clean = post.sample(self.noise.draw("mutual_vae_posterior", shape, device)?).mul_scalar(sf);
                 let n = self.noise.draw("mutual_prepare_latents_noise", shape, device)?;
-                self.x = Some(z.scheduler.add_noise(clean, n, self.run[0]));
+                self.x = Some(self.scheduler.add_noise(clean, n, self.run[0])?);
                 self.phase = Phase::Step(0);
             }
             Phase::Step(i) => {
@@ -457,12 +461,12 @@ impl StylizeRun<'_> {
                 };
                 // The reference draws (and ignores) one tensor here; keep the order for replay.
                 self.noise.draw(&format!("step{i}_randn_like_unused"), shape, device)?;
-                let step_noise = if z.scheduler.is_last_index(&self.all, t) {
-                    None
-                } else {
+                let step_noise = if self.scheduler.needs_noise(t)? {
                     Some(self.noise.draw(&format!("step{i}_lcm_step_noise"), shape, device)?)
+                } else {
+                    None
                 };
-                let (prev, den) = z.scheduler.step(eps.clone(), t, &self.all, x, step_noise);
+                let (prev, den) = self.scheduler.step(eps.clone(), t, x, step_noise)?;
                 if let Some(tr) = self.trace.as_deref_mut() {
                     tr.eps.push(read(eps)?);
                     tr.denoised.push(read(den.clone())?);
@@ -474,7 +478,7 @@ impl StylizeRun<'_> {
             Phase::Decode => {
                 z.count(|c| c.vae_decodes += 1);
                 let den = self.denoised.take().expect("denoised");
-                self.decoded = Some(z.vae.decode(den.div_scalar(z.vae.scaling_factor() as f32)));
+                self.decoded = Some(z.vae.decode(den.div_scalar(z.vae.scaling_factor as f32)));
                 self.phase = Phase::Done;
             }
             Phase::Done => return Ok(false),
@@ -495,6 +499,6 @@ fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.try_into_data()
         .map_err(|e| Error::Device(format!("{e:?}")))?
         .convert::<f32>()
-        .to_vec::<f32>()
+        .into_vec::<f32>()
         .map_err(|e| Error::Device(format!("{e:?}")))
 }

@@ -4,5 +4,7 @@
 mod clip;
 mod common;
 mod pipeline;
+mod scheduler;
+mod style_attention;
 mod unet;
 mod vae;
