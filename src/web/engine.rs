@@ -257,7 +257,7 @@ impl Engine {
             let (decoded, features) = run.finish().map_err(crate_err)?;
             let [_, _, h, w] = decoded.dims();
             let data = decoded.into_data_async().await.map_err(|e| named_err("DeviceError", format!("reading the result back: {e:?}")))?;
-            let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("result: {e:?}")))?;
+            let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("result: {e:?}")))?;
             let png = FloatImage::from_decoded(&values, h, w).to_rgb8().to_png().map_err(crate_err)?;
             if cached.is_none() {
                 *model.style.borrow_mut() = Some(CachedStyle { key, features: Rc::new(features) });
@@ -310,7 +310,7 @@ impl Engine {
             let ctx = Tensor::<3>::from_data(TensorData::new(context.to_vec(), [b, n / (b * d), d]), device);
             let out = unet.forward(x, &timesteps.to_vec(), &ctx);
             let data = out.into_data_async().await.map_err(|e| named_err("DeviceError", format!("reading the UNet output back: {e:?}")))?;
-            let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("UNet output: {e:?}")))?;
+            let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("UNet output: {e:?}")))?;
             Ok(Float32Array::from(values.as_slice()).into())
         })
     }
@@ -421,9 +421,9 @@ pub fn parse_options(opts: &JsValue) -> Result<ZepoOptions, JsValue> {
             .map(|x| x as u64)
             .ok_or_else(|| bad(k, "a non-negative integer"))
     };
-    let text = |k: &str, v: &JsValue| v.as_string().ok_or_else(|| bad(k, "a string"));
+    let text = |k: &str, v: &JsValue| -> Result<String, JsValue> { v.as_string().ok_or_else(|| bad(k, "a string")) };
     let boolean = |k: &str, v: &JsValue| v.as_bool().ok_or_else(|| bad(k, "true or false"));
-    for key in Object::keys(opts.unchecked_ref()).iter() {
+    for key in Object::keys(opts.unchecked_ref::<Object>()).iter() {
         let k = key.as_string().unwrap_or_default();
         let v = get(opts, &k);
         if v.is_undefined() {
@@ -450,7 +450,7 @@ pub fn parse_options(opts: &JsValue) -> Result<ZepoOptions, JsValue> {
                     None
                 } else if v.is_object() {
                     let mut t = TomeOptions::default();
-                    for key in Object::keys(v.unchecked_ref()).iter() {
+                    for key in Object::keys(v.unchecked_ref::<Object>()).iter() {
                         let tk = key.as_string().unwrap_or_default();
                         let tv = get(&v, &tk);
                         let name = format!("tome.{tk}");
