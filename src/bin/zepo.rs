@@ -8,7 +8,7 @@ use zepo::device::Backend;
 use zepo::zepo::image::{FloatImage, RgbImage};
 use zepo::zepo::load::{load_dir, WeightSource};
 use zepo::zepo::noise::{NoiseSource, ReplayNoise, SeededNoise};
-use zepo::zepo::pipeline::{Style, Zepo};
+use zepo::zepo::pipeline::Style;
 use zepo::zepo::progress::{Observer, Progress};
 use zepo::zepo::{TomeOptions, ZepoOptions};
 use zepo::{Error, Result};

@@ -119,6 +119,8 @@ pub struct StyleInjector<'a> {
     pub spec: &'a ControlSpec,
     pub content: &'a ImageFeatures,
     pub style: &'a ImageFeatures,
+    /// When set, each controlled output is kept here as `(layer, [halves, heads, N, d])`.
+    pub recorded: Option<Vec<(usize, Tensor<4>)>>,
 }
 
 impl AttentionController for StyleInjector<'_> {
@@ -127,7 +129,11 @@ impl AttentionController for StyleInjector<'_> {
             return None;
         }
         let (c, s) = (self.content.layer(call.layer), self.style.layer(call.layer));
-        Some(self.spec.stylized(call.attn, call.hidden, c, s))
+        let out = self.spec.stylized(call.attn, call.hidden, c, s);
+        if let Some(rec) = &mut self.recorded {
+            rec.push((call.layer, call.attn.split_heads(out.clone())));
+        }
+        Some(out)
     }
 }
 

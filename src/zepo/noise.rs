@@ -19,20 +19,27 @@ pub trait NoiseSource {
 }
 
 /// Standard normals from a seeded generator: the same seed gives the same draws everywhere.
+/// The style's draws (labels starting with `style`) come from a stream of their own, so that
+/// style features computed once give the same result as a run that computes them itself.
 pub struct SeededNoise {
     rng: rand::rngs::StdRng,
+    style: rand::rngs::StdRng,
 }
 
 impl SeededNoise {
     pub fn new(seed: u64) -> Self {
-        Self { rng: rand::rngs::StdRng::seed_from_u64(seed) }
+        Self {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            style: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5354_594c_455f_5a50),
+        }
     }
 }
 
 impl NoiseSource for SeededNoise {
-    fn draw(&mut self, _label: &str, shape: [usize; 4], device: &Device) -> Result<Tensor<4>> {
+    fn draw(&mut self, label: &str, shape: [usize; 4], device: &Device) -> Result<Tensor<4>> {
         let n = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut self.rng)).collect();
+        let rng = if label.starts_with("style") { &mut self.style } else { &mut self.rng };
+        let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 }

@@ -93,6 +93,8 @@ pub struct Trace {
     pub eps: Vec<Vec<f32>>,
     /// Per step: the LCM denoised latent.
     pub denoised: Vec<Vec<f32>>,
+    /// `(step, layer, half 'u'|'c', [heads, N, d] values)`: each controlled attention output.
+    pub attention: Vec<(usize, usize, char, Vec<f32>)>,
 }
 
 /// The result of a stylization.
@@ -448,7 +450,7 @@ impl StylizeRun<'_> {
                 let spec = z.control_spec(o);
                 let style = self.style.as_ref().expect("style features");
                 let content = self.content_features.as_ref().expect("content features");
-                let mut inject = StyleInjector { spec: &spec, content, style: &style.features };
+                let mut inject = StyleInjector { spec: &spec, content, style: &style.features, recorded: self.trace.is_some().then(Vec::new) };
                 let context = z.context(self.prompts, o.no_cfg, 1);
                 let out = z.unet(x.clone().expand([halves, c, h, w]), &vec![t as f32; halves], &context, z.guidance_cond(o, halves), &mut inject);
                 let eps = if o.no_cfg {
@@ -468,6 +470,12 @@ impl StylizeRun<'_> {
                 };
                 let (prev, den) = self.scheduler.step(eps.clone(), t, x, step_noise)?;
                 if let Some(tr) = self.trace.as_deref_mut() {
+                    for (layer, out) in inject.recorded.take().unwrap_or_default() {
+                        let halves_names: &[char] = if halves == 1 { &['c'] } else { &['u', 'c'] };
+                        for (k, &half) in halves_names.iter().enumerate() {
+                            tr.attention.push((i, layer, half, read(out.clone().slice([k..k + 1]))?));
+                        }
+                    }
                     tr.eps.push(read(eps)?);
                     tr.denoised.push(read(den.clone())?);
                 }
@@ -499,6 +507,6 @@ fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.try_into_data()
         .map_err(|e| Error::Device(format!("{e:?}")))?
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| Error::Device(format!("{e:?}")))
 }

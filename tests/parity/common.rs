@@ -131,5 +131,5 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// A tensor's values as f32 on the host.
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }

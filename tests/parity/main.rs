@@ -6,5 +6,6 @@ mod common;
 mod pipeline;
 mod scheduler;
 mod style_attention;
+mod tome;
 mod unet;
 mod vae;

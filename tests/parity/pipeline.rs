@@ -142,12 +142,12 @@ fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
     let run = |style: Style<'_>| zepo.stylize(&content, style, &o, &prompts, &mut SeededNoise::new(o.seed), &mut Silent, None).unwrap();
     let a = run(Style::Image(&style));
     let b = run(Style::Image(&style));
-    assert_eq!(a.image.values, b.image.values, "same seed, same bits");
+    assert!(a.image.values == b.image.values, "same seed, same bits");
     let features = zepo.style_features(&style, &o, &prompts, &mut SeededNoise::new(o.seed)).unwrap();
     let c = run(Style::Features(&features));
-    assert_eq!(a.image.values, c.image.values, "precomputed style features give the same bits");
+    assert!(a.image.values == c.image.values, "precomputed style features give the same bits");
     let d = zepo.stylize(&content, Style::Image(&style), &ZepoOptions { seed: 8, ..o.clone() }, &prompts, &mut SeededNoise::new(8), &mut Silent, None).unwrap();
-    assert_ne!(a.image.values, d.image.values, "another seed, another image");
+    assert!(a.image.values != d.image.values, "another seed, another image");
 }
 
 #[test]
