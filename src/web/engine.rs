@@ -21,7 +21,7 @@ use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig, VaeOptions};
 use crate::weights::LoadOptions;
 use crate::zepo::image::{FloatImage, RgbImage};
-use crate::zepo::noise::{NoiseSource, SeededNoise};
+use crate::zepo::noise::SeededNoise;
 use crate::zepo::pipeline::{PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
 use crate::zepo::progress::Progress;
 use crate::zepo::scheduler::LcmScheduler;
@@ -234,16 +234,15 @@ impl Engine {
             let prompts = prompt_embeddings(&model, &gpu, &o, &report).await?;
             check_cancel()?;
 
-            let mut seeded = SeededNoise::new(o.seed);
-            // With cached style features the style's two draws are skipped by the pipeline:
-            // draw them anyway so a seed gives the same image whatever was cached.
-            let mut skip = SkipStyleDraws { inner: &mut seeded, pending: cached.is_some() };
+            // The style's draws come from a stream of their own: cached features give the same
+            // image as a run that computes them.
+            let mut noise = SeededNoise::new(o.seed);
             let style_arg = match (&cached, &style_img) {
                 (Some(f), _) => Style::Features(f),
                 (None, Some(img)) => Style::Image(img),
                 (None, None) => unreachable!("a style image is decoded when no features are cached"),
             };
-            let mut run = model.zepo.start(&content, style_arg, &o, &prompts, &mut skip).map_err(crate_err)?;
+            let mut run = model.zepo.start(&content, style_arg, &o, &prompts, &mut noise).map_err(crate_err)?;
             loop {
                 let Progress { stage, step, steps, fraction } = run.progress();
                 report(stage.name(), step, steps, fraction);
@@ -383,24 +382,6 @@ fn style_key(bytes: &[u8], o: &ZepoOptions) -> u64 {
     )
     .hash(&mut h);
     h.finish()
-}
-
-/// Forwards draws, but before the target's first draw takes (and drops) the two the style
-/// branch would have taken: the pipeline skips them when the style's features are given.
-struct SkipStyleDraws<'a> {
-    inner: &'a mut dyn NoiseSource,
-    pending: bool,
-}
-
-impl NoiseSource for SkipStyleDraws<'_> {
-    fn draw(&mut self, label: &str, shape: [usize; 4], device: &Device) -> crate::Result<Tensor<4>> {
-        if self.pending && label.starts_with("mutual_") {
-            self.pending = false;
-            self.inner.draw("style_vae_posterior", shape, device)?;
-            self.inner.draw("style_prepare_latents_noise", shape, device)?;
-        }
-        self.inner.draw(label, shape, device)
-    }
 }
 
 /// The pipeline options from a JS object (camelCase); absent keys keep the reference's
