@@ -108,6 +108,16 @@ const handlers = {
   },
 };
 
+// A panic inside a wasm task is thrown from the microtask queue, not through the request's
+// promise: report it to the caller, which ends this Worker.
+self.addEventListener('error', (ev) => {
+  const fatal = crashError(ev.error instanceof Error ? ev.error : new WebAssembly.RuntimeError(ev.message));
+  if (!fatal) return;
+  ev.preventDefault();
+  crashed = fatal;
+  self.postMessage({ type: 'fatal', error: { name: fatal.name, message: fatal.message } });
+});
+
 let queue = Promise.resolve();
 
 self.onmessage = ({ data: { id, type, args } }) => {

@@ -68,6 +68,7 @@ export class ZePo {
     this.queue = Promise.resolve();
     this.dead = null;
     this.worker.onmessage = ({ data }) => {
+      if (data.type === 'fatal') return this.kill(Object.assign(new Error(data.error.message), { name: data.error.name }));
       const p = this.pending.get(data.id);
       if (!p) return;
       if (data.type === 'progress') return p.onProgress?.(data.event);

@@ -338,7 +338,8 @@ async fn prompt_embeddings(
         return Ok(p.clone());
     }
     report("text", 0, 1, 0.0);
-    let text = match model.text.borrow().clone() {
+    let loaded = model.text.borrow().clone();
+    let text = match loaded {
         Some(t) => t,
         None => {
             let t = Rc::new(load_text(&model.files, &gpu.device, &LoadOptions { dtype: gpu.dtype }).await?);
