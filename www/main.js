@@ -1,10 +1,26 @@
-// The page: starts the engine Worker, loads the model's UNet with a progress bar and shows the
-// device. `window.zepo` is the page's handle on the engine (used by the browser tests and, later,
-// by the stylization UI).
+// The page: pick or drop a portrait and a style image (or take the examples), press Stylize,
+// watch the progress, get the result with a download link. The engine runs in a Worker through
+// the JS API (www/zepo.js); no image leaves the page. `window.zepo` is the page's handle for
+// the browser tests.
+import { DEFAULT_MODEL, ZePo } from './zepo.js';
+
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 // scripts/serve.mjs serves the default model (weights/tiny-lcm) at /model/; ?model=URL overrides.
-const MODEL = params.get('model') || new URL('model', location.href).href.replace(/\/$/, '');
+const MODEL = params.get('model') || DEFAULT_MODEL;
+const form = $('options-form');
+const images = { content: null, style: null };
+const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MB`;
+let engine = null;
+let running = null;
+let resultUrl = null;
+
+// Options may be preset from the URL: ?resolution=64&steps=2&seed=3
+for (const [k, v] of params) {
+  const input = form.elements.namedItem(k);
+  if (input?.type === 'checkbox') input.checked = v !== '0' && v !== 'false';
+  else if (input) input.value = v;
+}
 
 function setState(state, message) {
   document.body.dataset.state = state;
@@ -13,69 +29,137 @@ function setState(state, message) {
 
 function showError(error) {
   const noGpu = error.name === 'WebGpuUnavailable';
-  setState(noGpu ? 'no-webgpu' : 'error', noGpu ? 'WebGPU is not available.' : 'Something went wrong.');
+  setState(noGpu ? 'no-webgpu' : 'error', noGpu ? 'WebGPU is not available.' : `Something went wrong (${error.name}).`);
   $('error').textContent = error.message;
   $('error').hidden = false;
   document.querySelector('.progress-row').hidden = true;
 }
 
 function showList(id, entries) {
-  const dl = $(id);
-  dl.replaceChildren(...entries.flatMap(([k, v]) => {
+  $(id).replaceChildren(...entries.flatMap(([k, v]) => {
     const dt = document.createElement('dt');
     const dd = document.createElement('dd');
     dt.textContent = k;
     dd.textContent = v;
     return [dt, dd];
   }));
-  dl.hidden = false;
+  $(id).hidden = false;
 }
 
-const LABELS = {
-  backend: 'backend', device_type: 'device type', adapter: 'adapter', driver: 'driver',
-  driver_info: 'driver info', gpu_vendor: 'GPU vendor', gpu_architecture: 'GPU architecture',
-  gpu_description: 'GPU', max_buffer_size: 'max buffer (bytes)', max_storage_binding: 'max binding (bytes)',
-};
+const STAGES = { download: 'Downloading the model', load: 'Loading', text: 'Encoding the prompt', encode: 'Encoding the images',
+  features: 'Style and content features', denoise: 'Denoising', decode: 'Decoding', done: 'Done' };
 
-const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-
-function showProgress({ loaded, total }) {
+const seen = [];
+function showProgress(p) {
+  seen.push(p);
   document.querySelector('.progress-row').hidden = false;
   const bar = $('progress');
-  if (total > 0) {
-    bar.max = total;
-    bar.value = Math.min(loaded, total);
-    $('progress-text').textContent = `${mib(loaded)} / ${mib(total)}`;
+  let text;
+  if (p.stage === 'download') {
+    if (p.total > 0) {
+      bar.max = p.total;
+      bar.value = Math.min(p.loaded, p.total);
+    } else bar.removeAttribute('value');
+    text = p.total > 0 ? `${mib(p.loaded)} / ${mib(p.total)}` : mib(p.loaded);
+  } else if (p.stage === 'load') {
+    text = p.part;
   } else {
-    bar.removeAttribute('value');
-    $('progress-text').textContent = mib(loaded);
+    bar.max = 1;
+    bar.value = p.fraction ?? 0;
+    text = p.steps > 1 ? `step ${p.step + 1} / ${p.steps}` : '';
+  }
+  $('progress-text').textContent = `${STAGES[p.stage] || p.stage}${text ? ` · ${text}` : ''}`;
+}
+
+function options() {
+  const o = {};
+  for (const input of form.elements) {
+    if (!input.name) continue;
+    if (input.type === 'checkbox') o[input.name] = input.checked;
+    else if (input.type === 'number') {
+      if (input.value === '') continue;
+      o[input.name] = Number(input.value);
+    } else o[input.name] = input.value;
+  }
+  return o;
+}
+
+function updateButton() {
+  $('stylize').disabled = !(engine && images.content && images.style) || !!running;
+}
+
+function setImage(which, blob) {
+  if (!blob.type.startsWith('image/') && blob.type !== '') {
+    showError(Object.assign(new Error(`${blob.name || which}: not an image (${blob.type})`), { name: 'ImageError' }));
+    return;
+  }
+  images[which] = blob;
+  const img = $(`${which}-preview`);
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(blob);
+  img.hidden = false;
+  img.parentElement.querySelector('.hint').hidden = true;
+  updateButton();
+}
+
+for (const which of ['content', 'style']) {
+  $(`${which}-file`).addEventListener('change', (e) => e.target.files[0] && setImage(which, e.target.files[0]));
+  const drop = $(`${which}-drop`);
+  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('dragover'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('dragover'));
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('dragover');
+    const file = e.dataTransfer.files[0];
+    if (file) setImage(which, file);
+  });
+}
+for (const button of document.querySelectorAll('button.example')) {
+  button.addEventListener('click', async () => {
+    const r = await fetch(button.dataset.src);
+    setImage(button.dataset.for, await r.blob());
+  });
+}
+
+async function run() {
+  if (!engine || running) return;
+  const controller = new AbortController();
+  running = controller;
+  updateButton();
+  $('cancel').hidden = false;
+  $('error').hidden = true;
+  setState('running', 'Stylizing…');
+  const t0 = performance.now();
+  try {
+    const blob = await engine.stylize(images.content, images.style, {
+      ...options(), onProgress: showProgress, signal: controller.signal,
+    });
+    if (resultUrl) URL.revokeObjectURL(resultUrl);
+    resultUrl = URL.createObjectURL(blob);
+    const img = $('result');
+    img.src = resultUrl;
+    await img.decode();
+    img.hidden = false;
+    $('result-hint').hidden = true;
+    const a = $('download');
+    a.href = resultUrl;
+    a.hidden = false;
+    const seconds = (performance.now() - t0) / 1000;
+    window.zepo.result = { width: img.naturalWidth, height: img.naturalHeight, bytes: blob.size, seconds, ...engine.last };
+    setState('done', `Done in ${seconds.toFixed(1)} s.`);
+  } catch (e) {
+    if (e.name === 'AbortError') setState('cancelled', 'Cancelled.');
+    else showError(e);
+    if (engine?.dead) engine = null;
+  } finally {
+    running = null;
+    $('cancel').hidden = true;
+    updateButton();
   }
 }
 
-// A promise-based RPC over the Worker's messages.
-function startEngine() {
-  const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-  const pending = new Map();
-  let next = 0;
-  worker.onmessage = ({ data }) => {
-    if (data.type === 'progress') return showProgress(data);
-    const p = pending.get(data.id);
-    if (!p) return;
-    pending.delete(data.id);
-    if (data.ok) p.resolve(data.result);
-    else p.reject(Object.assign(new Error(data.error.message), { name: data.error.name }));
-  };
-  worker.onerror = (e) => {
-    const error = new Error(`the engine worker failed: ${e.message || 'could not start'}`);
-    for (const p of pending.values()) p.reject(error);
-    pending.clear();
-  };
-  return (type, args) => new Promise((resolve, reject) => {
-    const id = next++;
-    pending.set(id, { resolve, reject });
-    worker.postMessage({ id, type, args });
-  });
-}
+$('stylize').addEventListener('click', run);
+$('cancel').addEventListener('click', () => running?.abort());
 
 async function main() {
   $('model-url').textContent = MODEL;
@@ -86,32 +170,29 @@ async function main() {
       'on Linux, enable chrome://flags/#enable-unsafe-webgpu. The page must be served from localhost ' +
       'or over https.'), { name: 'WebGpuUnavailable' });
   }
-  const call = startEngine();
-  setState('device', 'Requesting the GPU…');
-  const device = await call('initDevice');
-  showList('device-info', Object.entries(device).map(([k, v]) => [LABELS[k] || k, v]));
-  window.zepo.device = device;
-
-  setState('loading', 'Loading the UNet…');
-  const unet = await call('loadUNet', { baseUrl: MODEL });
+  setState('loading', 'Loading the model…');
+  const t0 = performance.now();
+  engine = await ZePo.load({ model: MODEL, onProgress: showProgress });
+  const seconds = (performance.now() - t0) / 1000;
+  showList('device-info', Object.entries(engine.device));
   showList('model-info', [
-    ['UNet tensors', unet.tensors],
-    ['parameters', unet.parameters.toLocaleString('en')],
-    ['download', mib(unet.bytes)],
-    ['load time', `${unet.seconds.toFixed(2)} s`],
+    ['downloaded', mib(engine.info.bytes)],
+    ['requests', engine.info.requests],
+    ['load time', `${seconds.toFixed(2)} s`],
+    ['precision', engine.info.precision],
   ]);
-  window.zepo.unet = unet;
-  setState('loaded', 'Model loaded.');
-  return call;
+  Object.assign(window.zepo, { device: engine.device, info: { ...engine.info, seconds }, engine });
+  document.querySelector('.progress-row').hidden = true;
+  setState('loaded', 'Model loaded. Pick a portrait and a style.');
+  updateButton();
 }
 
-window.zepo = { model: MODEL };
+window.zepo = { model: MODEL, progress: seen };
 const started = main();
 window.zepo.ready = started.then(() => true, () => false);
-// Runs the UNet in the Worker: plain arrays or Float32Arrays in, { output, seconds } out.
-window.zepo.unetForward = async (sample, shape, timesteps, context) => {
-  const call = await started;
-  return call('unetForward', { sample, shape, timesteps, context });
+window.zepo.unetForward = async (...args) => {
+  await started;
+  return engine.unetForward(...args);
 };
 started.catch((e) => {
   console.error(e);

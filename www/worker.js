@@ -1,17 +1,57 @@
-// The engine's Worker: loads the wasm module (www/pkg, built by scripts/build-wasm.sh) and runs
-// every request off the page's main thread. Protocol: the page posts {id, type, args}; the
-// worker answers {id, ok: true, result} or {id, ok: false, error: {name, message}}, and posts
-// {type: 'progress', ...} events while loading.
-import init, * as engine from './pkg/zepo.js';
+// The engine's dedicated module Worker: owns the wasm engine (www/pkg, built by
+// scripts/build-wasm.sh) and the model's files (www/weights.js), off the page's main thread.
+//
+// Protocol: the caller posts {id, type, args}; the worker answers {id, ok: true, result} or
+// {id, ok: false, error: {name, message}}, and posts {id, type: 'progress', event} while it
+// works. Requests run one at a time in arrival order; {type: 'cancel', args: {target}} is
+// handled at once and makes the stylization `target` stop at its next step.
+import init, { Engine } from './pkg/zepo.js';
+import { ModelFiles, clearCache } from './weights.js';
 
 const ready = init().catch((e) => {
   throw Object.assign(new Error(`the wasm engine could not be loaded (${e.message || e}). ` +
-    'Build it with: bash scripts/serve.sh'), { name: 'EngineMissing' });
+    'Build it with: bash scripts/build-wasm.sh'), { name: 'EngineMissing' });
 });
 
+let engine = null;
+let files = null;
+let crashed = null;
+const cancelled = new Set();
+
+// The weights of the model parts loaded up front (the text encoder comes on demand).
+const LOAD_FILES = ['unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors'];
+
+/** Byte counters of the request in progress, reported as {stage: 'download', loaded, total}. */
+let op = null;
+function onBytes(path, n) {
+  if (!op) return;
+  op.loaded += n;
+  op.post({ stage: 'download', file: path, loaded: op.loaded, total: Math.max(op.total, op.loaded) });
+}
+function onOpen(path, size) {
+  if (op && !op.counted.has(path)) {
+    op.counted.add(path);
+    op.total += size || 0;
+  }
+}
+
+/** A panic inside the wasm module surfaces as `unreachable`: give its message instead. */
+function crashError(e) {
+  const panic = self.__zepoPanic;
+  if (!(e instanceof WebAssembly.RuntimeError) && !panic) return null;
+  const text = String(panic || e.message);
+  const name = /out of memory|outofmemory|allocat/i.test(text) ? 'OutOfMemory'
+    : /device (was )?lost|DeviceLost/i.test(text) ? 'DeviceLost' : 'EngineCrashed';
+  const what = name === 'OutOfMemory'
+    ? 'the GPU ran out of memory (try a smaller resolution, close other GPU-heavy tabs)'
+    : name === 'DeviceLost' ? 'the GPU device was lost' : 'the engine crashed';
+  return Object.assign(new Error(`${what}: ${text.slice(0, 600)}. The engine must be re-created.`), { name });
+}
+
 const handlers = {
-  async initDevice() {
-    const info = await engine.init_device();
+  async create({ precision = 'auto' }) {
+    if (!engine) engine = await Engine.create({ precision });
+    const info = engine.device;
     // The engine's adapter name is often empty in browsers; GPUAdapter.info says more.
     const adapter = await navigator.gpu?.requestAdapter();
     for (const key of ['vendor', 'architecture', 'description']) {
@@ -19,31 +59,94 @@ const handlers = {
     }
     return info;
   },
-  async loadUNet({ baseUrl }) {
+
+  async load({ model }, post) {
     const t0 = performance.now();
-    const info = await engine.load_unet(baseUrl, (loaded, total) => {
-      self.postMessage({ type: 'progress', what: 'unet', loaded, total });
-    });
-    return { ...info, seconds: (performance.now() - t0) / 1000 };
+    files = await ModelFiles.open(model, { onBytes, onOpen });
+    op = { loaded: 0, total: 0, counted: new Set(), post };
+    // Totals up front (from the cache, the manifest or HEAD), so the bar knows where it goes.
+    for (const path of LOAD_FILES) onOpen(path, await files.size(path));
+    const requests0 = files.requests;
+    const info = await engine.load(files, (part) => post({ stage: 'load', part }));
+    return { ...info, seconds: (performance.now() - t0) / 1000, bytes: op.loaded, requests: files.requests - requests0 };
   },
+
+  async stylize({ content, style, options, id }, post) {
+    if (!files) throw new Error('stylize: no model loaded');
+    op = { loaded: 0, total: 0, counted: new Set(), post };
+    const t0 = performance.now();
+    const times = {};
+    let last = null;
+    const png = await engine.stylize(new Uint8Array(content), new Uint8Array(style), options, (p) => {
+      const now = performance.now();
+      if (last) times[last.stage] = (times[last.stage] || 0) + (now - last.t) / 1000;
+      last = { stage: p.stage, t: now };
+      post(p);
+    }, () => cancelled.has(id));
+    return { png, seconds: (performance.now() - t0) / 1000, stages: times, downloaded: op.loaded };
+  },
+
+  hasStyle({ style, options }) {
+    return engine?.hasStyle(new Uint8Array(style), options) ?? false;
+  },
+
   async unetForward({ sample, shape, timesteps, context }) {
     const t0 = performance.now();
-    const out = await engine.unet_forward(
-      Float32Array.from(sample), Uint32Array.from(shape), Float32Array.from(timesteps), Float32Array.from(context));
-    return { output: out, seconds: (performance.now() - t0) / 1000 };
+    const output = await engine.unetForward(Float32Array.from(sample), Uint32Array.from(shape),
+      Float32Array.from(timesteps), Float32Array.from(context));
+    return { output, seconds: (performance.now() - t0) / 1000 };
+  },
+
+  dispose() {
+    engine?.dispose();
+    files = null;
+    return true;
+  },
+
+  clearCache({ model }) {
+    return clearCache(model);
   },
 };
 
-self.onmessage = async ({ data: { id, type, args } }) => {
+// A panic inside a wasm task is thrown from the microtask queue, not through the request's
+// promise: report it to the caller, which ends this Worker.
+self.addEventListener('error', (ev) => {
+  const fatal = crashError(ev.error instanceof Error ? ev.error : new WebAssembly.RuntimeError(ev.message));
+  if (!fatal) return;
+  ev.preventDefault();
+  crashed = fatal;
+  self.postMessage({ type: 'fatal', error: { name: fatal.name, message: fatal.message } });
+});
+
+let queue = Promise.resolve();
+
+self.onmessage = ({ data: { id, type, args } }) => {
+  if (type === 'cancel') {
+    cancelled.add(args.target);
+    return;
+  }
+  queue = queue.then(() => run(id, type, args || {}));
+};
+
+async function run(id, type, args) {
+  const post = (event) => self.postMessage({ id, type: 'progress', event });
   try {
+    if (crashed) throw crashed;
     await ready;
     const handler = handlers[type];
     if (!handler) throw new Error(`unknown request ${type}`);
-    const result = await handler(args || {});
-    const transfer = result && result.output instanceof Float32Array ? [result.output.buffer] : [];
+    if (cancelled.has(id)) throw Object.assign(new Error('the stylization was cancelled'), { name: 'AbortError' });
+    const result = await handler({ ...args, id }, post);
+    const transfer = [result?.output?.buffer, result?.png?.buffer].filter(Boolean);
     self.postMessage({ id, ok: true, result }, transfer);
   } catch (e) {
-    const error = e instanceof Error ? { name: e.name, message: e.message } : { name: 'Error', message: String(e) };
-    self.postMessage({ id, ok: false, error });
+    const fatal = crashError(e);
+    if (fatal) crashed = fatal;
+    const err = fatal || e;
+    const error = err instanceof Error ? { name: err.name, message: err.message } : { name: 'Error', message: String(err) };
+    self.postMessage({ id, ok: false, error, fatal: !!fatal });
+  } finally {
+    cancelled.delete(id);
+    op = null;
   }
-};
+}

@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../../scripts/serve.mjs';
 
@@ -49,10 +50,71 @@ export async function launch({ webgpu = true } = {}) {
   return { context, page, logs, close };
 }
 
-/** The static server on a free localhost port. */
-export async function serve() {
-  const { server, url } = await startServer({ port: 0, host: '127.0.0.1' });
-  return { url: url.replace('localhost', '127.0.0.1'), close: () => new Promise((r) => server.close(r)) };
+/**
+ * The static server on a free localhost port (`model`: the directory served at /model/).
+ * `requests` logs every request: { method, url, bodyBytes, range, status }.
+ */
+export async function serve({ model } = {}) {
+  const { server, url } = await startServer({ port: 0, host: '127.0.0.1', ...(model ? { model } : {}) });
+  const requests = [];
+  server.prependListener('request', (req, res) => {
+    const entry = { method: req.method, url: req.url, range: req.headers.range || null, bodyBytes: 0, status: null };
+    requests.push(entry);
+    req.on('data', (chunk) => { entry.bodyBytes += chunk.length; });
+    res.on('finish', () => { entry.status = res.statusCode; });
+  });
+  return {
+    url: url.replace('localhost', '127.0.0.1'),
+    server,
+    requests,
+    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
+  };
+}
+
+/** Decodes an 8-bit, non-interlaced PNG (grey, RGB or RGBA): { width, height, channels, data }. */
+export function decodePng(buf) {
+  const bytes = Buffer.from(buf);
+  if (!bytes.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) throw new Error('not a PNG');
+  let pos = 8;
+  let width, height, channels;
+  const idat = [];
+  while (pos < bytes.length) {
+    const len = bytes.readUInt32BE(pos);
+    const type = bytes.toString('latin1', pos + 4, pos + 8);
+    const data = bytes.subarray(pos + 8, pos + 8 + len);
+    if (type === 'IHDR') {
+      width = data.readUInt32BE(0);
+      height = data.readUInt32BE(4);
+      const [depth, color, , , interlace] = data.subarray(8);
+      channels = { 0: 1, 2: 3, 6: 4 }[color];
+      if (depth !== 8 || !channels || interlace) throw new Error(`unsupported PNG (depth ${depth}, color ${color}, interlace ${interlace})`);
+    } else if (type === 'IDAT') idat.push(data);
+    else if (type === 'IEND') break;
+    pos += 12 + len;
+  }
+  const raw = zlib.inflateSync(Buffer.concat(idat));
+  const stride = width * channels;
+  const out = new Uint8Array(height * stride);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    const line = raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
+    for (let x = 0; x < stride; x++) {
+      const a = x >= channels ? out[y * stride + x - channels] : 0;
+      const b = y > 0 ? out[(y - 1) * stride + x] : 0;
+      const c = x >= channels && y > 0 ? out[(y - 1) * stride + x - channels] : 0;
+      let v = line[x];
+      if (filter === 1) v += a;
+      else if (filter === 2) v += b;
+      else if (filter === 3) v += (a + b) >> 1;
+      else if (filter === 4) {
+        const p = a + b - c;
+        const pa = Math.abs(p - a), pb = Math.abs(p - b), pc = Math.abs(p - c);
+        v += pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+      }
+      out[y * stride + x] = v & 0xff;
+    }
+  }
+  return { width, height, channels, data: out };
 }
 
 /** Every tensor of a safetensors file, as { shape, dtype, values: number[] }. */

@@ -1,5 +1,5 @@
-// The page in headless Chromium on WebGPU (SwiftShader): loads the tiny model's UNet in the
-// engine Worker, runs it on the reference inputs and compares with PyTorch's output; and without
+// The page in headless Chromium on WebGPU (SwiftShader): loads the tiny model in the engine
+// Worker, runs it on the reference inputs and compares with PyTorch's output; and without
 // WebGPU, shows the message saying so.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -36,21 +36,22 @@ describe('page on WebGPU', () => {
       status: document.getElementById('status').textContent,
       error: document.getElementById('error').textContent,
       device: window.zepo.device,
-      unet: window.zepo.unet,
+      info: window.zepo.info,
     }));
     await screenshot(page, 'page-loaded.png');
     assert.equal(state.state, 'loaded', `page state ${state.state}: ${state.status} ${state.error}`);
     assert.match(state.status, /model loaded/i);
     assert.equal(state.device.backend, 'BrowserWebGpu');
-    const config = JSON.parse(fs.readFileSync(path.join(ROOT, 'weights/tiny-lcm/unet/config.json'), 'utf8'));
-    assert.equal(state.unet.in_channels, config.in_channels);
-    assert.equal(state.unet.bytes, fs.statSync(path.join(ROOT, 'weights/tiny-lcm/unet/diffusion_pytorch_model.safetensors')).size);
+    // SwiftShader has no shader-f16: 'auto' precision is f32 here.
+    assert.equal(state.device.precision, state.device.shader_f16 === 'true' ? 'f16' : 'f32');
+    const size = (p) => fs.statSync(path.join(ROOT, 'weights/tiny-lcm', p)).size;
+    assert.equal(state.info.bytes, size('unet/diffusion_pytorch_model.safetensors') + size('vae/diffusion_pytorch_model.safetensors'));
     const text = await page.textContent('#device-info');
     assert.ok(text.includes('BrowserWebGpu'), `device info shown on the page: ${text}`);
     // scripts/test.sh: headless Chromium without a GPU must run WebGPU on SwiftShader.
     if (process.env.ZEPO_TEST_WEBGPU_ARCH) assert.equal(state.device.gpu_architecture, process.env.ZEPO_TEST_WEBGPU_ARCH);
     console.log(`device: ${JSON.stringify(state.device)}`);
-    console.log(`unet: ${state.unet.tensors} tensors, ${state.unet.parameters} parameters, loaded in ${state.unet.seconds.toFixed(2)} s`);
+    console.log(`model (UNet + VAE): ${state.info.bytes} bytes in ${state.info.requests} requests, loaded in ${state.info.seconds.toFixed(2)} s`);
   });
 
   test('UNet output matches PyTorch within 1e-4 of max |ref|', { timeout: LOAD_TIMEOUT }, async () => {

@@ -1,0 +1,464 @@
+//! The `Engine` class: one WebGPU device, one loaded model, stylizations driven step by step.
+
+use std::cell::RefCell;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use js_sys::{Float32Array, Function, Object, Promise, Reflect, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::files::ModelFiles;
+use super::gpu::{self, Gpu, Precision};
+use super::{crate_err, err, js_error, named_err};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::parse_config;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig, VaeOptions};
+use crate::weights::LoadOptions;
+use crate::zepo::image::{FloatImage, RgbImage};
+use crate::zepo::noise::SeededNoise;
+use crate::zepo::pipeline::{PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
+use crate::zepo::progress::Progress;
+use crate::zepo::scheduler::LcmScheduler;
+use crate::zepo::{TomeOptions, ZepoOptions};
+
+/// WebGPU's buffers may not reach the binding limit; what the crate plans for stays this far below
+/// it (allocation alignment, a backend's own padded copies).
+const BINDING_MARGIN: u64 = 8 << 20;
+
+/// The last style's features, for the next content in the same style.
+struct CachedStyle {
+    key: u64,
+    features: Rc<StyleFeatures>,
+}
+
+struct Model {
+    zepo: Zepo,
+    unet_config: UNetConfig,
+    files: ModelFiles,
+    /// Tokenizer and text encoder, loaded on the first prompt that needs them.
+    text: RefCell<Option<Rc<TextStack>>>,
+    prompts: RefCell<HashMap<(String, String), PromptEmbeddings>>,
+    style: RefCell<Option<CachedStyle>>,
+}
+
+struct Inner {
+    gpu: Rc<Gpu>,
+    model: RefCell<Option<Rc<Model>>>,
+    /// A stylization or load in progress: the JS side queues calls; a second one is refused.
+    busy: RefCell<bool>,
+}
+
+/// The engine: create it with `await Engine.create({precision})`.
+#[wasm_bindgen]
+pub struct Engine {
+    inner: Rc<Inner>,
+}
+
+fn get(obj: &JsValue, key: &str) -> JsValue {
+    Reflect::get(obj, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn object(fields: &[(&str, JsValue)]) -> JsValue {
+    let obj = Object::new();
+    for (k, v) in fields {
+        let _ = Reflect::set(&obj, &(*k).into(), v);
+    }
+    obj.into()
+}
+
+/// Marks the engine busy for the lifetime of the guard.
+struct Busy(Rc<Inner>);
+
+impl Busy {
+    fn take(inner: &Rc<Inner>, what: &str) -> Result<Self, JsValue> {
+        if inner.busy.replace(true) {
+            return Err(named_err("EngineBusy", format!("{what}: the engine is busy with another call (queue calls; www/zepo.js does)")));
+        }
+        Ok(Self(inner.clone()))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.busy.borrow_mut() = false;
+    }
+}
+
+/// Lets the browser run the queued GPU work and the Worker's event loop turn: waits for a tiny
+/// read-back, which completes only after everything submitted before it.
+async fn settle(gpu: &Gpu) -> Result<(), JsValue> {
+    gpu.check()?;
+    let _ = gpu.device.flush();
+    Tensor::<1>::zeros([1], &gpu.device)
+        .into_data_async()
+        .await
+        .map_err(|e| named_err("DeviceError", format!("waiting for the GPU: {e:?}")))?;
+    gpu.check()
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Acquires the WebGPU device. `opts.precision`: 'auto' (f16 where the adapter has
+    /// `shader-f16`, else f32), 'f16' or 'f32'.
+    pub async fn create(opts: JsValue) -> Result<Engine, JsValue> {
+        let precision = match get(&opts, "precision").as_string() {
+            Some(p) => Precision::parse(&p)?,
+            None => Precision::Auto,
+        };
+        let gpu = gpu::acquire(precision).await?;
+        Ok(Engine { inner: Rc::new(Inner { gpu, model: RefCell::new(None), busy: RefCell::new(false) }) })
+    }
+
+    /// What the device is: `{ backend, adapter, precision, shader_f16, max_buffer_size, ... }`.
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> JsValue {
+        let fields: Vec<(&str, JsValue)> = self.inner.gpu.info.iter().map(|(k, v)| (*k, JsValue::from_str(v))).collect();
+        object(&fields)
+    }
+
+    /// Loads the model from `files` (a `ModelFiles` of `www/weights.js`): the scheduler config,
+    /// then the UNet and the VAE, each streamed tensor by tensor onto the GPU. The text encoder
+    /// is loaded on demand. `on_stage(name)` is called as each part starts. Resolves to
+    /// `{ unet_parameters, vae_parameters, dtype }`.
+    pub fn load(&self, files: JsValue, on_stage: Option<Function>) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = Busy::take(&inner, "load")?;
+            let files = ModelFiles::from_js(files)?;
+            let gpu = inner.gpu.clone();
+            gpu.check()?;
+            *inner.model.borrow_mut() = None;
+            let stage = |name: &str| {
+                if let Some(f) = &on_stage {
+                    let _ = f.call1(&JsValue::NULL, &name.into());
+                }
+            };
+            let opts = LoadOptions { dtype: gpu.dtype };
+
+            stage("scheduler");
+            let path = "scheduler/scheduler_config.json";
+            let scheduler = LcmScheduler::from_json(&files.get_text(path).await?, path).map_err(crate_err)?;
+
+            stage("unet");
+            let path = "unet/config.json";
+            let cfg: UNetConfig = parse_config(&files.get_text(path).await?, path).map_err(crate_err)?;
+            cfg.validate().map_err(|reason| js_error("ConfigError", format!("{path}: {reason}")))?;
+            let vb = files.load_store("unet/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?.into_builder();
+            let unet = UNet2DConditionModel::load(&vb, &cfg).map_err(|e| crate_err(e.into()))?;
+            let unet_config = cfg;
+            vb.finish().map_err(|e| crate_err(e.into()))?;
+            settle(&gpu).await?;
+
+            stage("vae");
+            let path = "vae/config.json";
+            let cfg: VaeConfig = parse_config(&files.get_text(path).await?, path).map_err(crate_err)?;
+            cfg.validate().map_err(|reason| js_error("ConfigError", format!("{path}: {reason}")))?;
+            let vb = files.load_store("vae/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?.into_builder();
+            let vae = AutoencoderKL::load(&vb, &cfg).map_err(crate_err)?;
+            vb.finish().map_err(|e| crate_err(e.into()))?;
+            // Every activation the VAE makes stays below the device's binding limit.
+            let max = gpu.max_binding.saturating_sub(BINDING_MARGIN).max(1 << 20) as usize;
+            let vae = vae.with_options(VaeOptions { max_buffer_bytes: max });
+            settle(&gpu).await?;
+
+            let zepo = Zepo::new(unet, vae, None, scheduler, gpu.device.clone());
+            let info = object(&[
+                ("self_attentions", (zepo.unet.num_self_attentions as f64).into()),
+                ("precision", if gpu.dtype == burn::tensor::DType::F16 { "f16" } else { "f32" }.into()),
+            ]);
+            *inner.model.borrow_mut() = Some(Rc::new(Model {
+                zepo,
+                unet_config,
+                files,
+                text: RefCell::new(None),
+                prompts: RefCell::new(HashMap::new()),
+                style: RefCell::new(None),
+            }));
+            Ok(info)
+        })
+    }
+
+    /// Stylizes the content portrait after the style image (encoded image bytes: PNG, JPEG,
+    /// WebP, BMP, GIF). `opts`: the pipeline options (see [`parse_options`]). `on_progress`
+    /// gets `{ stage, step, steps, fraction }` before each model call; `is_cancelled()` is asked
+    /// between them (then the promise rejects with an `AbortError`). Resolves to PNG bytes.
+    /// The style's features are kept: the next call with the same style and options skips them.
+    pub fn stylize(
+        &self,
+        content: Uint8Array,
+        style: Uint8Array,
+        opts: JsValue,
+        on_progress: Option<Function>,
+        is_cancelled: Option<Function>,
+    ) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = Busy::take(&inner, "stylize")?;
+            let gpu = inner.gpu.clone();
+            gpu.check()?;
+            let model = inner.model.borrow().clone().ok_or_else(|| err("stylize: no model loaded (call load first)"))?;
+            let o = parse_options(&opts)?;
+            model.zepo.check_options(&o).map_err(crate_err)?;
+            let content_bytes = content.to_vec();
+            let style_bytes = style.to_vec();
+            let content = RgbImage::decode(&content_bytes, "content image").map_err(crate_err)?;
+            let report = |stage: &str, step: usize, steps: usize, fraction: f32| {
+                if let Some(f) = &on_progress {
+                    let p = object(&[
+                        ("stage", stage.into()),
+                        ("step", (step as f64).into()),
+                        ("steps", (steps as f64).into()),
+                        ("fraction", (fraction as f64).into()),
+                    ]);
+                    let _ = f.call1(&JsValue::NULL, &p);
+                }
+            };
+            let cancelled = || {
+                is_cancelled.as_ref().map(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false)).unwrap_or(false)
+            };
+            let check_cancel = || if cancelled() { Err(crate_err(crate::Error::Cancelled)) } else { Ok(()) };
+
+            let key = style_key(&style_bytes, &o);
+            let cached = model.style.borrow().as_ref().filter(|c| c.key == key).map(|c| c.features.clone());
+            let style_img = match cached {
+                Some(_) => None,
+                None => Some(RgbImage::decode(&style_bytes, "style image").map_err(crate_err)?),
+            };
+
+            let prompts = prompt_embeddings(&model, &gpu, &o, &report).await?;
+            check_cancel()?;
+
+            // The style's draws come from a stream of their own: cached features give the same
+            // image as a run that computes them.
+            let mut noise = SeededNoise::new(o.seed);
+            let style_arg = match (&cached, &style_img) {
+                (Some(f), _) => Style::Features(f),
+                (None, Some(img)) => Style::Image(img),
+                (None, None) => unreachable!("a style image is decoded when no features are cached"),
+            };
+            let mut run = model.zepo.start(&content, style_arg, &o, &prompts, &mut noise).map_err(crate_err)?;
+            loop {
+                let Progress { stage, step, steps, fraction } = run.progress();
+                report(stage.name(), step, steps, fraction);
+                check_cancel()?;
+                let more = run.advance().map_err(crate_err)?;
+                settle(&gpu).await?;
+                if !more {
+                    break;
+                }
+            }
+            let (decoded, features) = run.finish().map_err(crate_err)?;
+            let [_, _, h, w] = decoded.dims();
+            let data = decoded.into_data_async().await.map_err(|e| named_err("DeviceError", format!("reading the result back: {e:?}")))?;
+            let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("result: {e:?}")))?;
+            let png = FloatImage::from_decoded(&values, h, w).to_rgb8().to_png().map_err(crate_err)?;
+            if cached.is_none() {
+                *model.style.borrow_mut() = Some(CachedStyle { key, features: Rc::new(features) });
+            }
+            report("done", 1, 1, 1.0);
+            Ok(Uint8Array::from(png.as_slice()).into())
+        })
+    }
+
+    /// Whether the next `stylize` with this style and these options reuses cached features.
+    #[wasm_bindgen(js_name = hasStyle)]
+    pub fn has_style(&self, style: Uint8Array, opts: JsValue) -> Result<bool, JsValue> {
+        let o = parse_options(&opts)?;
+        let key = style_key(&style.to_vec(), &o);
+        let model = self.inner.model.borrow().clone();
+        Ok(model.is_some_and(|m| m.style.borrow().as_ref().is_some_and(|c| c.key == key)))
+    }
+
+    /// Runs the loaded UNet alone (parity checks of the browser's kernels): `sample`
+    /// `[B, C, H, W]` (its shape as `shape`), one timestep per item, `context` `[B, L, D]`
+    /// flattened. Resolves to the predicted noise, flattened.
+    #[wasm_bindgen(js_name = unetForward)]
+    pub fn unet_forward(&self, sample: Float32Array, shape: Vec<u32>, timesteps: Float32Array, context: Float32Array) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = Busy::take(&inner, "unetForward")?;
+            let gpu = inner.gpu.clone();
+            gpu.check()?;
+            let model = inner.model.borrow().clone().ok_or_else(|| err("unetForward: no model loaded (call load first)"))?;
+            let unet = &model.zepo.unet;
+            let (cin, d) = (model.unet_config.in_channels, model.unet_config.cross_attention_dim);
+            let &[b, c, h, w] = shape.iter().map(|&d| d as usize).collect::<Vec<_>>().as_slice() else {
+                return Err(err(format!("unetForward: sample shape {shape:?} is not [batch, channels, height, width]")));
+            };
+            if b == 0 || h == 0 || w == 0 || c != cin {
+                return Err(err(format!("unetForward: sample shape {shape:?}: expected [B>0, {cin}, H>0, W>0]")));
+            }
+            if sample.length() as usize != b * c * h * w {
+                return Err(err(format!("unetForward: sample has {} values, shape {shape:?} needs {}", sample.length(), b * c * h * w)));
+            }
+            if timesteps.length() as usize != b {
+                return Err(err(format!("unetForward: {} timesteps for a batch of {b}", timesteps.length())));
+            }
+            let n = context.length() as usize;
+            if n == 0 || n % (b * d) != 0 {
+                return Err(err(format!("unetForward: context has {n} values, not a multiple of batch {b} × width {d}")));
+            }
+            let device = &gpu.device;
+            let x = Tensor::<4>::from_data(TensorData::new(sample.to_vec(), [b, c, h, w]), device);
+            let ctx = Tensor::<3>::from_data(TensorData::new(context.to_vec(), [b, n / (b * d), d]), device);
+            let out = unet.forward(x, &timesteps.to_vec(), &ctx);
+            let data = out.into_data_async().await.map_err(|e| named_err("DeviceError", format!("reading the UNet output back: {e:?}")))?;
+            let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("UNet output: {e:?}")))?;
+            Ok(Float32Array::from(values.as_slice()).into())
+        })
+    }
+
+    /// Drops the model and the cached features (GPU memory is returned to the device's pool).
+    /// The device stays: a later `load` reuses it.
+    pub fn dispose(&self) -> Result<(), JsValue> {
+        if *self.inner.busy.borrow() {
+            return Err(named_err("EngineBusy", "dispose: a call is in progress (cancel it first)"));
+        }
+        *self.inner.model.borrow_mut() = None;
+        self.inner.gpu.device.memory_cleanup();
+        Ok(())
+    }
+}
+
+/// The prompt pair's embeddings: cached, else encoded (loading the text stack on first use).
+async fn prompt_embeddings(
+    model: &Model,
+    gpu: &Gpu,
+    o: &ZepoOptions,
+    report: &impl Fn(&str, usize, usize, f32),
+) -> Result<PromptEmbeddings, JsValue> {
+    let key = (o.prompt.clone(), o.negative_prompt.clone());
+    if let Some(p) = model.prompts.borrow().get(&key) {
+        return Ok(p.clone());
+    }
+    report("text", 0, 1, 0.0);
+    let loaded = model.text.borrow().clone();
+    let text = match loaded {
+        Some(t) => t,
+        None => {
+            let t = Rc::new(load_text(&model.files, &gpu.device, &LoadOptions { dtype: gpu.dtype }).await?);
+            *model.text.borrow_mut() = Some(t.clone());
+            t
+        }
+    };
+    let embed = |p: &str| {
+        let ids = text.tokenizer.encode(p);
+        let n = ids.len();
+        text.encoder.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &gpu.device))
+    };
+    let p = PromptEmbeddings { cond: embed(&o.prompt), uncond: embed(&o.negative_prompt) };
+    settle(gpu).await?;
+    model.prompts.borrow_mut().insert(key, p.clone());
+    Ok(p)
+}
+
+async fn load_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> Result<TextStack, JsValue> {
+    let vocab = files.get_text("tokenizer/vocab.json").await?;
+    let merges = files.get_text("tokenizer/merges.txt").await?;
+    let config = files.get_optional_text("tokenizer/tokenizer_config.json").await?;
+    let map = files.get_optional_text("tokenizer/special_tokens_map.json").await?;
+    let tokenizer = ClipTokenizer::from_strings(&vocab, &merges, config.as_deref(), map.as_deref()).map_err(crate_err)?;
+    let path = "text_encoder/config.json";
+    let cfg: ClipTextConfig = parse_config(&files.get_text(path).await?, path).map_err(crate_err)?;
+    cfg.validate().map_err(crate_err)?;
+    let store = files.load_store("text_encoder/model.safetensors", device, opts).await?;
+    let encoder = ClipTextModel::from_store(store, &cfg).map_err(crate_err)?;
+    Ok(TextStack { tokenizer, encoder })
+}
+
+/// What the style's features depend on: its bytes, and the options that shape them (the seed
+/// among them: the style's noise is drawn from it).
+fn style_key(bytes: &[u8], o: &ZepoOptions) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!(
+        "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{}|{}",
+        o.resolution, o.feature_step, o.start_layer, o.end_layer, o.tome, o.mix_q < 1.0, o.prompt, o.negative_prompt, o.no_cfg, o.seed
+    )
+    .hash(&mut h);
+    h.finish()
+}
+
+/// The pipeline options from a JS object (camelCase); absent keys keep the reference's
+/// defaults, unknown keys and wrong types are errors naming the key.
+pub fn parse_options(opts: &JsValue) -> Result<ZepoOptions, JsValue> {
+    let mut o = ZepoOptions::default();
+    if opts.is_undefined() || opts.is_null() {
+        return Ok(o);
+    }
+    if !opts.is_object() {
+        return Err(named_err("InvalidOption", "options must be an object"));
+    }
+    let bad = |k: &str, what: &str| named_err("InvalidOption", format!("option `{k}` must be {what}"));
+    let num = |k: &str, v: &JsValue| v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(k, "a finite number"));
+    let uint = |k: &str, v: &JsValue| {
+        v.as_f64()
+            .filter(|x| x.is_finite() && *x >= 0.0 && x.fract() == 0.0 && *x <= 9.007e15)
+            .map(|x| x as u64)
+            .ok_or_else(|| bad(k, "a non-negative integer"))
+    };
+    let text = |k: &str, v: &JsValue| -> Result<String, JsValue> { v.as_string().ok_or_else(|| bad(k, "a string")) };
+    let boolean = |k: &str, v: &JsValue| v.as_bool().ok_or_else(|| bad(k, "true or false"));
+    for key in Object::keys(opts.unchecked_ref::<Object>()).iter() {
+        let k = key.as_string().unwrap_or_default();
+        let v = get(opts, &k);
+        if v.is_undefined() {
+            continue;
+        }
+        match k.as_str() {
+            "resolution" => o.resolution = uint(&k, &v)? as usize,
+            "steps" => o.steps = uint(&k, &v)? as usize,
+            "strength" => o.strength = num(&k, &v)?,
+            "cfg" => o.cfg = num(&k, &v)? as f32,
+            "styleGuidance" => o.style_guidance = num(&k, &v)? as f32,
+            "featureStep" => o.feature_step = uint(&k, &v)? as usize,
+            "startLayer" => o.start_layer = uint(&k, &v)? as usize,
+            "endLayer" => o.end_layer = uint(&k, &v)? as usize,
+            "mixQ" => o.mix_q = num(&k, &v)? as f32,
+            "prompt" => o.prompt = text(&k, &v)?,
+            "negativePrompt" => o.negative_prompt = text(&k, &v)?,
+            "seed" => o.seed = uint(&k, &v)?,
+            "noCfg" => o.no_cfg = boolean(&k, &v)?,
+            "tome" => {
+                o.tome = if let Some(on) = v.as_bool() {
+                    on.then(TomeOptions::default)
+                } else if v.is_null() {
+                    None
+                } else if v.is_object() {
+                    let mut t = TomeOptions::default();
+                    for key in Object::keys(v.unchecked_ref::<Object>()).iter() {
+                        let tk = key.as_string().unwrap_or_default();
+                        let tv = get(&v, &tk);
+                        let name = format!("tome.{tk}");
+                        match tk.as_str() {
+                            "ratio" => t.ratio = num(&name, &tv)? as f32,
+                            "sx" => t.sx = uint(&name, &tv)? as usize,
+                            "sy" => t.sy = uint(&name, &tv)? as usize,
+                            "deterministic" => t.deterministic = boolean(&name, &tv)?,
+                            _ => return Err(named_err("InvalidOption", format!("unknown option `{name}` (ratio, sx, sy, deterministic)"))),
+                        }
+                    }
+                    Some(t)
+                } else {
+                    return Err(bad(&k, "true, false or { ratio, sx, sy, deterministic }"));
+                };
+            }
+            _ => {
+                return Err(named_err(
+                    "InvalidOption",
+                    format!(
+                        "unknown option `{k}` (resolution, steps, strength, cfg, styleGuidance, featureStep, startLayer, \
+                         endLayer, mixQ, tome, prompt, negativePrompt, seed, noCfg)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(o)
+}

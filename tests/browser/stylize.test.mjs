@@ -1,0 +1,422 @@
+// The JS API and the page, end to end, in headless Chromium on WebGPU (SwiftShader) with the
+// tiny model served from localhost (the "CDN"):
+// - stylize() resolves to a PNG of the requested size whose pixels match the native pipeline
+//   (tests/fixtures/web/tiny_r64_s2_seed7.safetensors, made by the CLI, see REF_COMMAND);
+// - a second portrait in the same style reuses the style's features, with the same result;
+// - the second visit downloads nothing (Cache API); an interrupted download resumes (Range);
+// - truncated and tampered weights are clear errors naming the file, and are not cached;
+// - an AbortSignal cancels a run; a non-image blob is a clear error;
+// - the page flow (upload, progress, result, download); no request carries image bytes.
+// SwiftShader is slow: 64² images (8×8 latents) and 2 steps.
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ROOT, decodePng, launch, readSafetensors, screenshot, serve } from './helpers.mjs';
+import { createServer } from '../../scripts/serve.mjs';
+
+const T = 10 * 60_000;
+const TINY = path.join(ROOT, 'weights/tiny-lcm');
+const OPTS = { resolution: 64, steps: 2, seed: 7 };
+// How the reference was made (native CPU backend, f32):
+const REF_COMMAND = 'zepo stylize --model weights/tiny-lcm --content www/examples/portrait.png ' +
+  '--style www/examples/style.png --resolution 64 --steps 2 --seed 7 --save-tensor tests/fixtures/web/tiny_r64_s2_seed7.safetensors';
+const REF = path.join(ROOT, 'tests/fixtures/web/tiny_r64_s2_seed7.safetensors');
+// The browser returns 8-bit pixels (rounding: ≤ 0.5/255); beyond that only float differences
+// between SwiftShader's WebGPU and the CPU backend, through 2 steps and the VAE decoder.
+// Measured: max 0.50/255, mean 0.244/255 (rounding only).
+const MAX_ABS = 1 / 255;
+const MEAN_ABS = 0.3 / 255;
+
+const UNET = 'unet/diffusion_pytorch_model.safetensors';
+const VAE = 'vae/diffusion_pytorch_model.safetensors';
+
+let server;
+before(async () => {
+  assert.ok(fs.existsSync(path.join(ROOT, 'www/pkg/zepo_bg.wasm')),
+    'www/pkg is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  server = await serve();
+});
+after(() => server?.close());
+
+/** A blank same-origin page where the tests import the API. */
+async function apiPage(page, base = server.url) {
+  await page.goto(`${base}/package.json`);
+}
+
+/** Runs `fn(api, args)` in the page, with `api` = www/zepo.js; errors come back as {error}. */
+function inPage(page, fn, args) {
+  return page.evaluate(async ([src, a]) => {
+    const api = await import('/www/zepo.js');
+    const f = new Function('return ' + src)();
+    try {
+      return await f(api, a);
+    } catch (e) {
+      return { error: { name: e.name, message: e.message } };
+    }
+  }, [fn.toString(), args]);
+}
+
+const modelRequests = (requests) => requests.filter((r) => r.url.startsWith('/model/'));
+
+describe('the JS API on WebGPU', () => {
+  let browser;
+  before(async () => { browser = await launch({ webgpu: true }); });
+  after(async () => {
+    if (browser?.logs.length) console.log(browser.logs.slice(-40).join('\n'));
+    await browser?.close();
+  });
+
+  test('stylize() gives a PNG of the requested size matching the native pipeline', { timeout: T }, async () => {
+    const { page } = browser;
+    await apiPage(page);
+    server.requests.length = 0;
+    const t0 = Date.now();
+    const out = await inPage(page, async (api, opts) => {
+      const get = async (p) => (await fetch(p)).blob();
+      const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+      const events = [];
+      const t = performance.now();
+      const blob = await api.stylize(content, style, { ...opts, onProgress: (e) => events.push(e) });
+      const first = (performance.now() - t) / 1000;
+      const bytes = Array.from(new Uint8Array(await blob.arrayBuffer()));
+      return { type: blob.type, bytes, events, first };
+    }, OPTS);
+    assert.ok(!out.error, JSON.stringify(out.error));
+    console.log(`first stylize() (load + run): ${out.first.toFixed(1)} s (${((Date.now() - t0) / 1000).toFixed(1)} s wall)`);
+    assert.equal(out.type, 'image/png');
+    const png = decodePng(Buffer.from(out.bytes));
+    assert.deepEqual([png.width, png.height, png.channels], [64, 64, 3]);
+
+    const stages = new Set(out.events.map((e) => e.stage));
+    for (const s of ['download', 'load', 'text', 'encode', 'features', 'denoise', 'decode', 'done']) {
+      assert.ok(stages.has(s), `progress stage ${s} seen (${[...stages]})`);
+    }
+    const dl = out.events.filter((e) => e.stage === 'download');
+    const last = dl[dl.length - 1];
+    const weights = fs.statSync(path.join(TINY, UNET)).size + fs.statSync(path.join(TINY, VAE)).size;
+    assert.ok(dl.some((e) => e.total === weights && e.loaded === weights), `download progress reaches ${weights} bytes`);
+    assert.ok(last.loaded > 0);
+    const denoise = out.events.filter((e) => e.stage === 'denoise');
+    assert.deepEqual(denoise.map((e) => [e.step, e.steps]), [[0, 2], [1, 2]]);
+
+    const ref = readSafetensors(REF).image;
+    assert.deepEqual(ref.shape, [64, 64, 3], `reference made with: ${REF_COMMAND}`);
+    let max = 0;
+    let sum = 0;
+    for (let i = 0; i < ref.values.length; i++) {
+      const d = Math.abs(png.data[i] / 255 - ref.values[i]);
+      max = Math.max(max, d);
+      sum += d;
+    }
+    const mean = sum / ref.values.length;
+    console.log(`browser vs native: max |Δ| ${(max * 255).toFixed(2)}/255, mean |Δ| ${(mean * 255).toFixed(3)}/255`);
+    assert.ok(max <= MAX_ABS, `max |Δ| ${(max * 255).toFixed(2)}/255 > ${MAX_ABS * 255}/255`);
+    assert.ok(mean <= MEAN_ABS, `mean |Δ| ${(mean * 255).toFixed(3)}/255 > ${MEAN_ABS * 255}/255`);
+    for (const r of server.requests) {
+      assert.ok(['GET', 'HEAD'].includes(r.method) && r.bodyBytes === 0, `request without a body: ${JSON.stringify(r)}`);
+    }
+  });
+
+  test('an engine keeps the style: a second portrait skips its features, same bits', { timeout: T }, async () => {
+    const out = await inPage(browser.page, async (api, opts) => {
+      const get = async (p) => (await fetch(p)).blob();
+      const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+      const engine = await api.ZePo.load({});
+      const before = await engine.hasStyle(style, opts);
+      const a = await engine.stylize(content, style, opts);
+      const timesA = engine.last;
+      const cached = await engine.hasStyle(style, opts);
+      const otherSeed = await engine.hasStyle(style, { ...opts, seed: 8 });
+      const b = await engine.stylize(content, style, opts);
+      const timesB = engine.last;
+      // Calls queue: two at once both complete.
+      const [c, d] = await Promise.all([engine.stylize(content, style, opts), engine.stylize(style, style, opts)]);
+      engine.dispose();
+      const arr = async (x) => Array.from(new Uint8Array(await x.arrayBuffer()));
+      return { before, cached, otherSeed, a: await arr(a), b: await arr(b), c: await arr(c), d: d.size, timesA, timesB };
+    }, OPTS);
+    assert.ok(!out.error, JSON.stringify(out.error));
+    assert.equal(out.before, false);
+    assert.equal(out.cached, true);
+    assert.equal(out.otherSeed, false);
+    assert.deepEqual(out.b, out.a, 'reused style features give the same image');
+    assert.deepEqual(out.c, out.a);
+    assert.ok(out.d > 0);
+    console.log(`run with the style computed: ${out.timesA.seconds.toFixed(2)} s ${JSON.stringify(out.timesA.stages)}`);
+    console.log(`run with the style cached:   ${out.timesB.seconds.toFixed(2)} s ${JSON.stringify(out.timesB.stages)}`);
+  });
+
+  test('a non-image blob is a clear error; bad options are named', { timeout: T }, async () => {
+    const out = await inPage(browser.page, async (api, opts) => {
+      const style = await (await fetch('/www/examples/style.png')).blob();
+      const errors = [];
+      for (const [c, o] of [[new Blob(['definitely not an image'], { type: 'image/png' }), opts],
+        [style, { ...opts, steps: 'two' }], [style, { ...opts, resolution: 60 }], [style, { ...opts, colour: 1 }]]) {
+        try {
+          await api.stylize(c, style, o);
+          errors.push(null);
+        } catch (e) {
+          errors.push({ name: e.name, message: e.message });
+        }
+      }
+      return errors;
+    }, OPTS);
+    assert.ok(!out.error, JSON.stringify(out.error));
+    const [img, steps, res, unknown] = out;
+    assert.equal(img?.name, 'ImageError');
+    assert.match(img.message, /content image/);
+    assert.equal(steps?.name, 'InvalidOption');
+    assert.match(steps.message, /steps/);
+    assert.match(res?.message, /resolution 60/);
+    assert.match(unknown?.message, /unknown option `colour`/);
+  });
+
+  test('an AbortSignal cancels a run mid-way; the engine goes on working', { timeout: T }, async () => {
+    const out = await inPage(browser.page, async (api, opts) => {
+      const get = async (p) => (await fetch(p)).blob();
+      const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+      const controller = new AbortController();
+      const stages = [];
+      let caught = null;
+      try {
+        await api.stylize(content, style, {
+          ...opts, seed: 99, signal: controller.signal,
+          onProgress: (e) => { stages.push(e.stage); if (e.stage === 'features') controller.abort(); },
+        });
+      } catch (e) {
+        caught = { name: e.name, message: e.message };
+      }
+      let already = null;
+      try {
+        await api.stylize(content, style, { ...opts, signal: AbortSignal.abort() });
+      } catch (e) {
+        already = e.name;
+      }
+      const after = await api.stylize(content, style, opts);
+      return { caught, stages, already, after: after.size };
+    }, OPTS);
+    assert.ok(!out.error, JSON.stringify(out.error));
+    assert.equal(out.caught?.name, 'AbortError', JSON.stringify(out.caught));
+    assert.match(out.caught.message, /cancelled/);
+    assert.ok(out.stages.includes('features') && !out.stages.includes('decode'), `stopped mid-way: ${out.stages}`);
+    assert.equal(out.already, 'AbortError');
+    assert.ok(out.after > 0, 'a run after the cancelled one works');
+  });
+});
+
+describe('weights: cache, resume, integrity', () => {
+  let browser;
+  let tmp;
+  before(async () => {
+    browser = await launch({ webgpu: true });
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'zepo-weights-'));
+  });
+  after(async () => {
+    if (browser?.logs.length) console.log(browser.logs.slice(-40).join('\n'));
+    await browser?.close();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  /** A copy of the tiny model in tmp/name, changed by `edit(dir)`. */
+  function copyModel(name, edit) {
+    const dir = path.join(tmp, name);
+    fs.cpSync(TINY, dir, { recursive: true });
+    edit?.(dir);
+    return dir;
+  }
+
+  async function loadIn(page, base, model) {
+    await apiPage(page, base);
+    return inPage(page, async (api, m) => {
+      const events = [];
+      const e = await api.ZePo.load({ model: m, onProgress: (p) => events.push(p) });
+      const info = e.info;
+      e.dispose();
+      return { info, downloads: events.filter((p) => p.stage === 'download').length };
+    }, model);
+  }
+
+  function cachedUrls(page) {
+    return page.evaluate(async () => (await (await caches.open('zepo-models-v1')).keys()).map((r) => r.url));
+  }
+
+  test('the second visit downloads nothing', { timeout: T }, async () => {
+    const srv = await serve();
+    try {
+      const first = await loadIn(browser.page, srv.url, '/model');
+      assert.ok(!first.error, JSON.stringify(first.error));
+      assert.ok(modelRequests(srv.requests).length > 0);
+      const firstBytes = first.info.bytes;
+      srv.requests.length = 0;
+      // A new page (same browser profile): everything from the cache.
+      const page = await browser.context.newPage();
+      const second = await loadIn(page, srv.url, '/model');
+      await page.close();
+      assert.ok(!second.error, JSON.stringify(second.error));
+      assert.deepEqual(modelRequests(srv.requests), [], 'no request for the model on the second visit');
+      assert.equal(second.info.requests, 0);
+      assert.equal(second.info.bytes, firstBytes, 'the same bytes, from the cache');
+      console.log(`first visit: ${first.info.requests} requests, ${first.info.seconds.toFixed(2)} s; second: 0 requests, ${second.info.seconds.toFixed(2)} s`);
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('an interrupted download resumes with an HTTP Range request', { timeout: T }, async () => {
+    // Breaks the first full download of the UNet half-way (the connection drops).
+    const inner = createServer({ model: TINY });
+    const log = [];
+    let broken = false;
+    const srv = http.createServer((req, res) => {
+      log.push({ url: req.url, range: req.headers.range || null });
+      if (!broken && req.method === 'GET' && req.url === `/model/${UNET}` && !req.headers.range) {
+        broken = true;
+        const file = path.join(TINY, UNET);
+        const bytes = fs.readFileSync(file);
+        const stat = fs.statSync(file);
+        // The static server's validator, so that its If-Range check accepts the resume.
+        const etag = `"${stat.size.toString(16)}-${Math.floor(stat.mtimeMs).toString(16)}"`;
+        res.writeHead(200, { 'Content-Length': bytes.length, 'Content-Type': 'application/octet-stream',
+          'Access-Control-Allow-Origin': '*', ETag: etag, 'Accept-Ranges': 'bytes' });
+        res.write(bytes.subarray(0, bytes.length >> 1), () => setTimeout(() => res.socket.destroy(), 50));
+        return;
+      }
+      inner.emit('request', req, res);
+    });
+    await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${srv.address().port}`;
+    try {
+      // A model URL this profile has not cached yet: the same files under another origin.
+      const page = await browser.context.newPage();
+      const out = await loadIn(page, base, '/model');
+      await page.close();
+      assert.ok(!out.error, JSON.stringify(out.error));
+      const ranged = log.filter((r) => r.url === `/model/${UNET}` && r.range);
+      assert.ok(broken, 'the first download was broken off');
+      assert.equal(ranged.length, 1, `one Range request resumed it: ${JSON.stringify(log)}`);
+      assert.match(ranged[0].range, /^bytes=\d+-$/);
+    } finally {
+      srv.closeAllConnections?.();
+      await new Promise((r) => srv.close(r));
+    }
+  });
+
+  test('a truncated weight file is an error naming it, and is not cached', { timeout: T }, async () => {
+    const dir = copyModel('truncated', (d) => {
+      const f = path.join(d, UNET);
+      fs.truncateSync(f, Math.floor(fs.statSync(f).size * 0.6));
+    });
+    const srv = await serve({ model: dir });
+    try {
+      const out = await loadIn(browser.page, srv.url, '/model');
+      assert.ok(out.error, 'loading fails');
+      assert.match(out.error.message, /unet\/diffusion_pytorch_model\.safetensors/);
+      assert.match(out.error.message, /truncated/i);
+      const cached = await cachedUrls(browser.page);
+      assert.ok(!cached.some((u) => u.endsWith(UNET)), `not cached: ${cached.join(', ')}`);
+      console.log(`truncated: ${out.error.name}: ${out.error.message}`);
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('a tampered weight file fails its manifest sha256, and is not cached', { timeout: T }, async () => {
+    const dir = copyModel('tampered', (d) => {
+      const files = {};
+      for (const p of [UNET, VAE, 'text_encoder/model.safetensors']) {
+        const bytes = fs.readFileSync(path.join(d, p));
+        files[p] = { size: bytes.length, sha256: crypto.createHash('sha256').update(bytes).digest('hex') };
+      }
+      fs.writeFileSync(path.join(d, 'manifest.json'), JSON.stringify({ files }));
+      // One flipped bit in the VAE's last tensor: still a valid safetensors file.
+      const f = path.join(d, VAE);
+      const bytes = fs.readFileSync(f);
+      bytes[bytes.length - 3] ^= 0x10;
+      fs.writeFileSync(f, bytes);
+    });
+    const srv = await serve({ model: dir });
+    try {
+      const out = await loadIn(browser.page, srv.url, '/model');
+      assert.ok(out.error, 'loading fails');
+      assert.equal(out.error.name, 'IntegrityError');
+      assert.match(out.error.message, /vae\/diffusion_pytorch_model\.safetensors/);
+      assert.match(out.error.message, /sha256/);
+      const cached = await cachedUrls(browser.page);
+      const prefix = `${srv.url}/model/`;
+      assert.ok(!cached.includes(prefix + VAE), 'the tampered file is not cached');
+      assert.ok(cached.includes(prefix + UNET), 'the intact UNet (verified) is');
+      console.log(`tampered: ${out.error.name}: ${out.error.message}`);
+    } finally {
+      await srv.close();
+    }
+  });
+});
+
+test('the page: upload, progress, result, download; no image leaves the page', { timeout: T }, async () => {
+  const browser = await launch({ webgpu: true });
+  const srv = await serve();
+  try {
+    const { page } = browser;
+    const requests = [];
+    page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), body: r.postDataBuffer()?.length || 0 }));
+    await page.goto(`${srv.url}/?resolution=64&steps=2&seed=7`);
+    await page.waitForFunction(() => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: T, polling: 250 });
+    const state = await page.evaluate(() => document.body.dataset.state);
+    assert.equal(state, 'loaded', await page.textContent('#error'));
+    assert.ok(await page.isDisabled('#stylize'), 'Stylize waits for both images');
+    await page.setInputFiles('#content-file', path.join(ROOT, 'www/examples/portrait.png'));
+    await page.setInputFiles('#style-file', path.join(ROOT, 'www/examples/style.png'));
+    await page.waitForFunction(() => !document.getElementById('content-preview').hidden && !document.getElementById('style-preview').hidden);
+    await screenshot(page, 'page-before-run.png');
+    await page.click('#stylize');
+    await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state), null, { timeout: T, polling: 250 });
+    const result = await page.evaluate(() => ({
+      state: document.body.dataset.state,
+      error: document.getElementById('error').textContent,
+      result: window.zepo.result,
+      stages: [...new Set(window.zepo.progress.map((p) => p.stage))],
+      shown: !document.getElementById('result').hidden,
+    }));
+    await screenshot(page, 'page-after-run.png');
+    assert.equal(result.state, 'done', result.error);
+    assert.ok(result.shown, 'the result is shown');
+    assert.deepEqual([result.result.width, result.result.height], [64, 64]);
+    for (const s of ['download', 'denoise', 'decode']) assert.ok(result.stages.includes(s), `stage ${s} seen: ${result.stages}`);
+    console.log(`page: stylize ${result.result.seconds.toFixed(1)} s, stages ${JSON.stringify(result.result.stages)}`);
+
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+    assert.equal(download.suggestedFilename(), 'zepo.png');
+    const file = path.join(browser.dir || os.tmpdir(), `zepo-download-${process.pid}.png`);
+    await download.saveAs(file);
+    const png = decodePng(fs.readFileSync(file));
+    fs.rmSync(file, { force: true });
+    assert.deepEqual([png.width, png.height], [64, 64]);
+
+    // No request carries image bytes: only bodiless GETs/HEADs, to the page's own server.
+    for (const r of [...requests, ...srv.requests]) {
+      assert.ok(!r.body && !r.bodyBytes, `a request with a body: ${JSON.stringify(r)}`);
+    }
+    assert.ok(srv.requests.every((r) => ['GET', 'HEAD'].includes(r.method)), 'only GET/HEAD');
+    assert.ok(requests.every((r) => r.url.startsWith(srv.url) || r.url.startsWith('blob:') || r.url.startsWith('data:')),
+      `no other host: ${requests.map((r) => r.url).filter((u) => !u.startsWith(srv.url))}`);
+  } finally {
+    await srv.close();
+    await browser.close();
+  }
+});
+
+test('without WebGPU, stylize() rejects with WebGpuUnavailable', { timeout: 120_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  try {
+    await apiPage(browser.page);
+    const out = await inPage(browser.page, async (api) => api.stylize(new Blob(['x']), new Blob(['y'])));
+    assert.equal(out.error?.name, 'WebGpuUnavailable');
+    assert.match(out.error.message, /WebGPU/);
+  } finally {
+    await browser.close();
+  }
+});

@@ -1,0 +1,185 @@
+// ZePo's JS API (an ES module; the page and, later, the npm package use it). Everything runs in
+// a dedicated module Worker on the visitor's GPU (WebGPU): no image leaves the page.
+//
+//   import { stylize, ZePo } from './www/zepo.js';
+//   const png = await stylize(portraitBlob, styleBlob, { steps: 2, seed: 1, onProgress, signal });
+//
+//   const engine = await ZePo.load({ model: 'https://…/LCM_Dreamshaper_v7', onProgress });
+//   const a = await engine.stylize(face1, style);   // the style's features are kept:
+//   const b = await engine.stylize(face2, style);   // a second face costs only its own work
+//   engine.dispose();
+//
+// Options (all optional; the reference's defaults): resolution (512), steps (4), strength (0.5),
+// cfg (2), styleGuidance (1.2), featureStep (99), startLayer (8), endLayer (16), mixQ (1),
+// tome (true | false | {ratio, sx, sy, deterministic}), prompt ('face'), negativePrompt (''),
+// seed (0), noCfg (false). Besides: model (base URL of the weights), precision ('auto' | 'f16'
+// | 'f32'), onProgress({stage, loaded, total, step, steps, fraction}), signal (AbortSignal).
+// Errors are Errors whose name says what happened: WebGpuUnavailable, InvalidOption,
+// ImageError, IntegrityError, DownloadError, NotFound, WeightsError, AbortError, OutOfMemory,
+// DeviceLost, EngineCrashed.
+
+/** The model served next to the page by scripts/serve.mjs (the tiny test model by default). */
+export const DEFAULT_MODEL = new URL('../model', import.meta.url).href;
+
+const ENGINE_KEYS = new Set(['model', 'precision', 'onProgress', 'signal']);
+// After these the Worker's engine is unusable: the next call starts a new one.
+const FATAL = new Set(['DeviceLost', 'OutOfMemory', 'EngineCrashed', 'EngineMissing']);
+
+function abortError() {
+  return Object.assign(new Error('the stylization was cancelled'), { name: 'AbortError' });
+}
+
+/** Image bytes of a Blob, File, ArrayBuffer or typed array (a copy, which the Worker gets). */
+async function bytesOf(what, name) {
+  if (what instanceof Blob) return new Uint8Array(await what.arrayBuffer());
+  if (what instanceof ArrayBuffer) return new Uint8Array(what.slice(0));
+  if (ArrayBuffer.isView(what)) return new Uint8Array(what.buffer.slice(what.byteOffset, what.byteOffset + what.byteLength));
+  throw Object.assign(new TypeError(`${name}: expected a Blob, File, ArrayBuffer or typed array`), { name: 'ImageError' });
+}
+
+function noWebGpu() {
+  return Object.assign(new Error(
+    'This browser does not expose WebGPU (navigator.gpu is missing). ZePo runs entirely on your GPU ' +
+    'through WebGPU: use a recent Chrome or Edge (113+), Safari 26+, or Firefox 141+ on Windows; on ' +
+    'Linux, enable chrome://flags/#enable-unsafe-webgpu. The page must be served from localhost or over https.'),
+  { name: 'WebGpuUnavailable' });
+}
+
+/** An engine: a Worker holding the model on the GPU. Make one with `await ZePo.load(...)`. */
+export class ZePo {
+  static async load({ model = DEFAULT_MODEL, precision = 'auto', onProgress, workerUrl } = {}) {
+    if (!globalThis.navigator?.gpu) throw noWebGpu();
+    const engine = new ZePo(new URL(model, globalThis.location?.href).href, workerUrl);
+    try {
+      engine.device = await engine.call('create', { precision });
+      engine.info = await engine.call('load', { model: engine.model }, onProgress);
+    } catch (e) {
+      engine.dispose();
+      throw e;
+    }
+    return engine;
+  }
+
+  constructor(model, workerUrl) {
+    this.model = model;
+    this.worker = new Worker(workerUrl || new URL('./worker.js', import.meta.url), { type: 'module' });
+    this.pending = new Map();
+    this.next = 0;
+    this.queue = Promise.resolve();
+    this.dead = null;
+    this.worker.onmessage = ({ data }) => {
+      if (data.type === 'fatal') return this.kill(Object.assign(new Error(data.error.message), { name: data.error.name }));
+      const p = this.pending.get(data.id);
+      if (!p) return;
+      if (data.type === 'progress') return p.onProgress?.(data.event);
+      this.pending.delete(data.id);
+      if (data.ok) return p.resolve(data.result);
+      const error = Object.assign(new Error(data.error.message), { name: data.error.name });
+      if (data.fatal || FATAL.has(error.name)) this.kill(error);
+      p.reject(error);
+    };
+    this.worker.onerror = (e) => {
+      e.preventDefault?.();
+      this.kill(Object.assign(new Error(`the engine worker failed: ${e.message || 'it could not start'}`), { name: 'EngineCrashed' }));
+    };
+  }
+
+  /** Ends the Worker (after a fatal error); pending calls reject with `error`. */
+  kill(error) {
+    this.dead = error;
+    this.worker.terminate();
+    for (const p of this.pending.values()) p.reject(error);
+    this.pending.clear();
+  }
+
+  /** One request to the Worker: returns a promise; `id` (for cancel) is given to `started`. */
+  call(type, args, onProgress, transfer = [], started) {
+    if (this.dead) return Promise.reject(this.dead);
+    return new Promise((resolve, reject) => {
+      const id = this.next++;
+      this.pending.set(id, { resolve, reject, onProgress });
+      started?.(id);
+      this.worker.postMessage({ id, type, args }, transfer);
+    });
+  }
+
+  /**
+   * Stylizes `content` (a portrait) after `style`: Blobs/Files (or bytes) of PNG, JPEG, WebP,
+   * BMP or GIF images. Resolves to a PNG Blob of `resolution`². Calls queue: one runs at a time.
+   */
+  stylize(content, style, opts = {}) {
+    const run = this.queue.then(() => this.run(content, style, opts));
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  async run(content, style, opts) {
+    const { onProgress, signal } = opts;
+    const options = Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
+    if (signal?.aborted) throw abortError();
+    if (this.dead) throw this.dead;
+    const [c, s] = await Promise.all([bytesOf(content, 'content'), bytesOf(style, 'style')]);
+    if (signal?.aborted) throw abortError();
+    let id = null;
+    const onAbort = () => id !== null && this.worker.postMessage({ type: 'cancel', args: { target: id } });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const result = await this.call('stylize', { content: c.buffer, style: s.buffer, options }, onProgress,
+        [c.buffer, s.buffer], (i) => { id = i; });
+      this.last = { seconds: result.seconds, stages: result.stages, downloaded: result.downloaded };
+      return new Blob([result.png], { type: 'image/png' });
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Whether a stylization with this style and options would reuse the cached style features. */
+  async hasStyle(style, opts = {}) {
+    const options = Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
+    const s = await bytesOf(style, 'style');
+    return this.call('hasStyle', { style: s.buffer, options }, null, [s.buffer]);
+  }
+
+  /** The UNet alone (kernel checks): { output: Float32Array, seconds }. */
+  unetForward(sample, shape, timesteps, context) {
+    const run = this.queue.then(() => this.call('unetForward', { sample, shape, timesteps, context }));
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Frees the GPU memory and ends the Worker. */
+  dispose() {
+    if (!this.dead) this.kill(Object.assign(new Error('this engine was disposed'), { name: 'EngineDisposed' }));
+  }
+
+  /** Deletes the stored files of `model` (every model's without one). */
+  static async clearCache(model) {
+    const { clearCache } = await import('./weights.js');
+    return clearCache(model && new URL(model, globalThis.location?.href).href);
+  }
+}
+
+let shared = null;
+
+/**
+ * Stylizes with a shared default engine, loaded on first use (and again when `model` or
+ * `precision` change, or after a fatal error). Resolves to a PNG Blob.
+ */
+export async function stylize(content, style, opts = {}) {
+  const model = new URL(opts.model || DEFAULT_MODEL, globalThis.location?.href).href;
+  const precision = opts.precision || 'auto';
+  if (opts.signal?.aborted) throw abortError();
+  if (!shared || shared.model !== model || shared.precision !== precision) {
+    const previous = shared;
+    const promise = ZePo.load({ model, precision, onProgress: opts.onProgress });
+    shared = { model, precision, promise };
+    previous?.promise.then((e) => e.dispose(), () => {});
+    promise.catch(() => { if (shared?.promise === promise) shared = null; });
+  }
+  const engine = await shared.promise;
+  if (engine.dead) {
+    shared = null;
+    return stylize(content, style, opts);
+  }
+  return engine.stylize(content, style, opts);
+}
