@@ -139,7 +139,7 @@ impl Engine {
                     let _ = f.call1(&JsValue::NULL, &name.into());
                 }
             };
-            let opts = LoadOptions { dtype: gpu.dtype };
+            let opts = LoadOptions { dtype: gpu.dtype, ..Default::default() };
 
             stage("scheduler");
             let path = "scheduler/scheduler_config.json";
@@ -342,7 +342,7 @@ async fn prompt_embeddings(
     let text = match loaded {
         Some(t) => t,
         None => {
-            let t = Rc::new(load_text(&model.files, &gpu.device, &LoadOptions { dtype: gpu.dtype }).await?);
+            let t = Rc::new(load_text(&model.files, &gpu.device, &LoadOptions { dtype: gpu.dtype, ..Default::default() }).await?);
             *model.text.borrow_mut() = Some(t.clone());
             t
         }
