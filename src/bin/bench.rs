@@ -79,6 +79,7 @@ struct StageClock {
     start: Instant,
     last: Instant,
     stages: Vec<(Stage, f64)>,
+    current: Option<Stage>,
     device: Device,
 }
 
@@ -88,9 +89,12 @@ impl Observer for StageClock {
         let now = Instant::now();
         let dt = (now - self.last).as_secs_f64();
         self.last = now;
-        match self.stages.last_mut() {
-            Some((s, t)) if *s == p.stage => *t += dt,
-            _ => self.stages.push((p.stage, dt)),
+        // The time since the last report was spent in the stage that report announced.
+        if let Some(stage) = self.current.replace(p.stage) {
+            match self.stages.last_mut() {
+                Some((s, t)) if *s == stage => *t += dt,
+                _ => self.stages.push((stage, dt)),
+            }
         }
     }
 }
@@ -130,7 +134,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let img = |seed: u8| RgbImage::new(size, size, (0..size * size * 3).map(|i| (i as u8).wrapping_mul(seed)).collect()).unwrap();
                 let (content, style) = (img(3), img(7));
                 model.reset_counters();
-                let mut clock = StageClock { start: Instant::now(), last: Instant::now(), stages: vec![], device: device.clone() };
+                let mut clock = StageClock { start: Instant::now(), last: Instant::now(), stages: vec![], current: None, device: device.clone() };
                 model.stylize(&content, Style::Image(&style), &opts, &prompts, &mut SeededNoise::new(0), &mut clock, None)?;
                 let total = clock.start.elapsed().as_secs_f64();
                 let c = model.counters();
