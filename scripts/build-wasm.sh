@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the browser engine into www/pkg/: cargo (wasm32, release) → wasm-bindgen (--target
+# Builds the browser engine into www/engine/: cargo (wasm32, release) → wasm-bindgen (--target
 # web) → wasm-opt (npm's binaryen, when installed). Used by serve.sh and test.sh. When cargo's
-# output has not changed, the existing www/pkg is kept (wasm-opt takes minutes).
+# output has not changed, the existing www/engine is kept (wasm-opt takes minutes).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ZEPO_ROOT"
@@ -12,12 +12,12 @@ zepo_setup_wasm
 cargo build --release --target wasm32-unknown-unknown --lib --no-default-features
 wasm="$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/zepo.wasm"
 
-out="$ZEPO_ROOT/www/pkg"
+out="$ZEPO_ROOT/www/engine"
 opt="$ZEPO_ROOT/node_modules/binaryen/bin/wasm-opt"
 # What the package is made from: the wasm, the bindgen version, whether wasm-opt ran.
 stamp="$(sha256sum "$wasm" | cut -c1-64) $(wasm-bindgen --version) opt=$([ -x "$opt" ] && echo 1 || echo 0)"
 if [ -f "$out/zepo_bg.wasm" ] && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then
-    echo "  www/pkg is up to date"
+    echo "  www/engine is up to date"
 else
     rm -rf "$out.tmp" && mkdir -p "$out.tmp"
     wasm-bindgen --target web --no-typescript --out-dir "$out.tmp" --out-name zepo "$wasm"
@@ -36,4 +36,4 @@ else
 fi
 raw=$(stat -c %s "$out/zepo_bg.wasm")
 gz=$(gzip -6 -c "$out/zepo_bg.wasm" | wc -c)
-echo "  www/pkg/zepo_bg.wasm: $((raw / 1024)) KiB, $((gz / 1024)) KiB gzipped"
+echo "  www/engine/zepo_bg.wasm: $((raw / 1024)) KiB, $((gz / 1024)) KiB gzipped"

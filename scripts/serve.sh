@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one run command: bash scripts/serve.sh [--port 8080] [--model DIR]
-# Builds the wasm engine into www/pkg/ (scripts/build-wasm.sh), then serves the repository on
+# Builds the wasm engine into www/engine/ (scripts/build-wasm.sh), then serves the repository on
 # http://localhost:8080 with the model DIR (default weights/tiny-lcm) at /model/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"

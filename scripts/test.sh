@@ -4,7 +4,7 @@
 # Installs what it needs (idempotent, quiet; see scripts/setup.sh), then runs
 #   1. cargo test                      every Rust test on burn's CPU backend
 #   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan)
-#   3. wasm build                      the browser engine into www/pkg (scripts/build-wasm.sh)
+#   3. wasm build                      the browser engine into www/engine (scripts/build-wasm.sh)
 #   4. browser tests                   node --test tests/browser: the page in headless Chromium
 #                                      on WebGPU (SwiftShader)
 # Every stage runs even if an earlier one failed (the browser tests need the wasm build); the
@@ -59,7 +59,7 @@ wgpu_parity() {
 }
 
 browser_tests() {
-    [ -f www/pkg/zepo_bg.wasm ] || { echo "no wasm build: skipped" >&2; return 1; }
+    [ -f www/engine/zepo_bg.wasm ] || { echo "no wasm build: skipped" >&2; return 1; }
     local chrome
     chrome="$(zepo_chromium)" || { echo "no chromium" >&2; return 1; }
     CHROME="$chrome" ZEPO_TEST_WEBGPU_ARCH=swiftshader node --test tests/browser/*.test.mjs

@@ -1,11 +1,11 @@
-// The engine's dedicated module Worker: owns the wasm engine (www/pkg, built by
+// The engine's dedicated module Worker: owns the wasm engine (www/engine, built by
 // scripts/build-wasm.sh) and the model's files (www/weights.js), off the page's main thread.
 //
 // Protocol: the caller posts {id, type, args}; the worker answers {id, ok: true, result} or
 // {id, ok: false, error: {name, message}}, and posts {id, type: 'progress', event} while it
 // works. Requests run one at a time in arrival order; {type: 'cancel', args: {target}} is
 // handled at once and makes the stylization `target` stop at its next step.
-import init, { Engine } from './pkg/zepo.js';
+import init, { Engine } from './engine/zepo.js';
 import { ModelFiles, clearCache } from './weights.js';
 
 const ready = init().catch((e) => {

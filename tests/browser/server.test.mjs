@@ -30,9 +30,9 @@ test('MIME types and CORS', async () => {
     assert.equal(r.headers.get('access-control-allow-origin'), '*');
     await r.arrayBuffer();
   }
-  const pkg = path.join(ROOT, 'www/pkg/zepo_bg.wasm');
+  const pkg = path.join(ROOT, 'www/engine/zepo_bg.wasm');
   if (fs.existsSync(pkg)) {
-    const r = await fetch(`${server.url}/www/pkg/zepo_bg.wasm`, { method: 'HEAD' });
+    const r = await fetch(`${server.url}/www/engine/zepo_bg.wasm`, { method: 'HEAD' });
     assert.equal(r.headers.get('content-type'), 'application/wasm');
   }
 });

@@ -36,8 +36,8 @@ const VAE = 'vae/diffusion_pytorch_model.safetensors';
 
 let server;
 before(async () => {
-  assert.ok(fs.existsSync(path.join(ROOT, 'www/pkg/zepo_bg.wasm')),
-    'www/pkg is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
+    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
   server = await serve();
 });
 after(() => server?.close());
