@@ -19,31 +19,14 @@ use zepo::weights::{load_dir_part, part_files, Dtype, LoadOptions, SafetensorsBy
 
 use crate::common::*;
 
-/// A fresh scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("zepo-bundle-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `tiny-lcm` converted with a 1 MiB shard cap (several shards per part).
 fn convert_tiny(name: &str, edit: impl FnOnce(&mut ConvertOptions)) -> (Scratch, Manifest) {
-    let scratch = Scratch::new(name);
-    let mut opts = ConvertOptions::new(tiny_model(), &scratch.0);
+    let scratch = Scratch::new(&format!("bundle-{name}"));
+    let mut opts = ConvertOptions::new(tiny_model(), scratch.to_path_buf());
     opts.shard_bytes = 1 << 20;
     edit(&mut opts);
     let manifest = convert(&opts, &mut |_| {}).unwrap();
@@ -96,7 +79,7 @@ fn bundle_tensors_are_the_checkpoint_rounded_to_f16() {
         let mut seen = 0;
         for shard in &p.shards {
             assert!(shard.file.size <= 1 << 20 || shard.tensors.len() == 1, "{}: over the cap", shard.file.url);
-            let st = SafetensorsBytes::new(std::fs::read(dir.0.join(&shard.file.url)).unwrap(), "shard").unwrap();
+            let st = SafetensorsBytes::new(std::fs::read(dir.join(&shard.file.url)).unwrap(), "shard").unwrap();
             for (t, b) in st.tensors() {
                 let (shape, want) = &expected[&t.name];
                 let got: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
@@ -141,13 +124,13 @@ fn bundle_loads_the_same_models_as_the_checkpoint() {
     let fx = Fixture::load("components.safetensors");
     let device = Device::flex();
     let opts = LoadOptions::default();
-    let load = |part: &str| load_bundle_part(&dir.0, part, &device, &opts).unwrap();
+    let load = |part: &str| load_bundle_part(&*dir, part, &device, &opts).unwrap();
     let load_src = |part: &str, stem: &str| load_dir_part(&tiny_model(), part, stem, &device, &opts).unwrap();
     let exact = |what: &str, a: &[f32], b: &[f32]| assert_eq!(max_abs_diff(a, b), 0.0, "{what}: bundle vs rounded checkpoint");
 
     let t: Vec<f32> = fx.f32("unet_in_timestep");
     let run = |u: &UNet2DConditionModel| values(u.forward(fx.tensor("unet_in_sample", &device), &t, &fx.tensor("unet_in_ehs", &device)));
-    let from_bundle = run(&unet(load("unet"), &dir.0));
+    let from_bundle = run(&unet(load("unet"), &*dir));
     exact("unet", &from_bundle, &run(&unet(rounded_source("unet", "diffusion_pytorch_model", &device), &tiny_model())));
     let from_ckpt = run(&unet(load_src("unet", "diffusion_pytorch_model"), &tiny_model()));
     let e = assert_close_rel("unet bundle vs f32 checkpoint", &from_bundle, &from_ckpt, FP16_TOL);
@@ -155,22 +138,22 @@ fn bundle_loads_the_same_models_as_the_checkpoint() {
     println!("unet: bundle vs f32 checkpoint {e:.2e}, vs PyTorch {r:.2e}");
     assert!(e > 0.0, "the fp16 rounding must show: is the bundle really f16?");
 
-    let tok = ClipTokenizer::from_dir(&dir.0.join("tokenizer")).unwrap();
+    let tok = ClipTokenizer::from_dir(&dir.join("tokenizer")).unwrap();
     let ids = || tok.encode_batch(&["face", ""], &device);
-    let from_bundle = values(text_encoder(load("text_encoder"), &dir.0).forward(ids()));
+    let from_bundle = values(text_encoder(load("text_encoder"), &*dir).forward(ids()));
     exact("clip", &from_bundle, &values(text_encoder(rounded_source("text_encoder", "model", &device), &tiny_model()).forward(ids())));
     let from_ckpt = values(text_encoder(load_src("text_encoder", "model"), &tiny_model()).forward(ids()));
     let e = assert_close_rel("clip bundle vs f32 checkpoint", &from_bundle, &from_ckpt, FP16_TOL);
     let r = assert_close_rel("clip bundle vs PyTorch", &from_bundle, &fx.f32("clip_last_hidden_state"), FP16_TOL);
     println!("clip: bundle vs f32 checkpoint {e:.2e}, vs PyTorch {r:.2e}");
 
-    let pre: Vec<f32> = ["face", ""].iter().flat_map(|p| embeddings(&dir.0, &manifest, p)).collect();
+    let pre: Vec<f32> = ["face", ""].iter().flat_map(|p| embeddings(&*dir, &manifest, p)).collect();
     let e = assert_close_rel("precomputed prompts vs PyTorch", &pre, &fx.f32("clip_last_hidden_state"), 1e-4);
     println!("precomputed prompt embeddings vs PyTorch {e:.2e}");
     assert_eq!(manifest.prompt_embeddings.as_ref().unwrap().shape, [77, 32]);
 
     let z: Tensor<4> = fx.tensor("vae_dec_in", &device);
-    let from_bundle = values(vae(load("vae"), &dir.0).decode(z.clone()));
+    let from_bundle = values(vae(load("vae"), &*dir).decode(z.clone()));
     exact("vae", &from_bundle, &values(vae(rounded_source("vae", "diffusion_pytorch_model", &device), &tiny_model()).decode(z.clone())));
     let from_ckpt = values(vae(load_src("vae", "diffusion_pytorch_model"), &tiny_model()).decode(z));
     let e = assert_close_rel("vae decode bundle vs f32 checkpoint", &from_bundle, &from_ckpt, FP16_TOL);
@@ -194,7 +177,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn verify_catches_a_flipped_byte_a_truncated_and_a_swapped_shard() {
     let (dir, manifest) = convert_tiny("verify", |_| {});
-    let report = verify(&dir.0).unwrap();
+    let report = verify(&*dir).unwrap();
     assert_eq!(report.parts.len(), 3, "{report:?}");
     assert!(report.notes.is_empty(), "{report:?}");
     let unet = &manifest.part("unet").unwrap().shards;
@@ -202,10 +185,10 @@ fn verify_catches_a_flipped_byte_a_truncated_and_a_swapped_shard() {
     let (a, b) = (&unet[0].file.url, &unet[1].file.url);
 
     let damaged = |name: &str, damage: &dyn Fn(&Path)| {
-        let copy = Scratch::new(name);
-        copy_dir(&dir.0, &copy.0);
-        damage(&copy.0);
-        let err = verify(&copy.0).unwrap_err().to_string();
+        let copy = Scratch::new(&format!("bundle-{name}"));
+        copy_dir(&*dir, &*copy);
+        damage(&*copy);
+        let err = verify(&*copy).unwrap_err().to_string();
         (copy, err)
     };
 
@@ -230,7 +213,7 @@ fn verify_catches_a_flipped_byte_a_truncated_and_a_swapped_shard() {
     });
     assert!(err.contains(a.as_str()) && !err.contains(&format!("{}:", b)), "{err}");
     // Loading (which skips the sha256) still refuses the swapped shard, by its size or content.
-    let err = load_bundle_part(&copy.0, "unet", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
+    let err = load_bundle_part(&*copy, "unet", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains(a.as_str()), "{err}");
 
     let (_c, err) = damaged("config", &|d| {
@@ -246,12 +229,12 @@ fn verify_checks_shapes_through_the_model_loaders() {
     // A manifest and files that agree with each other, but a config that does not fit the
     // weights: only building the model can tell.
     let (dir, mut manifest) = convert_tiny("shapes", |_| {});
-    let cfg = dir.0.join("unet/config.json");
+    let cfg = dir.join("unet/config.json");
     let text = std::fs::read_to_string(&cfg).unwrap().replace("\"cross_attention_dim\": 32", "\"cross_attention_dim\": 48");
-    let entry = zepo::weights::bundle::write_file(&dir.0, "unet/config.json", text.as_bytes()).unwrap();
+    let entry = zepo::weights::bundle::write_file(&*dir, "unet/config.json", text.as_bytes()).unwrap();
     manifest.parts.get_mut("unet").unwrap().config = entry;
-    zepo::weights::bundle::write_manifest(&dir.0, &manifest).unwrap();
-    let err = verify(&dir.0).unwrap_err().to_string();
+    zepo::weights::bundle::write_manifest(&*dir, &manifest).unwrap();
+    let err = verify(&*dir).unwrap_err().to_string();
     assert!(err.contains("unet:") && err.contains("attn2.to_k.weight") && err.contains("48"), "{err}");
     assert!(err.contains("prompt_embeddings.safetensors") && err.contains("cross_attention_dim"), "{err}");
 }
@@ -264,28 +247,28 @@ fn left_out_parts_are_recorded_and_refused_clearly() {
         o.prompts = vec!["a portrait, oil painting".into(), "face".into()];
     });
     assert_eq!(manifest.omitted, ["vae.encoder", "text_encoder", "tokenizer"]);
-    assert!(manifest.tokenizer.is_empty() && !dir.0.join("tokenizer").exists() && !dir.0.join("text_encoder").exists());
+    assert!(manifest.tokenizer.is_empty() && !dir.join("tokenizer").exists() && !dir.join("text_encoder").exists());
     let vae_part = manifest.part("vae").unwrap();
     assert!(vae_part.omits("encoder.") && vae_part.omits("quant_conv."));
     assert!(vae_part.shards.iter().flat_map(|s| &s.tensors).all(|t| !t.starts_with("encoder.") && !t.starts_with("quant_conv.")));
 
-    let err = load_bundle_part(&dir.0, "text_encoder", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
+    let err = load_bundle_part(&*dir, "text_encoder", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("text_encoder") && err.contains("left out"), "{err}");
     // Decode-only VAE: verify builds the decoder from it.
-    let report = verify(&dir.0).unwrap();
+    let report = verify(&*dir).unwrap();
     assert_eq!(report.parts.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["unet", "vae"]);
 
     let prompts: Vec<&str> = manifest.prompt_embeddings.as_ref().unwrap().prompts.iter().map(|p| p.text.as_str()).collect();
     assert_eq!(prompts, ["a portrait, oil painting", "face", ""]);
     let fx = Fixture::load("components.safetensors");
     let face: Vec<f32> = fx.f32("clip_last_hidden_state")[..77 * 32].to_vec();
-    assert_close_rel("precomputed face", &embeddings(&dir.0, &manifest, "face"), &face, 1e-4);
+    assert_close_rel("precomputed face", &embeddings(&*dir, &manifest, "face"), &face, 1e-4);
 }
 
 #[test]
 fn out_of_range_weight_is_an_error_naming_the_tensor() {
-    let dir = Scratch::new("range");
-    let part = dir.0.join("m/unet");
+    let dir = Scratch::new("bundle-range");
+    let part = dir.join("m/unet");
     std::fs::create_dir_all(&part).unwrap();
     std::fs::write(part.join("config.json"), "{}").unwrap();
     let values: Vec<u8> = [1.0f32, -7.0e4, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -302,7 +285,7 @@ fn out_of_range_weight_is_an_error_naming_the_tensor() {
     std::fs::write(part.join("diffusion_pytorch_model.safetensors"), file).unwrap();
 
     let spec = PartSpec { part: "unet", stem: "diffusion_pytorch_model", omit: &[] };
-    let err = convert_part(&dir.0.join("m"), &spec, &dir.0.join("out"), 1 << 20, &mut |_| {}).unwrap_err().to_string();
+    let err = convert_part(&dir.join("m"), &spec, &dir.join("out"), 1 << 20, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("`up_blocks.1.conv.weight`") && err.contains("-70000") && err.contains("f16"), "{err}");
 }
 
@@ -311,8 +294,8 @@ fn committed_tiny_bundle_is_current() {
     let committed = root().join("weights/tiny-lcm-bundle");
     verify(&committed).unwrap();
     let old = read_manifest(&committed).unwrap();
-    let scratch = Scratch::new("current");
-    let mut opts = ConvertOptions::new(tiny_model(), &scratch.0);
+    let scratch = Scratch::new("bundle-current");
+    let mut opts = ConvertOptions::new(tiny_model(), scratch.to_path_buf());
     opts.shard_bytes = 2 << 20; // as weights/README.md converts it
     let new = convert(&opts, &mut |_| {}).unwrap();
     // Weights, configs and tokenizer are bit-identical; the prompt embeddings are float
@@ -322,7 +305,7 @@ fn committed_tiny_bundle_is_current() {
     assert!(old.parts == new.parts, "weights/tiny-lcm-bundle: tensor lists differ; re-run the conversion");
     assert_eq!((&old.tokenizer, &old.scheduler, &old.omitted), (&new.tokenizer, &new.scheduler, &new.omitted));
     for p in &old.prompt_embeddings.as_ref().unwrap().prompts {
-        assert_close_rel(&format!("prompt {:?}", p.text), &embeddings(&committed, &old, &p.text), &embeddings(&scratch.0, &new, &p.text), 1e-5);
+        assert_close_rel(&format!("prompt {:?}", p.text), &embeddings(&committed, &old, &p.text), &embeddings(&scratch, &new, &p.text), 1e-5);
     }
 }
 

@@ -153,8 +153,7 @@ fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
 #[test]
 fn cli_replays_a_case_with_flags() {
     let exe = env!("CARGO_BIN_EXE_zepo");
-    let dir = std::env::temp_dir().join(format!("zepo-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("cli");
     for case in ["tiny_s2_r64_notome", "tiny_s2_r96_synth"] {
         let o = case_options(case);
         let out: PathBuf = dir.join(format!("{case}.safetensors"));
@@ -196,7 +195,8 @@ fn cli_errors_are_one_clear_line() {
     let model = tiny_model().display().to_string();
     let err = run(&["stylize", "--model", "/nonexistent", "--content", "a.png", "--style", "b.png", "--out", "o.png"]);
     assert!(err.starts_with("error: ") && err.contains("/nonexistent") && err.lines().count() == 1, "{err}");
-    let bad = std::env::temp_dir().join(format!("zepo-bad-{}.png", std::process::id()));
+    let scratch = Scratch::new("bad-image");
+    let bad = scratch.join("zepo-bad.png");
     std::fs::write(&bad, b"not an image").unwrap();
     let err = run(&["stylize", "--model", &model, "--content", bad.to_str().unwrap(), "--style", bad.to_str().unwrap(), "--out", "o.png", "--resolution", "64"]);
     assert!(err.starts_with("error: ") && err.contains("zepo-bad") && err.lines().count() == 1, "{err}");
@@ -255,7 +255,7 @@ fn no_cfg_mode_halves_the_unet_work() {
 #[test]
 fn cli_stylizes_a_folder_with_one_style() {
     let exe = env!("CARGO_BIN_EXE_zepo");
-    let dir = std::env::temp_dir().join(format!("zepo-folder-{}", std::process::id()));
+    let dir = Scratch::new("folder");
     let (contents, out) = (dir.join("contents"), dir.join("out"));
     std::fs::create_dir_all(&contents).unwrap();
     let fx = Fixture::load("cases/tiny_s2_r64/reference.safetensors");

@@ -2,17 +2,14 @@
 //! the compute dtype), and broken files (clear errors naming the file, never a panic).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::*;
 use zepo::weights::{load_dir_part, Dtype, LoadOptions, SafetensorsBytes};
 use zepo::zepo::load::{load_unet, load_vae, WeightSource};
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zepo-weights-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(tag: &str) -> Scratch {
+    Scratch::new(&format!("weights-{tag}"))
 }
 
 /// A copy of the tiny model's `part` with its tensors re-encoded by `f` and split in `shards`.
