@@ -22,8 +22,9 @@
 export const DEFAULT_MODEL = new URL('../model', import.meta.url).href;
 
 const ENGINE_KEYS = new Set(['model', 'precision', 'onProgress', 'signal']);
-// After these the Worker's engine is unusable: the next call starts a new one.
-const FATAL = new Set(['DeviceLost', 'OutOfMemory', 'EngineCrashed', 'EngineMissing']);
+// After these the Worker's engine is unusable (a failed GPU read leaves it in an unknown state):
+// the next call starts a new one.
+const FATAL = new Set(['DeviceLost', 'DeviceError', 'OutOfMemory', 'EngineCrashed', 'EngineMissing']);
 
 function abortError() {
   return Object.assign(new Error('the stylization was cancelled'), { name: 'AbortError' });

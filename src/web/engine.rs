@@ -95,10 +95,9 @@ impl Drop for Busy {
 async fn settle(gpu: &Gpu) -> Result<(), JsValue> {
     gpu.check()?;
     let _ = gpu.device.flush();
-    Tensor::<1>::zeros([1], &gpu.device)
-        .into_data_async()
-        .await
-        .map_err(|e| named_err("DeviceError", format!("waiting for the GPU: {e:?}")))?;
+    if let Err(e) = Tensor::<1>::zeros([1], &gpu.device).into_data_async().await {
+        return Err(gpu.failure("waiting for the GPU", e).await);
+    }
     gpu.check()
 }
 
@@ -255,7 +254,10 @@ impl Engine {
             }
             let (decoded, features) = run.finish().map_err(crate_err)?;
             let [_, _, h, w] = decoded.dims();
-            let data = decoded.into_data_async().await.map_err(|e| named_err("DeviceError", format!("reading the result back: {e:?}")))?;
+            let data = match decoded.into_data_async().await {
+                Ok(data) => data,
+                Err(e) => return Err(gpu.failure("reading the result back", e).await),
+            };
             let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("result: {e:?}")))?;
             let png = FloatImage::from_decoded(&values, h, w).to_rgb8().to_png().map_err(crate_err)?;
             if cached.is_none() {
@@ -308,7 +310,10 @@ impl Engine {
             let x = Tensor::<4>::from_data(TensorData::new(sample.to_vec(), [b, c, h, w]), device);
             let ctx = Tensor::<3>::from_data(TensorData::new(context.to_vec(), [b, n / (b * d), d]), device);
             let out = unet.forward(x, &timesteps.to_vec(), &ctx);
-            let data = out.into_data_async().await.map_err(|e| named_err("DeviceError", format!("reading the UNet output back: {e:?}")))?;
+            let data = match out.into_data_async().await {
+                Ok(data) => data,
+                Err(e) => return Err(gpu.failure("reading the UNet output back", e).await),
+            };
             let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("UNet output: {e:?}")))?;
             Ok(Float32Array::from(values.as_slice()).into())
         })

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::wgpu::{wgpu, WgpuBackend, WgpuInitError};
 use burn::tensor::{DType, Device, FloatDType};
 use js_sys::Reflect;
+use wasm_bindgen::JsCast;
 
 use super::{err, named_err};
 
@@ -152,6 +153,31 @@ async fn init(precision: Precision) -> Result<Gpu, wasm_bindgen::JsValue> {
 }
 
 impl Gpu {
+    /// The error for a GPU operation that failed (`what`: what was being done): `DeviceLost` when
+    /// the failure came from losing the device, else `DeviceError`. The browser reports a loss
+    /// through a promise of its own, which may settle just after the failed read: give it a
+    /// moment first.
+    pub async fn failure(&self, what: &str, error: impl std::fmt::Debug) -> wasm_bindgen::JsValue {
+        let mut wait = |resolve: js_sys::Function, _reject: js_sys::Function| {
+            let set_timeout = Reflect::get(&js_sys::global(), &"setTimeout".into())
+                .ok()
+                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+            match set_timeout {
+                Some(f) => {
+                    let _ = f.call2(&wasm_bindgen::JsValue::NULL, &resolve, &100.into());
+                }
+                None => {
+                    let _ = resolve.call0(&wasm_bindgen::JsValue::NULL);
+                }
+            }
+        };
+        let _ = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::new(&mut wait)).await;
+        match self.check() {
+            Err(lost) => lost,
+            Ok(()) => named_err("DeviceError", format!("{what}: {error:?}")),
+        }
+    }
+
     /// An error if the device was lost (the engine must then be re-created in a new Worker).
     pub fn check(&self) -> Result<(), wasm_bindgen::JsValue> {
         let lost = self.lost.lock().ok().and_then(|l| l.clone());

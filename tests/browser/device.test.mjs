@@ -1,0 +1,110 @@
+// A lost GPU device (driver reset, GPU removed, tab's device destroyed) is a clear `DeviceLost`
+// error, never a hang or a wrong image, and the next call gets a fresh engine that works.
+// The test loses the device for real: it serves the engine Worker with a prelude that keeps the
+// GPUDevice the engine asks for and calls its destroy() on request (the product is unchanged).
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { ROOT, decodePng, launch, serve } from './helpers.mjs';
+
+const T = 10 * 60_000;
+const OPTS = { resolution: 64, steps: 2, seed: 7 };
+
+// Runs before worker.js's own code (imports are hoisted above it, and only declare things).
+const PRELUDE = `
+const zepoRequestDevice = GPUAdapter.prototype.requestDevice;
+GPUAdapter.prototype.requestDevice = async function (...args) {
+  const device = await zepoRequestDevice.apply(this, args);
+  self.zepoTestDevices = [...(self.zepoTestDevices || []), device];
+  return device;
+};
+self.addEventListener('message', ({ data }) => {
+  if (data?.type === 'test:destroy-device') for (const d of self.zepoTestDevices || []) d.destroy();
+});
+`;
+
+let server;
+let browser;
+before(async () => {
+  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
+    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  server = await serve();
+  browser = await launch({ webgpu: true });
+  await browser.context.route('**/www/worker.js', async (route) => {
+    const original = await route.fetch();
+    await route.fulfill({ response: original, body: PRELUDE + (await original.text()) });
+  });
+});
+after(async () => {
+  if (browser?.logs.length) console.log(browser.logs.slice(-30).join('\n'));
+  await browser?.close();
+  await server?.close();
+});
+
+/** Runs `fn(api, args)` in the page with `api` = www/zepo.js; errors come back as {error}. */
+function inPage(fn, args) {
+  return browser.page.evaluate(async ([src, a]) => {
+    const api = await import('/www/zepo.js');
+    const f = new Function('return ' + src)();
+    try {
+      return await f(api, a);
+    } catch (e) {
+      return { error: { name: e.name, message: e.message } };
+    }
+  }, [fn.toString(), args]);
+}
+
+test('a lost device is a DeviceLost error, and the next call works on a new engine', { timeout: T }, async () => {
+  await browser.page.goto(`${server.url}/package.json`);
+  const out = await inPage(async (api, opts) => {
+    const get = async (p) => (await fetch(p)).blob();
+    const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+    const png = async (blob) => Array.from(new Uint8Array(await blob.arrayBuffer()));
+    const attempt = async (f) => {
+      try {
+        return { ok: await f() };
+      } catch (e) {
+        return { error: { name: e.name, message: e.message } };
+      }
+    };
+
+    const engine = await api.ZePo.load({});
+    const before = await png(await engine.stylize(content, style, opts));
+
+    // Between two runs.
+    engine.worker.postMessage({ type: 'test:destroy-device' });
+    await new Promise((r) => setTimeout(r, 500));
+    const between = await attempt(() => engine.stylize(content, style, opts));
+    const afterLoss = await attempt(() => engine.stylize(content, style, opts));
+
+    // In the middle of a run.
+    const second = await api.ZePo.load({});
+    let destroyed = false;
+    const midRun = await attempt(() => second.stylize(content, style, {
+      ...opts,
+      onProgress: (e) => {
+        if (e.stage === 'denoise' && !destroyed) {
+          destroyed = true;
+          second.worker.postMessage({ type: 'test:destroy-device' });
+        }
+      },
+    }));
+
+    // stylize()'s shared engine is a new Worker, with a new device.
+    const recovered = await attempt(async () => png(await api.stylize(content, style, opts)));
+    return { before, between, afterLoss, midRun, recovered };
+  }, OPTS);
+  assert.ok(!out.error, JSON.stringify(out.error));
+
+  assert.equal(out.between.error?.name, 'DeviceLost', JSON.stringify(out.between));
+  assert.match(out.between.error.message, /lost/i);
+  assert.equal(out.afterLoss.error?.name, 'DeviceLost', `the dead engine keeps saying why: ${JSON.stringify(out.afterLoss)}`);
+
+  assert.equal(out.midRun.error?.name, 'DeviceLost', `lost during a run: ${JSON.stringify(out.midRun)}`);
+
+  assert.ok(out.recovered.ok, `a new engine after the loss: ${JSON.stringify(out.recovered.error)}`);
+  const [a, b] = [decodePng(Buffer.from(out.before)), decodePng(Buffer.from(out.recovered.ok))];
+  assert.deepEqual([b.width, b.height], [64, 64]);
+  assert.deepEqual(Buffer.from(b.data), Buffer.from(a.data), 'the new engine gives the same image');
+});
