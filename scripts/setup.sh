@@ -1,7 +1,7 @@
 # Idempotent, quiet installation of what the build and the tests need. Sourced by test.sh and
 # serve.sh; every step is skipped when its result is already there.
 #   zepo_setup_wasm     rustup's wasm32 target, wasm-bindgen-cli (the version in Cargo.lock)
-#   zepo_setup_node     node + npm (Debian), the npm packages (playwright-core, binaryen)
+#   zepo_setup_node     node + npm (Debian), the npm devDependencies of package.json
 #   zepo_setup_browser  Debian chromium and mesa's Vulkan drivers (lavapipe), for the tests
 
 ZEPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -75,7 +75,7 @@ zepo_setup_node() {
     # npm ci when the lock file matches, re-done only when package-lock.json changed.
     local stamp="$ZEPO_ROOT/node_modules/.zepo-lock"
     if [ ! -f "$stamp" ] || ! cmp -s "$stamp" "$ZEPO_ROOT/package-lock.json"; then
-        echo "  npm: installing playwright-core, binaryen"
+        echo "  npm: installing the devDependencies (npm ci)"
         ( cd "$ZEPO_ROOT" && zepo_quiet npm ci --no-audit --no-fund --loglevel=error ) || return 1
         cp "$ZEPO_ROOT/package-lock.json" "$stamp"
     fi

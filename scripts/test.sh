@@ -5,6 +5,7 @@
 #   1. cargo test                      every Rust test on burn's CPU backend
 #   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan)
 #   3. wasm build                      the browser engine into www/engine (scripts/build-wasm.sh)
+#   3b. npm package                    pkg/ assembled from it (scripts/build-pkg.sh)
 #   4. browser tests                   node --test tests/browser: the page in headless Chromium
 #                                      on WebGPU (SwiftShader)
 # Every stage runs even if an earlier one failed (the browser tests need the wasm build); the
@@ -70,6 +71,8 @@ stage "setup" setup_all || { section "summary"; printf '%s\n' "${SUMMARY[@]}"; e
 stage "cargo test (CPU)" cpu_tests
 stage "parity on wgpu (lavapipe)" wgpu_parity
 if stage "wasm build" bash scripts/build-wasm.sh; then
+    # (tests/browser/package.test.mjs fails on its own if this did.)
+    stage "npm package (pkg/)" bash scripts/build-pkg.sh
     stage "browser tests (WebGPU)" browser_tests
 else
     SUMMARY+=("$(printf 'FAILED %-28s   (skipped: no wasm build)' "browser tests (WebGPU)")")

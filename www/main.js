@@ -2,12 +2,13 @@
 // watch the progress, get the result with a download link. The engine runs in a Worker through
 // the JS API (www/zepo.js); no image leaves the page. `window.zepo` is the page's handle for
 // the browser tests.
-import { DEFAULT_MODEL, ZePo } from './zepo.js';
+import { ZePo } from './zepo.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-// scripts/serve.mjs serves the default model (weights/tiny-lcm) at /model/; ?model=URL overrides.
-const MODEL = params.get('model') || DEFAULT_MODEL;
+// scripts/serve.mjs serves the page's model (weights/tiny-lcm by default) at /model/; ?model=URL
+// overrides. (The API's own default, DEFAULT_MODEL, is the public repository.)
+const MODEL = params.get('model') || new URL('../model', import.meta.url).href;
 const form = $('options-form');
 const images = { content: null, style: null };
 const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MB`;

@@ -12,14 +12,15 @@
 // Options (all optional; the reference's defaults): resolution (512), steps (4), strength (0.5),
 // cfg (2), styleGuidance (1.2), featureStep (99), startLayer (8), endLayer (16), mixQ (1),
 // tome (true | false | {ratio, sx, sy, deterministic}), prompt ('face'), negativePrompt (''),
-// seed (0), noCfg (false). Besides: model (base URL of the weights), precision ('auto' | 'f16'
-// | 'f32'), onProgress({stage, loaded, total, step, steps, fraction}), signal (AbortSignal).
+// seed (0), noCfg (false). Besides: model (base URL of the weights; by default the public
+// LCM_Dreamshaper_v7 repository), precision ('auto' | 'f16' | 'f32'), onProgress({stage,
+// loaded, total, step, steps, fraction}), signal (AbortSignal).
 // Errors are Errors whose name says what happened: WebGpuUnavailable, InvalidOption,
 // ImageError, IntegrityError, DownloadError, NotFound, WeightsError, AbortError, OutOfMemory,
 // DeviceLost, EngineCrashed.
 
-/** The model served next to the page by scripts/serve.mjs (the tiny test model by default). */
-export const DEFAULT_MODEL = new URL('../model', import.meta.url).href;
+/** The public diffusers repository of LCM Dreamshaper v7 (fp32, 4.3 GB; streamed, then cached). */
+export const DEFAULT_MODEL = 'https://huggingface.co/SimianLuo/LCM_Dreamshaper_v7/resolve/main';
 
 const ENGINE_KEYS = new Set(['model', 'precision', 'onProgress', 'signal']);
 // After these the Worker's engine is unusable (a failed GPU read leaves it in an unknown state):
@@ -63,7 +64,9 @@ export class ZePo {
 
   constructor(model, workerUrl) {
     this.model = model;
-    this.worker = new Worker(workerUrl || new URL('./worker.js', import.meta.url), { type: 'module' });
+    // This literal form is what bundlers (Vite) recognise to bundle the Worker and its imports.
+    this.worker = workerUrl ? new Worker(workerUrl, { type: 'module' })
+      : new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     this.pending = new Map();
     this.next = 0;
     this.queue = Promise.resolve();

@@ -20,7 +20,8 @@ import { createServer } from '../../scripts/serve.mjs';
 
 const T = 10 * 60_000;
 const TINY = path.join(ROOT, 'weights/tiny-lcm');
-const OPTS = { resolution: 64, steps: 2, seed: 7 };
+// The tiny model served at /model/ (the API's own default is the public repository).
+const OPTS = { model: '/model', resolution: 64, steps: 2, seed: 7 };
 // How the reference was made (native CPU backend, f32):
 const REF_COMMAND = 'zepo stylize --model weights/tiny-lcm --content www/examples/portrait.png ' +
   '--style www/examples/style.png --resolution 64 --steps 2 --seed 7 --save-tensor tests/fixtures/web/tiny_r64_s2_seed7.safetensors';
@@ -125,7 +126,7 @@ describe('the JS API on WebGPU', () => {
     const out = await inPage(browser.page, async (api, opts) => {
       const get = async (p) => (await fetch(p)).blob();
       const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
-      const engine = await api.ZePo.load({});
+      const engine = await api.ZePo.load({ model: opts.model });
       const before = await engine.hasStyle(style, opts);
       const a = await engine.stylize(content, style, opts);
       const timesA = engine.last;

@@ -1,0 +1,201 @@
+// Types of zepo-web's JS API (zepo.js). Hand-written: keep in step with www/zepo.js,
+// www/worker.js and the engine's option parser (src/web/engine.rs); tests/browser/
+// package.test.mjs type-checks a usage file against them.
+
+/** An image: a Blob or File (PNG, JPEG, WebP, BMP or GIF), or its bytes. */
+export type ImageInput = Blob | ArrayBuffer | ArrayBufferView;
+
+/** Token merging in the self-attention layers (ToMe). */
+export interface TomeOptions {
+  /** Fraction of the tokens merged, in [0, 1) (0.5). */
+  ratio?: number;
+  /** Width of a cell of the token map; one token per cell is a merge destination (2). */
+  sx?: number;
+  /** Height of a cell of the token map (2). */
+  sy?: number;
+  /** The same destination in every cell instead of a seeded random one (false). */
+  deterministic?: boolean;
+}
+
+/** The pipeline's options; each defaults to the reference implementation's value. */
+export interface StylizeOptions {
+  /** Output width and height in pixels: a multiple of 8, at most 1024 (512). */
+  resolution?: number;
+  /** LCM denoising steps (4). */
+  steps?: number;
+  /** How far the content is noised before denoising, in (0, 1] (0.5). */
+  strength?: number;
+  /** Classifier-free guidance scale (2). */
+  cfg?: number;
+  /** Multiplier of the style logits in the controlled self-attention (1.2). */
+  styleGuidance?: number;
+  /** Timestep at which the content and style features are taken, below the scheduler's training steps (99). */
+  featureStep?: number;
+  /** First controlled self-attention layer, in UNet call order (8). */
+  startLayer?: number;
+  /** End (exclusive) of the controlled layers, at most the model's self-attention count (16). */
+  endLayer?: number;
+  /** Query mix `q ← mixQ·q + (1 − mixQ)·q_content`, in [0, 1]; 1 is off (1). */
+  mixQ?: number;
+  /** Token merging: true (defaults), false or null (off), or its settings (true). */
+  tome?: boolean | null | TomeOptions;
+  /** Text prompt ('face'). */
+  prompt?: string;
+  /** Negative prompt (''). */
+  negativePrompt?: string;
+  /** Seed of every random draw: the same seed gives the same image (0). */
+  seed?: number;
+  /** The LCM guidance embedding instead of classifier-free guidance: half the UNet work, a
+   * different image from the reference's (false). */
+  noCfg?: boolean;
+}
+
+/** What the engine computes in: 'auto' is f16 where the GPU has `shader-f16`, else f32. */
+export type Precision = 'auto' | 'f16' | 'f32';
+
+/** Bytes of the model's weights arriving (from the network or the browser's cache). */
+export interface DownloadProgress {
+  stage: 'download';
+  /** The file being read, relative to the model's URL. */
+  file: string;
+  /** Bytes so far, over every file of this call. */
+  loaded: number;
+  /** Bytes expected in all (grows when a file of unknown size is opened). */
+  total: number;
+}
+
+/** A part of the model being put on the GPU. */
+export interface LoadProgress {
+  stage: 'load';
+  part: 'scheduler' | 'unet' | 'vae';
+}
+
+/** A stage of a stylization, before each model call; 'done' comes last. */
+export interface StageProgress {
+  stage: 'text' | 'encode' | 'features' | 'denoise' | 'decode' | 'done';
+  /** Step within the stage, from 0. */
+  step: number;
+  /** Steps in the stage. */
+  steps: number;
+  /** The whole run's fraction done, 0..1. */
+  fraction: number;
+}
+
+export type ProgressEvent = DownloadProgress | LoadProgress | StageProgress;
+
+export type ProgressCallback = (event: ProgressEvent) => void;
+
+/** Options of an engine: which model, in which precision, with which progress callback. */
+export interface LoadOptions {
+  /** Base URL of a diffusers-layout model or fp16 bundle (default: DEFAULT_MODEL). */
+  model?: string | URL;
+  precision?: Precision;
+  onProgress?: ProgressCallback;
+  /** Another URL for the engine's Worker (a copy of worker.js); rarely needed. */
+  workerUrl?: string | URL;
+}
+
+/** Options of one `engine.stylize` call. */
+export interface RunOptions extends StylizeOptions {
+  onProgress?: ProgressCallback;
+  /** Aborting it stops the run at its next step: the promise rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+/** Options of the `stylize` function: the run's, plus the shared engine's. */
+export interface SharedStylizeOptions extends RunOptions {
+  model?: string | URL;
+  precision?: Precision;
+}
+
+/** The WebGPU device (values as strings; the adapter's fields only when the browser tells). */
+export interface DeviceInfo {
+  backend: string;
+  device_type: string;
+  adapter?: string;
+  driver?: string;
+  driver_info?: string;
+  precision: 'f16' | 'f32';
+  shader_f16: 'true' | 'false';
+  max_buffer_size: string;
+  max_storage_binding: string;
+  gpu_vendor?: string;
+  gpu_architecture?: string;
+  gpu_description?: string;
+}
+
+/** The loaded model. */
+export interface ModelInfo {
+  /** Self-attention layers of the UNet (the range startLayer..endLayer refers to). */
+  self_attentions: number;
+  precision: 'f16' | 'f32';
+  /** Seconds the load took. */
+  seconds: number;
+  /** Bytes read (network or cache). */
+  bytes: number;
+  /** HTTP requests made (0 when everything came from the cache). */
+  requests: number;
+}
+
+/** Timings of an engine's last stylization. */
+export interface RunInfo {
+  seconds: number;
+  /** Seconds per stage. */
+  stages: Partial<Record<StageProgress['stage'], number>>;
+  /** Bytes read for this run (the text encoder, when a custom prompt needs it). */
+  downloaded: number;
+}
+
+/**
+ * The `name` of the Errors the API rejects with: WebGpuUnavailable (no navigator.gpu),
+ * InvalidOption, ImageError (not a decodable image), NotFound / DownloadError (the model's
+ * files), IntegrityError (size or sha256 against the model's manifest.json), WeightsError /
+ * ConfigError (the files do not make a model), AbortError (cancelled), OutOfMemory, DeviceLost,
+ * DeviceError, EngineCrashed, EngineMissing (the wasm could not be loaded), EngineDisposed,
+ * EngineBusy. After OutOfMemory, DeviceLost, EngineCrashed or EngineMissing the engine is gone:
+ * `stylize()` makes a new one, a `ZePo` must be loaded again.
+ */
+export type ZePoErrorName =
+  | 'WebGpuUnavailable' | 'InvalidOption' | 'ImageError' | 'NotFound' | 'DownloadError'
+  | 'IntegrityError' | 'WeightsError' | 'ConfigError' | 'AbortError' | 'OutOfMemory'
+  | 'DeviceLost' | 'DeviceError' | 'EngineCrashed' | 'EngineMissing' | 'EngineDisposed'
+  | 'EngineBusy';
+
+/** The model used when none is given: the public LCM_Dreamshaper_v7 diffusers repository. */
+export const DEFAULT_MODEL: string;
+
+/** An engine: a Worker holding the model on the GPU. Make one with `await ZePo.load(...)`. */
+export class ZePo {
+  /** Starts the Worker, acquires the GPU and loads the model (downloaded once, then cached). */
+  static load(options?: LoadOptions): Promise<ZePo>;
+  /** Deletes the stored files of `model` (of every model without one); resolves to how many. */
+  static clearCache(model?: string | URL): Promise<number>;
+
+  private constructor();
+
+  /** The model's absolute base URL. */
+  readonly model: string;
+  readonly device: DeviceInfo;
+  readonly info: ModelInfo;
+  /** Set after each stylization. */
+  readonly last?: RunInfo;
+  /** The fatal error that ended this engine, if one did. */
+  readonly dead: Error | null;
+
+  /**
+   * Stylizes `content` (a portrait) after `style`. Resolves to a PNG Blob of `resolution`².
+   * Calls queue (one runs at a time); the style's features are kept, so a second portrait in
+   * the same style and options costs only its own work.
+   */
+  stylize(content: ImageInput, style: ImageInput, options?: RunOptions): Promise<Blob>;
+  /** Whether a stylization with this style and options would reuse the kept style features. */
+  hasStyle(style: ImageInput, options?: StylizeOptions): Promise<boolean>;
+  /** Frees the GPU memory and ends the Worker. */
+  dispose(): void;
+}
+
+/**
+ * Stylizes `content` after `style` with a shared engine, loaded on first use (again when
+ * `model` or `precision` change, or after a fatal error). Resolves to a PNG Blob.
+ */
+export function stylize(content: ImageInput, style: ImageInput, options?: SharedStylizeOptions): Promise<Blob>;
