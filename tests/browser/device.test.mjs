@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { ROOT, decodePng, launch, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
-const OPTS = { resolution: 64, steps: 2, seed: 7 };
+const OPTS = { model: '/model', resolution: 64, steps: 2, seed: 7 };
 
 // Runs before worker.js's own code (imports are hoisted above it, and only declare things).
 const PRELUDE = `
@@ -69,7 +69,7 @@ test('a lost device is a DeviceLost error, and the next call works on a new engi
       }
     };
 
-    const engine = await api.ZePo.load({});
+    const engine = await api.ZePo.load({ model: opts.model });
     const before = await png(await engine.stylize(content, style, opts));
 
     // Between two runs.
@@ -79,7 +79,7 @@ test('a lost device is a DeviceLost error, and the next call works on a new engi
     const afterLoss = await attempt(() => engine.stylize(content, style, opts));
 
     // In the middle of a run.
-    const second = await api.ZePo.load({});
+    const second = await api.ZePo.load({ model: opts.model });
     let destroyed = false;
     const midRun = await attempt(() => second.stylize(content, style, {
       ...opts,
