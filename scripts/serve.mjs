@@ -158,14 +158,16 @@ export function createServer({ root = ROOT, model = path.join(ROOT, 'weights/tin
       // The connection ends at the file's byte `at`, short of the promised length.
       c.times--;
       if (log) console.log(`  (cut at byte ${c.at})`);
-      const hangUp = () => res.socket?.end();
+      // After a pause, so that the client has taken the bytes before the connection breaks
+      // (a browser may drop the bytes it holds when the error comes with them).
+      const hangUp = () => setTimeout(() => res.socket?.end(), 150);
       if (c.at <= start) {
         res.flushHeaders();
         return hangUp();
       }
       const partial = fs.createReadStream(file, { start, end: Math.min(end, c.at - 1) });
       partial.on('error', () => res.destroy());
-      partial.on('end', hangUp);
+      partial.on('end', () => res.write('', hangUp));
       return partial.pipe(res, { end: false });
     }
     const stream = fs.createReadStream(file, { start, end });

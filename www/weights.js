@@ -41,8 +41,10 @@ async function storageFull(url, bytes, totalBytes) {
   let room = '';
   try {
     const { usage, quota } = await navigator.storage.estimate();
-    room = ` This site may store ${MB(quota)} in this browser and already stores ${MB(usage)}` +
-      ` (${MB(Math.max(0, quota - usage))} free).`;
+    // Only when the estimate explains the refusal (it is approximate, and overrides skip it).
+    if (quota - usage < (totalBytes || bytes)) {
+      room = ` This site may store ${MB(quota)} in this browser and already stores ${MB(usage)}.`;
+    }
   } catch { /* no estimate */ }
   const need = totalBytes ? ` The model needs ${MB(totalBytes)} of storage in all.` : '';
   return named('StorageFull', `not enough storage to keep the model's files: ${url} (${MB(bytes)}) could not be stored.` +
@@ -334,7 +336,15 @@ class Download {
     this.fromCache = false;
     this.expected = this.files.manifest?.[this.path] || null;
     this.hash = this.expected?.sha256 ? new Sha256() : null;
-    await this.resumeOrConnect();
+    try {
+      await this.resumeOrConnect();
+    } catch (e) {
+      if (!this.closed) {
+        this.keepPartial = e.name === 'DownloadError';
+        this.abort(e.message);
+      }
+      throw e;
+    }
     // The cache's copy fills as the bytes pass, and is committed only by commit().
     if (this.files.cache) {
       const body = new ReadableStream({ start: (c) => { this.sink = c; } });
@@ -383,12 +393,7 @@ class Download {
   async connect() {
     const from = this.received;
     const headers = from > 0 ? { Range: `bytes=${from}-`, ...(this.etag ? { 'If-Range': this.etag } : {}) } : {};
-    let r;
-    try {
-      r = await this.files.request(this.path, { headers });
-    } catch (e) {
-      throw this.fail(e.name, e.message);
-    }
+    const r = await this.files.request(this.path, { headers });
     if (from > 0) {
       const range = /^bytes (\d+)-/.exec(r.headers.get('content-range') || '');
       if (r.status !== 206 || !range || Number(range[1]) !== from) {
@@ -421,15 +426,7 @@ class Download {
         res = await this.reader.read();
       } catch (e) {
         if (this.closed) throw e;
-        const canResume = !this.fromCache && !this.next && this.received > 0 && this.resumes < MAX_RESUMES &&
-          (this.size == null || this.received < this.size);
-        if (!canResume) {
-          const kept = this.partial && !this.fromCache ? `; the ${this.received} bytes received are kept and the next try resumes from there` : '';
-          throw this.fail('DownloadError', `${this.url}: the download broke off at ${this.received}${this.size ? ` of ${this.size}` : ''} bytes (${e.message})${kept}`);
-        }
-        this.resumes++;
-        await sleep(200 * this.resumes);
-        await this.connect();
+        await this.reconnect(e);
         continue;
       }
       if (res.done) {
@@ -464,6 +461,26 @@ class Download {
       this.sink?.enqueue(chunk);
       this.files.onBytes(this.path, chunk.length);
       return chunk;
+    }
+  }
+
+  /** After a broken connection: Range requests, a few times with growing pauses, else a DownloadError. */
+  async reconnect(cause) {
+    for (;;) {
+      const canResume = !this.fromCache && !this.next && this.received > 0 && this.resumes < MAX_RESUMES &&
+        (this.size == null || this.received < this.size);
+      if (!canResume) {
+        const kept = this.partial && this.received > 0 ? `; the ${this.received} bytes received are kept and the next try resumes from there` : '';
+        throw this.fail('DownloadError', `${this.url}: the download broke off at ${this.received}${this.size ? ` of ${this.size}` : ''} bytes (${cause.message})${kept}`);
+      }
+      this.resumes++;
+      await sleep(200 * this.resumes);
+      try {
+        return await this.connect();
+      } catch (e) {
+        if (this.closed) throw e; // not a network failure: connect() gave up for good
+        cause = e;
+      }
     }
   }
 
