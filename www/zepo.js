@@ -15,7 +15,7 @@
 // seed (0), noCfg (false). Besides: model (base URL of the weights), precision ('auto' | 'f16'
 // | 'f32'), onProgress({stage, loaded, total, step, steps, fraction}), signal (AbortSignal).
 // Errors are Errors whose name says what happened: WebGpuUnavailable, InvalidOption,
-// ImageError, IntegrityError, DownloadError, NotFound, WeightsError, AbortError, OutOfMemory,
+// ImageError, IntegrityError, DownloadError, NotFound, StorageFull, WeightsError, AbortError, OutOfMemory,
 // DeviceLost, EngineCrashed.
 
 /** The model served next to the page by scripts/serve.mjs (the tiny test model by default). */
