@@ -1,6 +1,11 @@
 // A small static file server for the page, the wasm engine and the model weights.
 //
 //   node scripts/serve.mjs [--port 8080] [--host 127.0.0.1] [--model weights/tiny-lcm]
+//                          [--cut /model/unet/x.safetensors:BYTES[:TIMES]]
+//
+// --cut (tests of interrupted downloads): the first TIMES (default: all) GET responses for that
+// URL path promise the whole file (or range) but the connection ends once the file's byte
+// BYTES is reached; a Range request starting at or after it gets its headers and nothing else.
 //
 // Serves the repository root at `/` and the model directory at `/model/` (the page's default
 // model). Correct MIME types (application/wasm for streaming compilation), CORS, and single
@@ -76,8 +81,12 @@ function resolvePath(urlPath, mounts) {
   return null;
 }
 
-/** Creates (does not start) the server. `model`: the directory served at /model/. */
-export function createServer({ root = ROOT, model = path.join(ROOT, 'weights/tiny-lcm'), log = false } = {}) {
+/**
+ * Creates (does not start) the server. `model`: the directory served at /model/. `cut`: a list
+ * of { path, at, times } (see --cut); the objects are read on every request, so a test can
+ * change `times` while the server runs.
+ */
+export function createServer({ root = ROOT, model = path.join(ROOT, 'weights/tiny-lcm'), log = false, cut = [] } = {}) {
   // Longest prefix first.
   const mounts = [
     ['/model/', path.resolve(model)],
@@ -144,6 +153,23 @@ export function createServer({ root = ROOT, model = path.join(ROOT, 'weights/tin
     res.writeHead(status, { 'Access-Control-Allow-Origin': '*', ...headers });
     if (log) console.log(`${status} ${req.method} ${req.url}`);
     if (req.method === 'HEAD' || stat.size === 0) return res.end();
+    const c = req.method === 'GET' && cut.find((x) => x.path === urlPath && x.times > 0);
+    if (c) {
+      // The connection ends at the file's byte `at`, short of the promised length.
+      c.times--;
+      if (log) console.log(`  (cut at byte ${c.at})`);
+      // After a pause, so that the client has taken the bytes before the connection breaks
+      // (a browser may drop the bytes it holds when the error comes with them).
+      const hangUp = () => setTimeout(() => res.socket?.end(), 150);
+      if (c.at <= start) {
+        res.flushHeaders();
+        return hangUp();
+      }
+      const partial = fs.createReadStream(file, { start, end: Math.min(end, c.at - 1) });
+      partial.on('error', () => res.destroy());
+      partial.on('end', () => res.write('', hangUp));
+      return partial.pipe(res, { end: false });
+    }
     const stream = fs.createReadStream(file, { start, end });
     stream.on('error', () => res.destroy());
     stream.pipe(res);
@@ -172,7 +198,11 @@ function parseArgs(argv) {
     else if (key === '--host') out.host = value();
     else if (key === '--model') out.model = path.resolve(value());
     else if (key === '--quiet') out.log = false;
-    else throw new Error(`unknown option ${argv[i]} (expected --port, --host, --model, --quiet)`);
+    else if (key === '--cut') {
+      const m = /^(\/[^:]+):(\d+)(?::(\d+))?$/.exec(value() || '');
+      if (!m) throw new Error('--cut: expected /url/path:BYTES[:TIMES]');
+      (out.cut ??= []).push({ path: m[1], at: Number(m[2]), times: m[3] === undefined ? Infinity : Number(m[3]) });
+    } else throw new Error(`unknown option ${argv[i]} (expected --port, --host, --model, --cut, --quiet)`);
   }
   return out;
 }
@@ -186,7 +216,7 @@ if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.ar
     process.exit(2);
   }
   if (options.model && !fs.existsSync(path.join(options.model, 'unet', 'config.json'))) {
-    console.error(`--model ${options.model}: no unet/config.json there (expected a diffusers model directory)`);
+    console.error(`--model ${options.model}: no unet/config.json there (expected a diffusers model directory or an fp16 bundle)`);
     process.exit(2);
   }
   startServer(options).then(

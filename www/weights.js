@@ -4,15 +4,52 @@
 // the model has one. A file is stored only once it passed every check and the engine parsed it
 // to its last byte: a truncated or tampered file is an error naming it and is never cached.
 //
-// manifest.json (optional, at the model's base URL):
+// manifest.json (optional, at the model's base URL), either
 //   { "files": { "unet/diffusion_pytorch_model.safetensors": { "size": 123, "sha256": "ab…" }, … } }
+// (a diffusers layout's checksums), or an fp16 bundle's manifest (`"format": "zepo-fp16-bundle"`,
+// weights/README.md): then the engine reads it and declares each file's size and sha256 with
+// `expect()` before opening it.
+//
+// A download broken off for longer than the in-visit retries keeps its prefix in the origin
+// private file system (OPFS, `zepo-partial/`): the next visit resumes it with an HTTP Range
+// request, and the whole file (stored prefix and new bytes) is checked again (size, sha256)
+// before it is stored as complete. Complete files live in the Cache API (`CACHE_NAME`), each
+// marked `x-zepo-complete: 1`; a partial file is never there.
+//
+// For a storage panel: `storedModels()` lists what is stored per model, `clearCache(base)`
+// deletes a model's files (complete and partial).
 
 export const CACHE_NAME = 'zepo-models-v1';
+const PARTIAL_DIR = 'zepo-partial';
 const MAX_RESUMES = 5;
+/** The marker stored, under a model's base, once a load stored every file it read. */
+const COMPLETE_MARK = '.zepo-complete';
 
-/** An Error with a name (IntegrityError, DownloadError, NotFound). */
+/** An Error with a name (IntegrityError, DownloadError, NotFound, StorageFull). */
 function named(name, message) {
   return Object.assign(new Error(message), { name });
+}
+
+const MB = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+function isQuota(e) {
+  return e?.name === 'QuotaExceededError' || /quota/i.test(String(e?.message || ''));
+}
+
+/** A quota error as a `StorageFull` error: what could not be stored, what is needed, what to do. */
+async function storageFull(url, bytes, totalBytes) {
+  let room = '';
+  try {
+    const { usage, quota } = await navigator.storage.estimate();
+    // Only when the estimate explains the refusal (it is approximate, and overrides skip it).
+    if (quota - usage < (totalBytes || bytes)) {
+      room = ` This site may store ${MB(quota)} in this browser and already stores ${MB(usage)}.`;
+    }
+  } catch { /* no estimate */ }
+  const need = totalBytes ? ` The model needs ${MB(totalBytes)} of storage in all.` : '';
+  return named('StorageFull', `not enough storage to keep the model's files: ${url} (${MB(bytes)}) could not be stored.` +
+    `${need}${room} Delete stored models you no longer use (clearCache), free disk space, or allow this site ` +
+    'more storage, then reload; nothing partial was kept.');
 }
 
 const K = new Uint32Array([
@@ -102,6 +139,24 @@ async function openCache(name) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+async function partialDir(create = true) {
+  try {
+    const root = await navigator.storage.getDirectory();
+    return await root.getDirectoryHandle(PARTIAL_DIR, { create });
+  } catch {
+    return null; // No OPFS (or not here): downloads still resume within a visit.
+  }
+}
+
+/** The OPFS names of a URL's partial download: `<sha256(url)>.part` and `.json` (what it is). */
+function partialName(url) {
+  return new Sha256().update(new TextEncoder().encode(url)).hex().slice(0, 32);
+}
+
+async function removePartial(dir, name) {
+  for (const f of [`${name}.part`, `${name}.json`]) await dir?.removeEntry(f).catch(() => {});
+}
+
 /**
  * The files of one model (diffusers layout, optionally with manifest.json). The engine calls
  * `text(path, optional)` and `open(path)`; `onBytes(path, n)` reports bytes as they arrive
@@ -112,13 +167,51 @@ export class ModelFiles {
     const files = new ModelFiles(base, await openCache(cacheName), { onBytes, onOpen, fetchFn });
     const text = await files.text('manifest.json', true);
     if (text !== null) {
+      let json;
       try {
-        files.manifest = JSON.parse(text).files || {};
+        json = JSON.parse(text);
       } catch (e) {
         throw named('IntegrityError', `${files.url('manifest.json')}: not valid JSON (${e.message})`);
       }
+      // A bundle's manifest is the engine's to read: it declares each file with expect().
+      files.bundle = json.format !== undefined;
+      files.manifest = files.bundle ? {} : json.files || {};
     }
     return files;
+  }
+
+  /** Declares `path`'s size and sha256 (a bundle's manifest); `now`: loaded by this call. */
+  expect(path, size, sha256, now = false) {
+    this.manifest ??= {};
+    this.manifest[path] = { size, sha256 };
+    if (now) this.onOpen(path, size, false);
+  }
+
+  /** Bytes of every declared file (what the model needs in storage), or null. */
+  get totalBytes() {
+    const sizes = Object.values(this.manifest || {}).map((m) => m.size || 0);
+    return sizes.length ? sizes.reduce((a, b) => a + b, 0) : null;
+  }
+
+  /** Stores `response` for `path` (marked with the model's base); a quota error is StorageFull. */
+  async store(path, response, bytes) {
+    if (!this.cache) return false;
+    try {
+      await this.cache.put(this.url(path), response);
+      return true;
+    } catch (e) {
+      if (isQuota(e)) throw await storageFull(this.url(path), bytes, this.totalBytes);
+      this.unstored++;
+      console.warn(`${this.url(path)}: not stored in the cache (${e.message}); the next visit downloads it again`);
+      return false;
+    }
+  }
+
+  /** After a load: marks the model complete in storage if every file it read is stored. */
+  async markComplete() {
+    if (!this.cache || this.unstored > 0) return false;
+    return this.store(COMPLETE_MARK, new Response('', { headers: { 'x-zepo-base': this.baseUrl, 'x-zepo-size': '0' } }), 0)
+      .catch(() => false);
   }
 
   constructor(base, cache, { onBytes, onOpen, fetchFn }) {
@@ -129,6 +222,9 @@ export class ModelFiles {
     this.onOpen = onOpen;
     this.fetch = fetchFn || ((...a) => fetch(...a));
     this.requests = 0;
+    this.bundle = false;
+    /** Files read but not stored (storage refused them for another reason than quota). */
+    this.unstored = 0;
   }
 
   get base() {
@@ -177,15 +273,18 @@ export class ModelFiles {
     const r = await this.request(path);
     if (r.status === 404 && optional) {
       // Remember the absence too, so that a second visit asks nothing.
-      await this.cache?.put(this.url(path), new Response('', { headers: { 'x-zepo-absent': '1' } })).catch(() => {});
+      await this.store(path, new Response('', { headers: { 'x-zepo-absent': '1', 'x-zepo-base': this.baseUrl, 'x-zepo-size': '0' } }), 0);
       return null;
     }
     if (!r.ok) throw named(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url(path)}: HTTP ${r.status} ${r.statusText}`);
     const bytes = new Uint8Array(await r.arrayBuffer());
     await this.verify(path, bytes);
-    await this.cache?.put(this.url(path), new Response(bytes, {
-      headers: { 'content-type': r.headers.get('content-type') || 'text/plain', 'x-zepo-complete': '1' },
-    })).catch(() => {});
+    await this.store(path, new Response(bytes, {
+      headers: {
+        'content-type': r.headers.get('content-type') || 'text/plain', 'x-zepo-complete': '1',
+        'x-zepo-base': this.baseUrl, 'x-zepo-size': String(bytes.length),
+      },
+    }), bytes.length);
     return new TextDecoder().decode(bytes);
   }
 
@@ -209,7 +308,10 @@ export class ModelFiles {
   }
 }
 
-/** One file being read from the cache or the network. */
+/**
+ * One file being read: from the cache, or from the network (with the prefix an earlier visit
+ * stored, when there is one). `read()` gives chunks from byte 0 either way.
+ */
 class Download {
   constructor(files, path) {
     this.files = files;
@@ -219,6 +321,8 @@ class Download {
     this.resumes = 0;
     this.finished = false;
     this.closed = false;
+    /** Whether an error keeps the stored prefix for the next visit (a network failure does). */
+    this.keepPartial = false;
   }
 
   async start() {
@@ -232,11 +336,19 @@ class Download {
     this.fromCache = false;
     this.expected = this.files.manifest?.[this.path] || null;
     this.hash = this.expected?.sha256 ? new Sha256() : null;
-    await this.connect();
+    try {
+      await this.resumeOrConnect();
+    } catch (e) {
+      if (!this.closed) {
+        this.keepPartial = e.name === 'DownloadError';
+        this.abort(e.message);
+      }
+      throw e;
+    }
     // The cache's copy fills as the bytes pass, and is committed only by commit().
     if (this.files.cache) {
       const body = new ReadableStream({ start: (c) => { this.sink = c; } });
-      const headers = { 'content-type': 'application/octet-stream', 'x-zepo-complete': '1' };
+      const headers = { 'content-type': 'application/octet-stream', 'x-zepo-complete': '1', 'x-zepo-base': this.files.base };
       if (this.size != null) headers['x-zepo-size'] = String(this.size);
       if (this.expected?.sha256) headers['x-zepo-sha256'] = this.expected.sha256;
       this.stored = this.files.cache.put(this.url, new Response(body, { headers })).then(
@@ -244,6 +356,37 @@ class Download {
         (e) => { this.storeError = e; return false; },
       );
     }
+  }
+
+  /**
+   * Resumes the prefix an earlier visit stored (a Range request for the rest; the prefix is
+   * read back first, so that size and sha256 are checked on the whole file), else downloads
+   * from byte 0. The bytes that arrive are appended to the stored prefix as they pass.
+   */
+  async resumeOrConnect() {
+    this.partial = await Partial.open(this.url);
+    const meta = await this.partial?.meta();
+    const sameFile = meta && meta.url === this.url && (this.expected?.sha256 ? meta.sha256 === this.expected.sha256 : !!meta.etag);
+    const have = sameFile ? this.partial.size() : 0;
+    if (have > 0 && (meta.size == null || have < meta.size)) {
+      this.etag = meta.etag;
+      this.size = this.expected?.size ?? meta.size;
+      const r = await this.files.request(this.path, {
+        headers: { Range: `bytes=${have}-`, ...(this.etag ? { 'If-Range': this.etag } : {}) },
+      });
+      const range = /^bytes (\d+)-/.exec(r.headers.get('content-range') || '');
+      if (r.status === 206 && range && Number(range[1]) === have && r.body) {
+        this.resumedFrom = have;
+        this.reader = this.partial.reader(have);
+        this.next = r.body.getReader();
+        return;
+      }
+      await r.body?.cancel();
+    }
+    // Nothing (usable) stored: start over; begin() empties the old prefix and records the new.
+    this.etag = null;
+    await this.connect();
+    this.partial?.begin({ url: this.url, base: this.files.base, sha256: this.expected?.sha256 || null, etag: this.etag, size: this.size });
   }
 
   /** (Re)connects at byte `this.received`: a Range request once some bytes are in. */
@@ -255,6 +398,7 @@ class Download {
       const range = /^bytes (\d+)-/.exec(r.headers.get('content-range') || '');
       if (r.status !== 206 || !range || Number(range[1]) !== from) {
         await r.body?.cancel();
+        this.partial?.clear();
         throw this.fail('DownloadError', `${this.url}: the download broke off at ${from} bytes and the server did not resume it (HTTP ${r.status}${r.status === 200 ? ': the file changed or Range is not supported' : ''})`);
       }
     } else {
@@ -282,26 +426,61 @@ class Download {
         res = await this.reader.read();
       } catch (e) {
         if (this.closed) throw e;
-        const canResume = !this.fromCache && this.received > 0 && this.resumes < MAX_RESUMES &&
-          (this.size == null || this.received < this.size);
-        if (!canResume) {
-          throw this.fail('DownloadError', `${this.url}: the download broke off at ${this.received}${this.size ? ` of ${this.size}` : ''} bytes (${e.message})`);
-        }
-        this.resumes++;
-        await sleep(200 * this.resumes);
-        await this.connect();
+        await this.reconnect(e);
         continue;
       }
-      if (res.done) return this.end();
+      if (res.done) {
+        if (this.next) {
+          // The stored prefix is read back: the network's rest follows.
+          this.reader = this.next;
+          this.next = null;
+          continue;
+        }
+        return this.end();
+      }
       const chunk = res.value;
       this.received += chunk.length;
       if (this.size != null && this.received > this.size) {
         throw this.fail('IntegrityError', `${this.url}: more than the expected ${this.size} bytes; not stored`);
       }
+      if (!this.fromCache && this.received > (this.resumedFrom || 0)) {
+        try {
+          this.partial?.write(chunk, this.received - chunk.length);
+        } catch (e) {
+          if (isQuota(e)) {
+            this.partial.clear();
+            const full = await storageFull(this.url, this.size || this.received, this.files.totalBytes);
+            throw this.fail(full.name, full.message);
+          }
+          // The prefix cannot be kept (OPFS failing): the download goes on without it.
+          this.partial.clear();
+          this.partial = null;
+        }
+      }
       this.hash?.update(chunk);
       this.sink?.enqueue(chunk);
       this.files.onBytes(this.path, chunk.length);
       return chunk;
+    }
+  }
+
+  /** After a broken connection: Range requests, a few times with growing pauses, else a DownloadError. */
+  async reconnect(cause) {
+    for (;;) {
+      const canResume = !this.fromCache && !this.next && this.received > 0 && this.resumes < MAX_RESUMES &&
+        (this.size == null || this.received < this.size);
+      if (!canResume) {
+        const kept = this.partial && this.received > 0 ? `; the ${this.received} bytes received are kept and the next try resumes from there` : '';
+        throw this.fail('DownloadError', `${this.url}: the download broke off at ${this.received}${this.size ? ` of ${this.size}` : ''} bytes (${cause.message})${kept}`);
+      }
+      this.resumes++;
+      await sleep(200 * this.resumes);
+      try {
+        return await this.connect();
+      } catch (e) {
+        if (this.closed) throw e; // not a network failure: connect() gave up for good
+        cause = e;
+      }
     }
   }
 
@@ -320,39 +499,195 @@ class Download {
   }
 
   fail(name, message) {
+    this.keepPartial = name === 'DownloadError';
     this.abort(message);
     return named(name, message);
   }
 
   /** The engine parsed the whole file: store it. Resolves to whether it was stored. */
   async commit() {
-    if (this.fromCache || !this.sink || this.closed) return false;
+    if (this.fromCache || this.closed) return false;
     if (!this.finished) throw named('Error', `${this.url}: commit before the end of the file`);
     this.closed = true;
-    this.sink.close();
-    const ok = await this.stored;
-    if (!ok) console.warn(`${this.url}: downloaded but not stored in the cache (${this.storeError?.message}); the next visit downloads it again`);
+    let ok = false;
+    if (this.sink) {
+      this.sink.close();
+      ok = await this.stored;
+    }
+    // Stored whole (or not storable at all): the prefix has served its purpose.
+    this.partial?.clear();
+    if (this.sink && !ok) {
+      if (isQuota(this.storeError)) throw await storageFull(this.url, this.size || this.received, this.files.totalBytes);
+      this.files.unstored++;
+      console.warn(`${this.url}: downloaded but not stored in the cache (${this.storeError?.message}); the next visit downloads it again`);
+    }
     return ok;
   }
 
-  /** Stops reading; nothing is stored. */
+  /** Stops reading; nothing is stored in the cache (a network failure keeps the prefix). */
   abort(reason) {
     if (this.closed) return;
     this.closed = true;
     try { this.sink?.error(new Error(String(reason))); } catch { /* already errored */ }
     this.reader?.cancel(String(reason)).catch(() => {});
+    this.next?.cancel(String(reason)).catch(() => {});
+    if (this.keepPartial) this.partial?.close();
+    else this.partial?.clear();
   }
 }
 
-/** Deletes every stored file of the model at `base` (or of every model). */
+/**
+ * The stored prefix of one URL's download in OPFS: `<name>.part` (the bytes, written through a
+ * synchronous access handle: Worker only) and `<name>.json` ({url, base, sha256, etag, size}).
+ */
+class Partial {
+  /** Null where OPFS or sync access handles are missing (the main thread, private modes). */
+  static async open(url) {
+    const dir = await partialDir();
+    if (!dir || typeof FileSystemFileHandle === 'undefined' || !FileSystemFileHandle.prototype.createSyncAccessHandle) return null;
+    const name = partialName(url);
+    try {
+      const handle = await (await dir.getFileHandle(`${name}.part`, { create: true })).createSyncAccessHandle();
+      return new Partial(dir, name, handle);
+    } catch {
+      return null; // Open in another tab's Worker: this download goes without.
+    }
+  }
+
+  constructor(dir, name, handle) {
+    this.dir = dir;
+    this.name = name;
+    this.handle = handle;
+    this.writes = 0;
+  }
+
+  async meta() {
+    try {
+      return JSON.parse(await (await (await this.dir.getFileHandle(`${this.name}.json`)).getFile()).text());
+    } catch {
+      return null;
+    }
+  }
+
+  size() {
+    return this.handle?.getSize() ?? 0;
+  }
+
+  /** Starts a new prefix: empties the bytes and records what they belong to. */
+  begin(meta) {
+    if (!this.handle) return;
+    this.handle.truncate(0);
+    this.metaWrite = this.dir.getFileHandle(`${this.name}.json`, { create: true })
+      .then((h) => h.createWritable())
+      .then(async (w) => { await w.write(JSON.stringify(meta)); await w.close(); })
+      .catch(() => {});
+  }
+
+  write(chunk, at) {
+    if (!this.handle) return;
+    this.handle.write(chunk, { at });
+    if (++this.writes % 32 === 0) this.handle.flush();
+  }
+
+  /** The stored bytes from 0 to `end`, as a stream reader. */
+  reader(end) {
+    let pos = 0;
+    return {
+      read: async () => {
+        if (pos >= end) return { done: true };
+        const buf = new Uint8Array(Math.min(1 << 20, end - pos));
+        const n = this.handle.read(buf, { at: pos });
+        if (n <= 0) throw new Error('the stored prefix could not be read back');
+        pos += n;
+        return { done: false, value: n === buf.length ? buf : buf.subarray(0, n) };
+      },
+      cancel: async () => {},
+    };
+  }
+
+  /** Keeps the prefix for the next visit. */
+  close() {
+    try { this.handle?.flush(); this.handle?.close(); } catch { /* closed */ }
+    this.handle = null;
+  }
+
+  /** Drops the prefix (emptied at once: a Worker ended before the files are removed leaves nothing). */
+  clear() {
+    if (!this.handle) return;
+    try { this.handle.truncate(0); } catch { /* closed */ }
+    this.close();
+    Promise.resolve(this.metaWrite).then(() => removePartial(this.dir, this.name));
+  }
+}
+
+/**
+ * Deletes every stored file of the model at `base` (or of every model without one): complete
+ * files in the Cache API and partial downloads in OPFS. Resolves to the number of entries
+ * deleted. For the storage panel, with storedModels().
+ */
 export async function clearCache(base, cacheName = CACHE_NAME) {
-  if (!globalThis.caches) return 0;
-  if (!base) return (await caches.delete(cacheName)) ? 1 : 0;
-  const cache = await caches.open(cacheName);
-  const prefix = String(base).replace(/\/+$/, '') + '/';
+  const prefix = base ? String(base).replace(/\/+$/, '') + '/' : null;
   let n = 0;
+  const dir = await partialDir(false);
+  if (dir) {
+    for (const { name, meta } of await partials(dir)) {
+      if (prefix && !(meta?.url || '').startsWith(prefix)) continue;
+      await removePartial(dir, name);
+      n++;
+    }
+  }
+  if (!globalThis.caches) return n;
+  if (!prefix) return n + ((await caches.delete(cacheName)) ? 1 : 0);
+  const cache = await caches.open(cacheName);
   for (const req of await cache.keys()) {
     if (req.url.startsWith(prefix) && await cache.delete(req)) n++;
   }
   return n;
+}
+
+/** The partial downloads in `dir`: [{ name, meta, bytes }] (meta null if unreadable). */
+async function partials(dir) {
+  const names = new Set();
+  for await (const name of dir.keys()) names.add(name.replace(/\.(part|json)$/, ''));
+  const out = [];
+  for (const name of names) {
+    let meta = null;
+    let bytes = 0;
+    try { meta = JSON.parse(await (await (await dir.getFileHandle(`${name}.json`)).getFile()).text()); } catch { /* none */ }
+    try { bytes = (await (await dir.getFileHandle(`${name}.part`)).getFile()).size; } catch { /* in use or none */ }
+    out.push({ name, meta, bytes });
+  }
+  return out;
+}
+
+/**
+ * What this browser stores, per model: [{ base, bytes, complete }]. `base` is the model's URL
+ * (as given to ZePo.load / stylize's `model`, resolved), `bytes` what its stored files take
+ * (complete files and partial downloads), `complete` whether a load stored every file it needed
+ * and no download is left half-way (a model that is not complete downloads the rest on its next
+ * load). For the storage panel, with clearCache(base).
+ */
+export async function storedModels(cacheName = CACHE_NAME) {
+  const models = new Map();
+  const entry = (base) => {
+    if (!models.has(base)) models.set(base, { base, bytes: 0, marked: false, partial: false });
+    return models.get(base);
+  };
+  const cache = await openCache(cacheName);
+  for (const req of (await cache?.keys()) || []) {
+    const res = await cache.match(req);
+    const base = res?.headers.get('x-zepo-base');
+    if (!base) continue;
+    const m = entry(base);
+    m.bytes += Number(res.headers.get('x-zepo-size')) || 0;
+    if (req.url === `${base}/${COMPLETE_MARK}`) m.marked = true;
+  }
+  const dir = await partialDir(false);
+  for (const { meta, bytes } of dir ? await partials(dir) : []) {
+    if (!meta?.base || bytes === 0) continue;
+    const m = entry(meta.base);
+    m.bytes += bytes;
+    m.partial = true;
+  }
+  return [...models.values()].map(({ base, bytes, marked, partial }) => ({ base, bytes, complete: marked && !partial }));
 }

@@ -6,7 +6,7 @@
 // works. Requests run one at a time in arrival order; {type: 'cancel', args: {target}} is
 // handled at once and makes the stylization `target` stop at its next step.
 import init, { Engine } from './engine/zepo.js';
-import { ModelFiles, clearCache } from './weights.js';
+import { ModelFiles, clearCache, storedModels } from './weights.js';
 
 const ready = init().catch((e) => {
   throw Object.assign(new Error(`the wasm engine could not be loaded (${e.message || e}). ` +
@@ -64,10 +64,12 @@ const handlers = {
     const t0 = performance.now();
     files = await ModelFiles.open(model, { onBytes, onOpen });
     op = { loaded: 0, total: 0, counted: new Set(), post };
-    // Totals up front (from the cache, the manifest or HEAD), so the bar knows where it goes.
-    for (const path of LOAD_FILES) onOpen(path, await files.size(path));
+    // Totals up front (from the cache, the manifest or HEAD), so the bar knows where it goes;
+    // a bundle's files are declared by the engine from its manifest (files.expect).
+    if (!files.bundle) for (const path of LOAD_FILES) onOpen(path, await files.size(path));
     const requests0 = files.requests;
     const info = await engine.load(files, (part) => post({ stage: 'load', part }));
+    await files.markComplete();
     return { ...info, seconds: (performance.now() - t0) / 1000, bytes: op.loaded, requests: files.requests - requests0 };
   },
 
@@ -105,6 +107,10 @@ const handlers = {
 
   clearCache({ model }) {
     return clearCache(model);
+  },
+
+  storedModels() {
+    return storedModels();
   },
 };
 

@@ -16,7 +16,7 @@
 // LCM_Dreamshaper_v7 repository), precision ('auto' | 'f16' | 'f32'), onProgress({stage,
 // loaded, total, step, steps, fraction}), signal (AbortSignal).
 // Errors are Errors whose name says what happened: WebGpuUnavailable, InvalidOption,
-// ImageError, IntegrityError, DownloadError, NotFound, WeightsError, AbortError, OutOfMemory,
+// ImageError, IntegrityError, DownloadError, NotFound, StorageFull, WeightsError, AbortError, OutOfMemory,
 // DeviceLost, EngineCrashed.
 
 /** The public diffusers repository of LCM Dreamshaper v7 (fp32, 4.3 GB; streamed, then cached). */

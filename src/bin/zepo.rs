@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use zepo::device::Backend;
 use zepo::zepo::image::{FloatImage, RgbImage};
-use zepo::zepo::load::{load_dir, WeightSource};
+use zepo::zepo::load::{embed_prompts, load_dir, WeightSource};
 use zepo::zepo::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use zepo::zepo::pipeline::Style;
 use zepo::zepo::progress::{Observer, Progress};
@@ -239,7 +239,8 @@ fn stylize(args: StylizeArgs) -> Result<()> {
     let device = zepo::device::device(backend)?;
     let model = load_dir(&args.model, &device, &Default::default(), WeightSource::Checkpoint)?;
     model.check_options(&opts)?;
-    let prompts = model.embed_prompts(&opts.prompt, &opts.negative_prompt)?;
+    // A bundle's precomputed prompts are used as the browser uses them.
+    let prompts = embed_prompts(&args.model, &model, &opts.prompt, &opts.negative_prompt)?;
 
     if let Some(mut r) = replay {
         let mut bar = Bar::new(args.quiet, "stylize");

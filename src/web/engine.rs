@@ -11,6 +11,7 @@ use js_sys::{Float32Array, Function, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use super::bundle;
 use super::files::ModelFiles;
 use super::gpu::{self, Gpu, Precision};
 use super::{crate_err, err, js_error, named_err};
@@ -19,6 +20,7 @@ use crate::models::parse_config;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig, VaeOptions};
+use crate::weights::manifest::{Manifest, MANIFEST_FILE};
 use crate::weights::LoadOptions;
 use crate::zepo::image::{FloatImage, RgbImage};
 use crate::zepo::noise::SeededNoise;
@@ -41,6 +43,10 @@ struct Model {
     zepo: Zepo,
     unet_config: UNetConfig,
     files: ModelFiles,
+    /// The bundle's manifest, when the model is an fp16 bundle.
+    bundle: Option<Manifest>,
+    /// The bundle's precomputed prompt embeddings, by prompt text.
+    precomputed: HashMap<String, Tensor<3>>,
     /// Tokenizer and text encoder, loaded on the first prompt that needs them.
     text: RefCell<Option<Rc<TextStack>>>,
     prompts: RefCell<HashMap<(String, String), PromptEmbeddings>>,
@@ -140,15 +146,37 @@ impl Engine {
             };
             let opts = LoadOptions { dtype: gpu.dtype, ..Default::default() };
 
+            // An fp16 bundle has a manifest with a `format`; a diffusers layout may have a plain
+            // checksum list there (read by www/weights.js) or nothing.
+            let manifest = match files.get_optional_text(MANIFEST_FILE).await? {
+                Some(text) if bundle::is_bundle(&text) => Some(bundle::open(&files, &text)?),
+                _ => None,
+            };
+            let m = manifest.as_ref();
+
             stage("scheduler");
-            let path = "scheduler/scheduler_config.json";
-            let scheduler = LcmScheduler::from_json(&files.get_text(path).await?, path).map_err(crate_err)?;
+            let (path, text) = match m {
+                Some(m) => {
+                    let f = bundle::scheduler(&files, m)?;
+                    (f.url.clone(), bundle::text(&files, &f).await?)
+                }
+                None => ("scheduler/scheduler_config.json".to_string(), files.get_text("scheduler/scheduler_config.json").await?),
+            };
+            let scheduler = LcmScheduler::from_json(&text, &path).map_err(crate_err)?;
 
             stage("unet");
             let path = "unet/config.json";
-            let cfg: UNetConfig = parse_config(&files.get_text(path).await?, path).map_err(crate_err)?;
+            let text = match m {
+                Some(m) => bundle::config(&files, m, "unet").await?,
+                None => files.get_text(path).await?,
+            };
+            let cfg: UNetConfig = parse_config(&text, path).map_err(crate_err)?;
             cfg.validate().map_err(|reason| js_error("ConfigError", format!("{path}: {reason}")))?;
-            let vb = files.load_store("unet/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?.into_builder();
+            let store = match m {
+                Some(m) => bundle::load_part(&files, m, "unet", &gpu.device, &opts).await?,
+                None => files.load_store("unet/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?,
+            };
+            let vb = store.into_builder();
             let unet = UNet2DConditionModel::load(&vb, &cfg).map_err(|e| crate_err(e.into()))?;
             let unet_config = cfg;
             vb.finish().map_err(|e| crate_err(e.into()))?;
@@ -156,9 +184,17 @@ impl Engine {
 
             stage("vae");
             let path = "vae/config.json";
-            let cfg: VaeConfig = parse_config(&files.get_text(path).await?, path).map_err(crate_err)?;
+            let text = match m {
+                Some(m) => bundle::config(&files, m, "vae").await?,
+                None => files.get_text(path).await?,
+            };
+            let cfg: VaeConfig = parse_config(&text, path).map_err(crate_err)?;
             cfg.validate().map_err(|reason| js_error("ConfigError", format!("{path}: {reason}")))?;
-            let vb = files.load_store("vae/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?.into_builder();
+            let store = match m {
+                Some(m) => bundle::load_part(&files, m, "vae", &gpu.device, &opts).await?,
+                None => files.load_store("vae/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?,
+            };
+            let vb = store.into_builder();
             let vae = AutoencoderKL::load(&vb, &cfg).map_err(crate_err)?;
             vb.finish().map_err(|e| crate_err(e.into()))?;
             // Every activation the VAE makes stays below the device's binding limit.
@@ -166,15 +202,28 @@ impl Engine {
             let vae = vae.with_options(VaeOptions { max_buffer_bytes: max });
             settle(&gpu).await?;
 
+            // The bundle's precomputed prompts: the default prompt needs no text encoder.
+            let precomputed = match m {
+                Some(m) => {
+                    stage("prompts");
+                    bundle::prompts(&files, m, &gpu.device, gpu.dtype, unet_config.cross_attention_dim).await?
+                }
+                None => HashMap::new(),
+            };
+
             let zepo = Zepo::new(unet, vae, None, scheduler, gpu.device.clone());
             let info = object(&[
                 ("self_attentions", (zepo.unet.num_self_attentions as f64).into()),
                 ("precision", if gpu.dtype == burn::tensor::DType::F16 { "f16" } else { "f32" }.into()),
+                ("layout", if manifest.is_some() { "bundle" } else { "diffusers" }.into()),
+                ("precomputed_prompts", precomputed.keys().map(|k| JsValue::from_str(k)).collect::<js_sys::Array>().into()),
             ]);
             *inner.model.borrow_mut() = Some(Rc::new(Model {
                 zepo,
                 unet_config,
                 files,
+                bundle: manifest,
+                precomputed,
                 text: RefCell::new(None),
                 prompts: RefCell::new(HashMap::new()),
                 style: RefCell::new(None),
@@ -331,7 +380,8 @@ impl Engine {
     }
 }
 
-/// The prompt pair's embeddings: cached, else encoded (loading the text stack on first use).
+/// The prompt pair's embeddings: cached, else each from the bundle's precomputed ones or
+/// encoded (loading the text stack on first use).
 async fn prompt_embeddings(
     model: &Model,
     gpu: &Gpu,
@@ -342,22 +392,33 @@ async fn prompt_embeddings(
     if let Some(p) = model.prompts.borrow().get(&key) {
         return Ok(p.clone());
     }
-    report("text", 0, 1, 0.0);
-    let loaded = model.text.borrow().clone();
-    let text = match loaded {
-        Some(t) => t,
-        None => {
-            let t = Rc::new(load_text(&model.files, &gpu.device, &LoadOptions { dtype: gpu.dtype, ..Default::default() }).await?);
-            *model.text.borrow_mut() = Some(t.clone());
-            t
+    let mut pair = Vec::with_capacity(2);
+    for prompt in [&o.prompt, &o.negative_prompt] {
+        if let Some(t) = model.precomputed.get(prompt.as_str()) {
+            pair.push(t.clone());
+            continue;
         }
-    };
-    let embed = |p: &str| {
-        let ids = text.tokenizer.encode(p);
+        report("text", 0, 1, 0.0);
+        let loaded = model.text.borrow().clone();
+        let text = match loaded {
+            Some(t) => t,
+            None => {
+                let opts = LoadOptions { dtype: gpu.dtype, ..Default::default() };
+                let t = match &model.bundle {
+                    Some(m) => bundle::load_text(&model.files, m, prompt, &gpu.device, &opts).await?,
+                    None => load_text(&model.files, &gpu.device, &opts).await?,
+                };
+                let t = Rc::new(t);
+                *model.text.borrow_mut() = Some(t.clone());
+                t
+            }
+        };
+        let ids = text.tokenizer.encode(prompt);
         let n = ids.len();
-        text.encoder.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &gpu.device))
-    };
-    let p = PromptEmbeddings { cond: embed(&o.prompt), uncond: embed(&o.negative_prompt) };
+        pair.push(text.encoder.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &gpu.device)));
+    }
+    let uncond = pair.pop().expect("two prompts");
+    let p = PromptEmbeddings { cond: pair.pop().expect("two prompts"), uncond };
     settle(gpu).await?;
     model.prompts.borrow_mut().insert(key, p.clone());
     Ok(p)

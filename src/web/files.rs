@@ -9,7 +9,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::{js_error, js_message};
-use crate::weights::{LoadOptions, StreamParser, VarStore};
+use crate::weights::{Header, LoadOptions, SafetensorsBytes, StreamParser, VarStore, WeightsError};
 
 #[wasm_bindgen]
 extern "C" {
@@ -20,7 +20,11 @@ extern "C" {
     #[wasm_bindgen(method, catch)]
     async fn open(this: &ModelFiles, path: &str) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(method, getter)]
-    fn base(this: &ModelFiles) -> String;
+    pub fn base(this: &ModelFiles) -> String;
+    /// Declares a bundle file's size and sha256 (from `manifest.json`), checked before it is
+    /// stored; `now`: it is loaded by this call (counted in the download total up front).
+    #[wasm_bindgen(method)]
+    fn expect(this: &ModelFiles, path: &str, size: f64, sha256: &str, now: bool);
 
     /// One file being read: `read()` → the next `Uint8Array` or `null` at the end (it rejects
     /// on a network, size or integrity error), `commit()` once the consumer accepted the whole
@@ -56,39 +60,100 @@ impl ModelFiles {
         Ok(self.text(path, true).await?.as_string())
     }
 
+    /// The URL of `path`, for errors.
+    pub fn name(&self, path: &str) -> String {
+        format!("{}/{path}", self.base().trim_end_matches('/'))
+    }
+
+    /// Declares a file of a bundle (see `expect` above).
+    pub fn declare(&self, path: &str, size: u64, sha256: &str, now: bool) {
+        self.expect(path, size as f64, sha256, now);
+    }
+
     /// Streams the safetensors file `path` into a store on `device`, tensor by tensor.
     pub async fn load_store(&self, path: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore, JsValue> {
-        let name = format!("{}/{path}", self.base().trim_end_matches('/'));
+        let mut store = VarStore::new(device, opts, self.name(path));
+        self.stream_into(path, &mut store, |_| Ok(())).await?;
+        Ok(store)
+    }
+
+    /// Streams the safetensors file `path` into `store`; `check` sees its header before any of
+    /// its tensors is uploaded. The file is stored (committed) only once parsed to its last byte.
+    pub async fn stream_into(
+        &self,
+        path: &str,
+        store: &mut VarStore,
+        check: impl Fn(&Header) -> Result<(), WeightsError>,
+    ) -> Result<(), JsValue> {
+        let name = self.name(path);
         let dl: Download = self.open(path).await?.unchecked_into();
-        let result = stream_into(&dl, &name, device, opts).await;
-        match result {
-            Ok(store) => {
-                // Only now, the file parsed to its last byte, may the cache keep it.
-                dl.commit().await?;
-                Ok(store)
+        let result = stream(&dl, &name, store, check).await;
+        finish(&dl, result).await
+    }
+
+    /// A small binary file whole (the prompt embeddings), parsed as safetensors.
+    pub async fn get_safetensors(&self, path: &str) -> Result<SafetensorsBytes<Vec<u8>>, JsValue> {
+        let name = self.name(path);
+        let dl: Download = self.open(path).await?.unchecked_into();
+        let result = async {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = next_chunk(&dl, &name).await? {
+                bytes.extend_from_slice(&chunk);
             }
-            Err(e) => {
-                dl.abort(&js_message(&e));
-                Err(e)
-            }
+            SafetensorsBytes::new(bytes, name.clone()).map_err(werr)
+        }
+        .await;
+        finish(&dl, result).await
+    }
+}
+
+fn werr(e: WeightsError) -> JsValue {
+    js_error("WeightsError", e.to_string())
+}
+
+/// Commits the download on success (only then may the cache keep it), aborts it otherwise.
+async fn finish<T>(dl: &Download, result: Result<T, JsValue>) -> Result<T, JsValue> {
+    match result {
+        Ok(v) => {
+            dl.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            dl.abort(&js_message(&e));
+            Err(e)
         }
     }
 }
 
-async fn stream_into(dl: &Download, name: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore, JsValue> {
+async fn next_chunk(dl: &Download, name: &str) -> Result<Option<Vec<u8>>, JsValue> {
+    let chunk = dl.read().await?;
+    if chunk.is_null() || chunk.is_undefined() {
+        return Ok(None);
+    }
+    let chunk: Uint8Array = chunk.dyn_into().map_err(|_| js_error("Error", format!("{name}: a chunk is not bytes")))?;
+    Ok(Some(chunk.to_vec()))
+}
+
+async fn stream(
+    dl: &Download,
+    name: &str,
+    store: &mut VarStore,
+    check: impl Fn(&Header) -> Result<(), WeightsError>,
+) -> Result<(), JsValue> {
     let mut parser = StreamParser::new(name.to_string());
-    let mut store = VarStore::new(device, opts, name.to_string());
-    let werr = |e: crate::weights::WeightsError| js_error("WeightsError", e.to_string());
-    loop {
-        let chunk = dl.read().await?;
-        if chunk.is_null() || chunk.is_undefined() {
-            break;
+    let mut checked = false;
+    while let Some(chunk) = next_chunk(dl, name).await? {
+        let tensors = parser.push(&chunk).map_err(werr)?;
+        if !checked {
+            if let Some(h) = parser.header() {
+                check(h).map_err(werr)?;
+                checked = true;
+            }
         }
-        let chunk: Uint8Array = chunk.dyn_into().map_err(|_| js_error("Error", format!("{name}: a chunk is not bytes")))?;
-        for t in parser.push(&chunk.to_vec()).map_err(werr)? {
+        for t in tensors {
             store.insert(&t.entry, &t.bytes, name).map_err(werr)?;
         }
     }
     parser.finish().map_err(werr)?;
-    Ok(store)
+    Ok(())
 }

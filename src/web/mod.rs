@@ -5,7 +5,8 @@
 //! import init, { Engine } from './pkg/zepo.js';
 //! await init();
 //! const engine = await Engine.create({ precision: 'auto' });   // WebGPU device
-//! await engine.load(files);              // files: ModelFiles of www/weights.js (cache, resume, sha256)
+//! await engine.load(files);              // files: ModelFiles of www/weights.js (cache, resume, sha256):
+//!                                        // a diffusers layout, or an fp16 bundle (manifest.json)
 //! const png = await engine.stylize(contentBytes, styleBytes, { steps: 2, resolution: 64 },
 //!                                  (p) => {}, () => cancelled);   // Uint8Array (PNG)
 //! engine.dispose();
@@ -16,6 +17,7 @@
 //! Errors are JS `Error`s whose `name` says what went wrong: `WebGpuUnavailable`,
 //! `DeviceLost`, `InvalidOption`, `ImageError`, `WeightsError`, `AbortError`, `DeviceError`.
 
+mod bundle;
 mod engine;
 mod files;
 mod gpu;

@@ -317,25 +317,20 @@ fn open_shard(dir: &Path, shard: &Shard) -> Result<(PathBuf, memmap2::Mmap), Wei
 }
 
 fn check_shard_header(st: &SafetensorsBytes<&memmap2::Mmap>, shard: &Shard) -> Result<(), WeightsError> {
-    if let Some(t) = st.header().tensors.iter().find(|t| t.dtype.name() != shard.dtype) {
-        return Err(bundle_err(st.name(), format!("tensor `{}` is {}, the manifest says {}", t.name, t.dtype.name(), shard.dtype)));
+    shard.check_header(st.header(), st.name())
+}
+
+/// The precomputed embedding of `text` (`[positions, hidden]` f32) from the bundle in `dir`,
+/// or `None` when the bundle has none for it.
+pub fn read_prompt_embedding(dir: &Path, manifest: &Manifest, text: &str) -> Result<Option<Vec<f32>>, WeightsError> {
+    let Some(pe) = &manifest.prompt_embeddings else { return Ok(None) };
+    if manifest.prompt_tensor(text).is_none() {
+        return Ok(None);
     }
-    let names: Vec<&str> = st.header().tensors.iter().map(|t| t.name.as_str()).collect();
-    let listed: Vec<&str> = shard.tensors.iter().map(String::as_str).collect();
-    if names != listed {
-        let i = names.iter().zip(&listed).position(|(a, b)| a != b).unwrap_or(names.len().min(listed.len()));
-        return Err(bundle_err(
-            st.name(),
-            format!(
-                "holds other tensors than the manifest lists: tensor #{i} is {:?}, the manifest says {:?} ({} held, {} listed)",
-                names.get(i),
-                listed.get(i),
-                names.len(),
-                listed.len()
-            ),
-        ));
-    }
-    Ok(())
+    let path = dir.join(&pe.file.url);
+    let map = map_file(&path)?;
+    let st = SafetensorsBytes::new(&map, path.display().to_string())?;
+    pe.values(&st, text)
 }
 
 /// Loads one part of the bundle in `dir` into a [`VarStore`] (sizes, headers and tensor lists

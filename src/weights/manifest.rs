@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::safetensors::{Dtype, Header, SafetensorsBytes};
 use super::WeightsError;
 
 /// The `format` field of every bundle manifest.
@@ -35,6 +36,30 @@ pub struct Shard {
     pub dtype: String,
     /// The tensors it holds, in file order.
     pub tensors: Vec<String>,
+}
+
+impl Shard {
+    /// Checks a shard's parsed header against this entry: every tensor of the stated dtype,
+    /// exactly the listed tensors in the listed order. `file` is used in errors.
+    pub fn check_header(&self, header: &Header, file: &str) -> Result<(), WeightsError> {
+        let bad = |reason: String| WeightsError::Bundle { file: file.to_string(), reason };
+        if let Some(t) = header.tensors.iter().find(|t| t.dtype.name() != self.dtype) {
+            return Err(bad(format!("tensor `{}` is {}, the manifest says {}", t.name, t.dtype.name(), self.dtype)));
+        }
+        let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+        let listed: Vec<&str> = self.tensors.iter().map(String::as_str).collect();
+        if names != listed {
+            let i = names.iter().zip(&listed).position(|(a, b)| a != b).unwrap_or(names.len().min(listed.len()));
+            return Err(bad(format!(
+                "holds other tensors than the manifest lists: tensor #{i} is {:?}, the manifest says {:?} ({} held, {} listed)",
+                names.get(i),
+                listed.get(i),
+                names.len(),
+                listed.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One model part (`unet`, `vae`, `text_encoder`).
@@ -82,6 +107,28 @@ pub struct PromptEmbeddings {
     /// `[max_position_embeddings, hidden_size]` of the text encoder.
     pub shape: Vec<usize>,
     pub prompts: Vec<PromptEntry>,
+}
+
+impl PromptEmbeddings {
+    /// The precomputed embedding of `text` from the parsed `prompt_embeddings.safetensors`
+    /// (`[positions, hidden]` f32 values, row-major), checked against the manifest's dtype and
+    /// shape; `None` when `text` is not one of the precomputed prompts.
+    pub fn values<B: AsRef<[u8]>>(&self, st: &SafetensorsBytes<B>, text: &str) -> Result<Option<Vec<f32>>, WeightsError> {
+        let Some(entry) = self.prompts.iter().find(|p| p.text == text) else { return Ok(None) };
+        let bad = |reason: String| WeightsError::Bundle { file: st.name().to_string(), reason };
+        let (t, bytes) = st.get(&entry.tensor).ok_or_else(|| bad(format!("no tensor `{}` (prompt {:?})", entry.tensor, entry.text)))?;
+        if t.dtype != Dtype::F32 || self.dtype != "F32" || t.shape != self.shape || self.shape.len() != 2 {
+            return Err(bad(format!(
+                "tensor `{}` is {} {:?}, the manifest says {} {:?} (expected F32 [positions, hidden])",
+                entry.tensor,
+                t.dtype.name(),
+                t.shape,
+                self.dtype,
+                self.shape
+            )));
+        }
+        Ok(Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+    }
 }
 
 /// The whole `manifest.json`.
@@ -162,6 +209,12 @@ impl Manifest {
     pub fn prompt_tensor(&self, text: &str) -> Option<&str> {
         let pe = self.prompt_embeddings.as_ref()?;
         pe.prompts.iter().find(|p| p.text == text).map(|p| p.tensor.as_str())
+    }
+
+    /// Whether the VAE's encoder was left out (`--no-vae-encoder`): such a bundle can decode
+    /// latents but cannot encode images.
+    pub fn vae_encoder_omitted(&self) -> bool {
+        self.omitted.iter().any(|o| o == "vae.encoder") || self.parts.get("vae").is_some_and(|p| p.omits("encoder."))
     }
 
     /// Every file the bundle references (configs, shards, tokenizer, scheduler, embeddings).

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 
-use super::pipeline::{TextStack, Zepo};
+use super::pipeline::{PromptEmbeddings, TextStack, Zepo};
 use super::scheduler::{LcmScheduler, LcmSchedulerConfig};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::read_config;
@@ -76,4 +76,22 @@ pub fn load_dir(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSour
     let unet = load_unet(dir, device, opts, src)?;
     let vae = load_vae(dir, device, opts, src)?;
     Ok(Zepo::new(unet, vae, Some(text), load_scheduler(dir)?, device.clone()))
+}
+
+/// The prompt pair's embeddings for a model loaded from `dir`: each prompt a bundle has
+/// precomputed (`prompt_embeddings.safetensors`, made from the source's f32 weights) is taken
+/// from there, as the browser does; any other through the text encoder.
+pub fn embed_prompts(dir: &Path, model: &Zepo, prompt: &str, negative: &str) -> Result<PromptEmbeddings> {
+    let manifest = crate::weights::bundle::is_bundle(dir).then(|| crate::weights::bundle::read_manifest(dir)).transpose()?;
+    let precomputed = |text: &str| -> Result<Option<Tensor<3>>> {
+        let (Some(m), Some(pe)) = (&manifest, manifest.as_ref().and_then(|m| m.prompt_embeddings.as_ref())) else { return Ok(None) };
+        let values = crate::weights::bundle::read_prompt_embedding(dir, m, text)?;
+        Ok(values.map(|v| Tensor::<3>::from_data(TensorData::new(v, [1, pe.shape[0], pe.shape[1]]), &model.device)))
+    };
+    let (cond, uncond) = (precomputed(prompt)?, precomputed(negative)?);
+    if let (Some(cond), Some(uncond)) = (&cond, &uncond) {
+        return Ok(PromptEmbeddings { cond: cond.clone(), uncond: uncond.clone() });
+    }
+    let encoded = model.embed_prompts(prompt, negative)?;
+    Ok(PromptEmbeddings { cond: cond.unwrap_or(encoded.cond), uncond: uncond.unwrap_or(encoded.uncond) })
 }

@@ -51,11 +51,12 @@ export async function launch({ webgpu = true } = {}) {
 }
 
 /**
- * The static server on a free localhost port (`model`: the directory served at /model/).
- * `requests` logs every request: { method, url, bodyBytes, range, status }.
+ * The static server on a free localhost port (`model`: the directory served at /model/; `cut`:
+ * responses to break off, see scripts/serve.mjs). `requests` logs every request:
+ * { method, url, bodyBytes, range, status }.
  */
-export async function serve({ model } = {}) {
-  const { server, url } = await startServer({ port: 0, host: '127.0.0.1', ...(model ? { model } : {}) });
+export async function serve({ model, cut } = {}) {
+  const { server, url } = await startServer({ port: 0, host: '127.0.0.1', ...(model ? { model } : {}), ...(cut ? { cut } : {}) });
   const requests = [];
   server.prependListener('request', (req, res) => {
     const entry = { method: req.method, url: req.url, range: req.headers.range || null, bodyBytes: 0, status: null };
