@@ -36,9 +36,12 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sizes", default="256")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) (random weights may produce denormals)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.path.join(args.config, "unet"))).eval()
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(args.config, "vae"))).eval()
