@@ -38,6 +38,15 @@ pub fn conv2d_padded(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, 
     })
 }
 
+/// `conv.forward(x)`: on the CPU backend through the convolution fast path
+/// ([`crate::models::cpu_conv`]), elsewhere burn's own kernel.
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    return crate::models::cpu_conv::conv2d(conv, x);
+    #[cfg(not(all(feature = "cpu", not(target_arch = "wasm32"))))]
+    conv.forward(x)
+}
+
 /// `torch.nn.GroupNorm(groups, channels, eps, affine=True)`.
 pub fn group_norm(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> R<GroupNorm> {
     Ok(GroupNorm {

@@ -38,17 +38,32 @@ fn sync(device: &Device) -> Result<()> {
     device.sync().map_err(|e| Error::Device(format!("{e:?}")))
 }
 
-/// Best time of `repeat` runs after one warm-up, in seconds.
-fn time<T>(device: &Device, repeat: usize, mut f: impl FnMut() -> T) -> Result<f64> {
+/// CPU time (user + system, all threads) this process has used so far, in seconds (Linux;
+/// NaN elsewhere). Steadier than wall time on a shared machine.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    // Linux reports these in USER_HZ, 100 on every mainstream configuration.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Wall and CPU time of the fastest (by wall) of `repeat` runs after one warm-up, in seconds.
+fn time<T>(device: &Device, repeat: usize, mut f: impl FnMut() -> T) -> Result<(f64, f64)> {
     let _ = f();
     sync(device)?;
-    let mut best = f64::INFINITY;
+    let mut best = (f64::INFINITY, f64::INFINITY);
     for _ in 0..repeat.max(1) {
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), cpu_seconds());
         let out = f();
         sync(device)?;
         drop(out);
-        best = best.min(start.elapsed().as_secs_f64());
+        let t = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+        if t.0 < best.0 {
+            best = t;
+        }
     }
     Ok(best)
 }
@@ -121,11 +136,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let lat = size / 8;
             let x = random([1, 3, size, size], 1, &device);
             let z = random([1, 4, lat, lat], 2, &device);
-            let unet_s = time(&device, args.repeat, || model.unet.forward(z.clone(), &[499.0], &ctx))?;
-            let enc_s = time(&device, args.repeat, || model.vae.encode(x.clone()).mean)?;
-            let dec_s = time(&device, args.repeat, || model.vae.decode(z.clone()))?;
+            let (unet_s, unet_c) = time(&device, args.repeat, || model.unet.forward(z.clone(), &[499.0], &ctx))?;
+            let (enc_s, enc_c) = time(&device, args.repeat, || model.vae.encode(x.clone()).mean)?;
+            let (dec_s, dec_c) = time(&device, args.repeat, || model.vae.decode(z.clone()))?;
             println!(
-                "{size}²: UNet forward (1 image) {unet_s:.3} s | VAE encode {enc_s:.3} s | VAE decode {dec_s:.3} s | peak RSS {:.0} MiB{}",
+                "{size}²: UNet forward (1 image) {unet_s:.3} s (cpu {unet_c:.2} s) | VAE encode {enc_s:.3} s (cpu {enc_c:.2} s) | VAE decode {dec_s:.3} s (cpu {dec_c:.2} s) | peak RSS {:.0} MiB{}",
                 peak_rss_mib().unwrap_or(f64::NAN),
                 device_mib(&device).map(|m| format!(" | device pool {m:.0} MiB")).unwrap_or_default()
             );
@@ -134,13 +149,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let img = |seed: u8| RgbImage::new(size, size, (0..size * size * 3).map(|i| (i as u8).wrapping_mul(seed)).collect()).unwrap();
                 let (content, style) = (img(3), img(7));
                 model.reset_counters();
+                let cpu = cpu_seconds();
                 let mut clock = StageClock { start: Instant::now(), last: Instant::now(), stages: vec![], current: None, device: device.clone() };
                 model.stylize(&content, Style::Image(&style), &opts, &prompts, &mut SeededNoise::new(0), &mut clock, None)?;
                 let total = clock.start.elapsed().as_secs_f64();
+                let total_cpu = cpu_seconds() - cpu;
                 let c = model.counters();
                 let stages: Vec<String> = clock.stages.iter().map(|(s, t)| format!("{} {t:.2}", s.name())).collect();
                 println!(
-                    "{size}², N={n}: stylize {total:.2} s [{}] | UNet image-evaluations {} (reference {}) | VAE {} encodes, {} decodes (reference 3 + 3) | peak RSS {:.0} MiB",
+                    "{size}², N={n}: stylize {total:.2} s (cpu {total_cpu:.1} s) [{}] | UNet image-evaluations {} (reference {}) | VAE {} encodes, {} decodes (reference 3 + 3) | peak RSS {:.0} MiB",
                     stages.join(", "),
                     c.unet_evals,
                     6 * n,

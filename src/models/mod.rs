@@ -6,6 +6,8 @@ pub mod attention;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bundle;
 pub mod clip;
+#[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+pub mod cpu_conv;
 pub mod resnet;
 pub mod tokenizer;
 pub mod unet;

@@ -15,7 +15,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::{Device, Tensor};
 
 use crate::models::attention::{AttentionController, NoControl};
-use crate::nn::{conv2d, group_norm, silu};
+use crate::nn::{conv2d, conv_forward, group_norm, silu};
 use crate::weights::{VarBuilder, WeightsError};
 
 #[derive(burn::module::Module, Debug)]
@@ -131,7 +131,7 @@ impl UNet2DConditionModel {
     ) -> Tensor<4> {
         assert_eq!(sample.dims()[0], timesteps.len(), "one timestep per batch item");
         let temb = self.time_embedding(timesteps, condition, &sample.device());
-        let mut h = self.conv_in.forward(sample);
+        let mut h = conv_forward(&self.conv_in, sample);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             h = block.forward(h, &temb, context, &mut skips, ctrl);
@@ -140,6 +140,6 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             h = block.forward(h, &temb, context, &mut skips, ctrl);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv_forward(&self.conv_out, silu(self.conv_norm_out.forward(h)))
     }
 }

@@ -6,7 +6,7 @@ use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 
 use crate::models::attention::{Attention, AttentionController, SelfAttentionCall};
-use crate::nn::{conv2d, gelu, group_norm, linear, LayerNorm};
+use crate::nn::{conv2d, conv_forward, gelu, group_norm, linear, LayerNorm};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// Largest feed-forward projection computed at once (f32 bytes).
@@ -144,13 +144,13 @@ impl Transformer2DModel {
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>, ctrl: &mut dyn AttentionController) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
-        let hs = self.proj_in.forward(self.norm.forward(x));
+        let hs = conv_forward(&self.proj_in, self.norm.forward(x));
         let mut hs = hs.reshape([b, c, h * w]).swap_dims(1, 2);
         for block in &self.transformer_blocks {
             hs = block.forward(hs, context, [h, w], ctrl);
         }
         let hs = hs.swap_dims(1, 2).reshape([b, c, h, w]);
-        self.proj_out.forward(hs) + residual
+        conv_forward(&self.proj_out, hs) + residual
     }
 }
 

@@ -20,7 +20,7 @@ use super::blocks::{Decoder, Encoder, VaeMidBlock};
 use super::plan::{attention_whole, attn_query_chunk, block_rows, conv_bytes, partition, plain_bytes, ELEM_BYTES};
 use crate::models::attention::SpatialSelfAttention;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::silu;
+use crate::nn::{conv_forward, silu};
 
 /// What a banded run did: its largest tensor (as the plan counts it) and how its blocks ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -207,7 +207,7 @@ impl Ctx {
                 Some(gn) => silu(gn.forward(t)),
                 None => t,
             };
-            let y = conv.forward(t);
+            let y = conv_forward(conv, t);
             self.see_t(&y);
             return vec![y];
         }
@@ -235,7 +235,7 @@ impl Ctx {
         let hs = self.map(self.group_norm(&hs, &r.norm2), silu);
         let hs = self.conv3(&hs, &r.conv2);
         let x = match &r.conv_shortcut {
-            Some(conv) => self.map(x, |t| conv.forward(t)),
+            Some(conv) => self.map(x, |t| conv_forward(conv, t)),
             None => x,
         };
         x.into_iter()

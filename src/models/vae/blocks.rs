@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use super::config::{VaeConfig, VAE_NORM_EPS};
 use crate::models::attention::SpatialSelfAttention;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::{conv2d, group_norm, silu};
+use crate::nn::{conv2d, conv_forward, group_norm, silu};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// `layers` resnets without time embedding, `c_in` → `c_out` in the first.
@@ -118,12 +118,12 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv_forward(&self.conv_in, x);
         for b in &self.down_blocks {
             h = b.forward(h);
         }
         h = self.mid_block.forward(h);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv_forward(&self.conv_out, silu(self.conv_norm_out.forward(h)))
     }
 }
 
@@ -160,11 +160,11 @@ impl Decoder {
     }
 
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(z);
+        let mut h = conv_forward(&self.conv_in, z);
         h = self.mid_block.forward(h);
         for b in &self.up_blocks {
             h = b.forward(h);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv_forward(&self.conv_out, silu(self.conv_norm_out.forward(h)))
     }
 }

@@ -15,7 +15,7 @@ pub use plan::{decode_plan, encode_plan, BufferPlan, VaeOptions, VaeShape, DEFAU
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
-use crate::nn::conv2d;
+use crate::nn::{conv2d, conv_forward};
 use crate::weights::VarBuilder;
 use banded::Ctx;
 
@@ -189,14 +189,14 @@ impl AutoencoderKL {
 
     fn quant(&self, moments: Tensor<4>) -> Tensor<4> {
         match &self.quant_conv {
-            Some(c) => c.forward(moments),
+            Some(c) => conv_forward(c, moments),
             None => moments,
         }
     }
 
     fn post_quant(&self, z: Tensor<4>) -> Tensor<4> {
         match &self.post_quant_conv {
-            Some(c) => c.forward(z),
+            Some(c) => conv_forward(c, z),
             None => z,
         }
     }

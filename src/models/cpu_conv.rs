@@ -1,0 +1,243 @@
+//! The CPU backend's fast path for k×k convolutions (the UNet's and the VAE's 3×3 layers), the
+//! one hot spot where burn-flex's generic conv (NHWC copy of the input and re-flattened weights
+//! on every call, both single-threaded, then per-tile im2col and result scatter) took over half
+//! of a forward pass.
+//!
+//! Here the PyTorch weight `[c_out, c_in, kh, kw]` is used as it is, as the `[c_out, c_in·kh·kw]`
+//! left factor; the input, NCHW, is unfolded into row bands of im2col columns `[c_in·kh·kw,
+//! rows·w_out]` (contiguous row copies), and one `gemm` per band writes straight into the NCHW
+//! output, on top of the bias. Same products and sums as the direct definition, only summed in
+//! another order (float reassociation).
+//!
+//! Chosen at run time: only float32 tensors on burn's Flex device with groups 1, dilation 1 and a
+//! kernel larger than 1×1 take it (flex already runs 1×1 convolutions as one gemm); everything
+//! else, and every other device (wgpu / WebGPU), runs burn's `Conv2d::forward` unchanged.
+
+use burn::backend::Flex;
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+/// Bytes of im2col columns unfolded per gemm call: large enough for gemm to run at full speed,
+/// small enough to stay in the L2/L3 caches next to the weights.
+const BAND_BYTES: usize = 8 << 20;
+
+/// `conv.forward(x)`, through the fast path when it applies.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match try_fast(conv, x) {
+        Ok(y) => y,
+        Err(x) => conv.forward(x),
+    }
+}
+
+/// The fast path, or the input back when it does not apply.
+fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
+    let [kh, kw] = conv.kernel_size;
+    let (top, left, bottom, right) = match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r),
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Same => return Err(x),
+    };
+    let [b, c_in, h, w] = x.dims();
+    let [sh, sw] = conv.stride;
+    if conv.groups != 1 || conv.dilation != [1, 1] || kh * kw == 1 || x.dtype() != DType::F32 || sh == 0 || sw == 0 {
+        return Err(x);
+    }
+    if h + top + bottom < kh || w + left + right < kw {
+        return Err(x);
+    }
+    let weight = conv.weight.val();
+    let [c_out, wc_in, wkh, wkw] = weight.dims();
+    if wc_in != c_in || [wkh, wkw] != [kh, kw] || weight.dtype() != DType::F32 {
+        return Err(x);
+    }
+    // Only Flex tensors: anything else goes back untouched (a failed downcast consumes the
+    // handle, so try on clones, which are reference-counted).
+    let Ok(xf) = x.clone().try_into_primitive::<Flex>() else { return Err(x) };
+    let Ok(wf) = weight.try_into_primitive::<Flex>() else { return Err(x) };
+    let bf = match &conv.bias {
+        Some(bias) if bias.val().dtype() == DType::F32 => match bias.val().try_into_primitive::<Flex>() {
+            Ok(t) => Some(t),
+            Err(_) => return Err(x),
+        },
+        Some(_) => return Err(x),
+        None => None,
+    };
+    drop(x);
+
+    let (xf, wf, bf) = (contiguous(xf), contiguous(wf), bf.map(contiguous));
+    let xs = xf.as_slice::<f32>().expect("contiguous f32");
+    let ws = wf.as_slice::<f32>().expect("contiguous f32");
+    let bs = bf.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
+
+    let geo = Geometry {
+        h,
+        w,
+        kh,
+        kw,
+        sh,
+        sw,
+        top,
+        left,
+        h_out: (h + top + bottom - kh) / sh + 1,
+        w_out: (w + left + right - kw) / sw + 1,
+    };
+    let plane = geo.h_out * geo.w_out;
+    let mut out = vec![0f32; b * c_out * plane];
+    if let Some(bs) = bs {
+        for (row, &v) in out.chunks_mut(plane).zip(bs.iter().cycle()) {
+            row.fill(v);
+        }
+    }
+    let k = c_in * kh * kw;
+    let rows = (BAND_BYTES / (4 * k * geo.w_out).max(1)).clamp(1, geo.h_out);
+    let mut cols = vec![0f32; k * rows * geo.w_out];
+    for i in 0..b {
+        let xi = &xs[i * c_in * h * w..(i + 1) * c_in * h * w];
+        let oi = &mut out[i * c_out * plane..(i + 1) * c_out * plane];
+        for r0 in (0..geo.h_out).step_by(rows) {
+            let nr = rows.min(geo.h_out - r0);
+            let n = nr * geo.w_out;
+            let cols = &mut cols[..k * n];
+            geo.unfold(xi, r0, nr, cols);
+            // out[:, r0·w_out ..][c_out × n] += W[c_out × k] · cols[k × n]
+            unsafe {
+                gemm::gemm(
+                    c_out,
+                    n,
+                    k,
+                    oi.as_mut_ptr().add(r0 * geo.w_out),
+                    1,
+                    plane as isize,
+                    true,
+                    ws.as_ptr(),
+                    1,
+                    k as isize,
+                    cols.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+    }
+    let data = TensorData::new(out, [b, c_out, geo.h_out, geo.w_out]);
+    Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// Sizes of one convolution (padding: top and left; the bottom and right follow from the output
+/// size).
+struct Geometry {
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    top: usize,
+    left: usize,
+    h_out: usize,
+    w_out: usize,
+}
+
+impl Geometry {
+    /// im2col of output rows `r0 .. r0 + nr` of one image `x` `[c_in, h, w]`: `cols` `[c_in·kh·kw,
+    /// nr·w_out]`, row `(c·kh + i)·kw + j` holding `x[c, oy·sh + i - top, ox·sw + j - left]`
+    /// (0 outside the image).
+    fn unfold(&self, x: &[f32], r0: usize, nr: usize, cols: &mut [f32]) {
+        let n = nr * self.w_out;
+        cols.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+            let (c, ij) = (row / (self.kh * self.kw), row % (self.kh * self.kw));
+            let (i, j) = (ij / self.kw, ij % self.kw);
+            let src = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            // Output columns whose input column lies inside the image: ox·sw + j - left ∈ [0, w).
+            let ox0 = self.left.saturating_sub(j).div_ceil(self.sw).min(self.w_out);
+            let ox1 = if self.w + self.left > j { ((self.w + self.left - j - 1) / self.sw + 1).min(self.w_out) } else { 0 };
+            for (r, d) in dst.chunks_mut(self.w_out).enumerate() {
+                let iy = ((r0 + r) * self.sh + i) as isize - self.top as isize;
+                if iy < 0 || iy >= self.h as isize || ox0 >= ox1 {
+                    d.fill(0.0);
+                    continue;
+                }
+                let line = &src[iy as usize * self.w..(iy as usize + 1) * self.w];
+                d[..ox0].fill(0.0);
+                d[ox1..].fill(0.0);
+                if self.sw == 1 {
+                    let s = ox0 + j - self.left;
+                    d[ox0..ox1].copy_from_slice(&line[s..s + (ox1 - ox0)]);
+                } else {
+                    for (ox, v) in d[ox0..ox1].iter_mut().enumerate() {
+                        *v = line[(ox0 + ox) * self.sw + j - self.left];
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::tensor::{Device, Distribution};
+
+    fn check(c_in: usize, c_out: usize, k: usize, stride: usize, pad: (usize, usize, usize, usize), hw: [usize; 2], bias: bool) {
+        let device = Device::flex();
+        let conv = Conv2d {
+            weight: Param::from_tensor(Tensor::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.2), &device)),
+            bias: bias.then(|| Param::from_tensor(Tensor::random([c_out], Distribution::Normal(0.0, 1.0), &device))),
+            stride: [stride, stride],
+            kernel_size: [k, k],
+            dilation: [1, 1],
+            groups: 1,
+            padding: PaddingConfig2d::Explicit(pad.0, pad.1, pad.2, pad.3),
+        };
+        let x = Tensor::<4>::random([2, c_in, hw[0], hw[1]], Distribution::Normal(0.0, 1.0), &device);
+        let expected = conv.forward(x.clone());
+        let actual = try_fast(&conv, x).unwrap_or_else(|_| panic!("fast path not taken"));
+        assert_eq!(actual.dims(), expected.dims());
+        let err = (actual - expected).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-4, "{c_in}->{c_out} k{k} s{stride} {pad:?} {hw:?}: max error {err}");
+    }
+
+    #[test]
+    fn fast_conv_equals_burn_conv() {
+        check(5, 7, 3, 1, (1, 1, 1, 1), [9, 11], true);
+        check(4, 6, 3, 2, (1, 1, 1, 1), [9, 8], true);
+        // The VAE's downsampler: padding bottom and right only.
+        check(3, 4, 3, 2, (0, 0, 1, 1), [8, 7], true);
+        check(3, 2, 5, 1, (2, 1, 0, 3), [6, 10], false);
+        check(2, 3, 3, 1, (0, 0, 0, 0), [3, 3], true);
+    }
+
+    #[test]
+    fn other_convolutions_fall_back() {
+        let device = Device::flex();
+        let conv = Conv2d {
+            weight: Param::from_tensor(Tensor::random([4, 3, 1, 1], Distribution::Normal(0.0, 1.0), &device)),
+            bias: None,
+            stride: [1, 1],
+            kernel_size: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            padding: PaddingConfig2d::Valid,
+        };
+        let x = Tensor::<4>::random([1, 3, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        assert!(try_fast(&conv, x).is_err());
+    }
+}
