@@ -37,3 +37,4 @@ fi
 raw=$(stat -c %s "$out/zepo_bg.wasm")
 gz=$(gzip -6 -c "$out/zepo_bg.wasm" | wc -c)
 echo "  www/engine/zepo_bg.wasm: $((raw / 1024)) KiB, $((gz / 1024)) KiB gzipped"
+node "$ZEPO_ROOT/scripts/build-shell.mjs"

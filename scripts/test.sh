@@ -6,7 +6,8 @@
 #   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan)
 #   3. wasm build                      the browser engine into www/engine (scripts/build-wasm.sh)
 #   3b. npm package                    pkg/ assembled from it (scripts/build-pkg.sh)
-#   4. browser tests                   node --test tests/browser: the page in headless Chromium
+#   4. browser tests                   node --test tests/browser/*.test.mjs (the page, the API, the
+#                                      offline app: pwa.test.mjs) in headless Chromium
 #                                      on WebGPU (SwiftShader)
 # Every stage runs even if an earlier one failed (the browser tests need the wasm build); the
 # exit status is non-zero if any failed. Cargo's target dir: $CARGO_TARGET_DIR, by default

@@ -3,6 +3,7 @@
 // the JS API (www/zepo.js); no image leaves the page. `window.zepo` is the page's handle for
 // the browser tests.
 import { ZePo } from './zepo.js';
+import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -28,9 +29,30 @@ function setState(state, message) {
   $('status').textContent = message;
 }
 
+// What an error means to the user, by its name (www/zepo.js lists them); its message follows.
+const ERROR_TITLES = {
+  StorageFull: 'Not enough storage for the model: free some space (delete a downloaded model below, or other ' +
+    'sites\' data in the browser\'s settings) and try again.',
+  QuotaExceededError: 'Not enough storage for the model: free some space and try again.',
+  DownloadError: 'The model could not be downloaded.',
+  NotFound: 'The model was not found at its URL.',
+  IntegrityError: 'The model\'s files failed their integrity check (nothing corrupt was kept).',
+  WeightsError: 'The model\'s files could not be read.',
+  ImageError: 'That image could not be used.',
+  InvalidOption: 'An option is not valid.',
+  OutOfMemory: 'The GPU ran out of memory.',
+  DeviceLost: 'The GPU device was lost.',
+  EngineCrashed: 'The engine crashed.',
+  EngineMissing: 'The engine could not be loaded.',
+};
+
 function showError(error) {
   const noGpu = error.name === 'WebGpuUnavailable';
-  setState(noGpu ? 'no-webgpu' : 'error', noGpu ? 'WebGPU is not available.' : `Something went wrong (${error.name}).`);
+  const offline = error.name === 'DownloadError' && navigator.onLine === false;
+  const title = offline ? 'You are offline, and the model is not (fully) downloaded yet: connect once to download it.'
+    : ERROR_TITLES[error.name] || `Something went wrong (${error.name}).`;
+  setState(noGpu ? 'no-webgpu' : 'error', noGpu ? 'WebGPU is not available.' : title);
+  document.body.dataset.error = error.name;
   $('error').textContent = error.message;
   $('error').hidden = false;
   document.querySelector('.progress-row').hidden = true;
@@ -148,6 +170,7 @@ async function run() {
     const seconds = (performance.now() - t0) / 1000;
     window.zepo.result = { width: img.naturalWidth, height: img.naturalHeight, bytes: blob.size, seconds, ...engine.last };
     setState('done', `Done in ${seconds.toFixed(1)} s.`);
+    storage.downloaded(engine.last.downloaded);
   } catch (e) {
     if (e.name === 'AbortError') setState('cancelled', 'Cancelled.');
     else showError(e);
@@ -156,6 +179,7 @@ async function run() {
     running = null;
     $('cancel').hidden = true;
     updateButton();
+    storage.refresh();
   }
 }
 
@@ -186,10 +210,15 @@ async function main() {
   document.querySelector('.progress-row').hidden = true;
   setState('loaded', 'Model loaded. Pick a portrait and a style.');
   updateButton();
+  storage.downloaded(engine.info.bytes && engine.info.requests ? engine.info.bytes : 0);
 }
 
 window.zepo = { model: MODEL, progress: seen };
-const started = main();
+// The Storage panel and the offline app (www/pwa.js). A page that hands over to a waiting new
+// version reloads before its engine starts.
+const storage = storagePanel(MODEL, () => !!running || document.body.dataset.state === 'loading');
+const started = takeOverUpdate().then((reloading) => (reloading ? new Promise(() => {}) : main()));
+registerServiceWorker();
 window.zepo.ready = started.then(() => true, () => false);
 window.zepo.unetForward = async (...args) => {
   await started;
@@ -198,4 +227,5 @@ window.zepo.unetForward = async (...args) => {
 started.catch((e) => {
   console.error(e);
   showError(e);
+  storage.refresh();
 });

@@ -1,0 +1,295 @@
+// The page as an offline app (PWA), in headless Chromium on WebGPU (SwiftShader) with the tiny
+// model, on a persistent profile so that the service worker and the caches survive reloads:
+// - offline: one online run, then the network off (context.setOffline, and the server stopped),
+//   reload, run again → the same pixels; the service worker controls the page, the start URL
+//   opens offline, the manifest is valid (Chromium's own parser) and its icons load; the Storage
+//   panel shows the stored model and deletes it;
+// - update: a new build on the server is installed in full beside the old one while the old one
+//   keeps running; the next load runs the new build (both changed files), without console
+//   errors; the old shell cache is gone, the model cache kept.
+// Each test serves a copy of the page's files (a "build", with its own shell manifest) from a
+// server whose files can be swapped on the same origin.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { ROOT, decodePng, launch, screenshot } from './helpers.mjs';
+import { createServer } from '../../scripts/serve.mjs';
+import { buildShell } from '../../scripts/build-shell.mjs';
+
+const T = 10 * 60_000;
+const TINY = path.join(ROOT, 'weights/tiny-lcm');
+const QUERY = '?resolution=64&steps=2&seed=7';
+const MODEL_CACHE = 'zepo-models-v1';
+
+let tmp;
+before(() => {
+  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
+    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'zepo-pwa-'));
+});
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** A copy of the page's served files in tmp/name, changed by `edit(dir)`, with its shell manifest. */
+function build(name, edit) {
+  const dir = path.join(tmp, name);
+  for (const f of ['index.html', 'sw.js', 'manifest.webmanifest']) fs.cpSync(path.join(ROOT, f), path.join(dir, f));
+  fs.cpSync(path.join(ROOT, 'www'), path.join(dir, 'www'), { recursive: true, filter: (src) => !src.endsWith('shell-manifest.js') });
+  edit?.(dir);
+  return { dir, ...buildShell(dir) };
+}
+
+/** Marks a build in two of its files (the page and its main script): both must change together. */
+function mark(dir, id) {
+  const html = path.join(dir, 'index.html');
+  fs.writeFileSync(html, fs.readFileSync(html, 'utf8').replace('<body ', `<body data-build="${id}" `));
+  fs.appendFileSync(path.join(dir, 'www/main.js'), `\nwindow.zepo.build = '${id}';\n`);
+}
+
+/**
+ * The static server on a fixed origin, the page under `prefix` (a sub-path, as on a shared
+ * host); `use(dir)` swaps the files it serves (a deploy). `requests`: URLs below the prefix.
+ */
+async function server(dir, prefix = '/') {
+  let inner = createServer({ root: dir, model: TINY });
+  const requests = [];
+  const srv = http.createServer((req, res) => {
+    if (!req.url.startsWith(prefix)) {
+      res.writeHead(404).end();
+      return;
+    }
+    req.url = req.url.slice(prefix.length - 1);
+    requests.push(req.url);
+    inner.emit('request', req, res);
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  let open = true;
+  return {
+    url: `http://127.0.0.1:${srv.address().port}${prefix.slice(0, -1)}`,
+    requests,
+    use(d) { inner = createServer({ root: d, model: TINY }); },
+    close: () => open && new Promise((r) => { open = false; srv.closeAllConnections(); srv.close(r); }),
+  };
+}
+
+/** Polls `fn` in the page until it returns something truthy; survives the page's navigations. */
+async function until(page, fn, what, timeout = 4 * 60_000) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    try {
+      const v = await page.evaluate(fn);
+      if (v) return v;
+    } catch (e) {
+      if (!/context was destroyed|navigat|Target closed/i.test(e.message)) throw e;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function loaded(page) {
+  const state = await until(page, () => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state) && document.body.dataset.state, 'the model to load');
+  assert.equal(state, 'loaded', await page.textContent('#error'));
+}
+
+/** Runs the page on its two example images; resolves to the result's PNG bytes. */
+async function stylizeOnPage(page) {
+  await page.click('button.example[data-for="content"]');
+  await page.click('button.example[data-for="style"]');
+  await page.waitForFunction(() => !document.getElementById('stylize').disabled);
+  await page.click('#stylize');
+  const state = await until(page, () => ['done', 'error', 'cancelled'].includes(document.body.dataset.state) && document.body.dataset.state, 'the run');
+  assert.equal(state, 'done', await page.textContent('#error'));
+  const bytes = await page.evaluate(async () => Array.from(new Uint8Array(await (await fetch(document.getElementById('result').src)).arrayBuffer())));
+  return Buffer.from(bytes);
+}
+
+/** The service worker controls the page and its offline copy is ready: its version. */
+function controlled(page) {
+  return until(page, () => navigator.serviceWorker.controller && document.body.dataset.offline === 'ready' &&
+    document.getElementById('app-version').textContent.replace('app ', ''), 'the service worker to control the page', 120_000);
+}
+
+/** Cache names, and how many files the model cache holds. */
+function caches(page) {
+  return page.evaluate(async (name) => {
+    const names = await globalThis.caches.keys();
+    const models = names.includes(name) ? (await (await globalThis.caches.open(name)).keys()).length : 0;
+    return { names, models };
+  }, MODEL_CACHE);
+}
+
+const errorsIn = (logs) => logs.filter((l) => l.startsWith('[error]') || l.startsWith('[pageerror]') || l.startsWith('[worker error]'));
+
+test('offline: after one online run, a reload with the network off stylizes to the same pixels', { timeout: T }, async () => {
+  const t0 = Date.now();
+  const b = build('offline');
+  const srv = await server(b.dir);
+  const browser = await launch({ webgpu: true });
+  const { context, page } = browser;
+  try {
+    await page.goto(`${srv.url}/${QUERY}`);
+    await loaded(page);
+    const online = await stylizeOnPage(page);
+    const version = await controlled(page);
+    assert.equal(version, b.version, 'the service worker runs this build');
+    const afterRun = await until(page, () => Number(document.getElementById('storage').dataset.modelBytes), 'the stored model size');
+    const persist = await until(page, () => document.getElementById('storage').dataset.persist, 'the persist() answer');
+    console.log(`online run done in ${((Date.now() - t0) / 1000).toFixed(1)} s; storage panel: ${afterRun} bytes of model, ` +
+      `persist() ${persist}: ${await page.textContent('#storage-persist')}`);
+    assert.ok(afterRun > fs.statSync(path.join(TINY, 'unet/diffusion_pytorch_model.safetensors')).size, 'the panel counts the stored model');
+
+    // Does setOffline cut what the service worker itself fetches? A URL that no cache holds:
+    await context.setOffline(true);
+    const seen = srv.requests.length;
+    const probe = await page.evaluate(() => fetch(`package.json?probe=${Date.now()}`).then((r) => `HTTP ${r.status}`, (e) => e.name));
+    const reached = srv.requests.slice(seen).some((u) => u.startsWith('/package.json?probe'));
+    console.log(`context.setOffline(true): a fetch the service worker passes on ${reached ? 'still reaches the server' : 'is cut off'} (${probe})`);
+    // Either way nothing can come from the network now: the server is gone.
+    await srv.close();
+
+    const t1 = Date.now();
+    await page.reload();
+    await loaded(page);
+    assert.equal(await page.evaluate(() => navigator.onLine), false);
+    assert.equal(await controlled(page), b.version, 'the service worker controls the offline page');
+    const offline = await stylizeOnPage(page);
+    const [a, c] = [decodePng(online), decodePng(offline)];
+    assert.deepEqual([c.width, c.height], [64, 64]);
+    assert.ok(Buffer.from(c.data).equals(Buffer.from(a.data)), 'the offline result has the online result\'s pixels');
+    console.log(`offline reload + run: ${((Date.now() - t1) / 1000).toFixed(1)} s, ${a.width}×${a.height} pixels identical`);
+    await screenshot(page, 'pwa-offline.png');
+
+    // The manifest, as Chromium parses it (served offline), and what installing needs.
+    const cdp = await context.newCDPSession(page);
+    const app = await cdp.send('Page.getAppManifest');
+    assert.deepEqual(app.errors, [], `manifest errors: ${JSON.stringify(app.errors)}`);
+    const manifest = JSON.parse(app.data);
+    for (const key of ['name', 'short_name', 'description', 'start_url', 'scope', 'theme_color', 'background_color']) {
+      assert.ok(typeof manifest[key] === 'string' && manifest[key], `manifest.${key}`);
+    }
+    assert.equal(manifest.display, 'standalone');
+    assert.ok(!/^(\/|[a-z]+:)/.test(manifest.start_url) && !/^(\/|[a-z]+:)/.test(manifest.scope), 'start_url and scope are relative (sub-path hosting)');
+    const css = fs.readFileSync(path.join(ROOT, 'www/style.css'), 'utf8');
+    assert.ok(css.includes(`--accent: ${manifest.theme_color}`) && css.includes(`--bg: ${manifest.background_color}`), 'colours match style.css');
+    const sizes = manifest.icons.map((i) => `${i.sizes} ${i.purpose || 'any'}`);
+    for (const want of ['192x192 any', '512x512 any', '512x512 maskable']) assert.ok(sizes.includes(want), `icon ${want}: ${sizes}`);
+    const icons = await page.evaluate(async ([list, base]) => Promise.all(list.map((icon) => new Promise((resolve) => {
+      const img = new Image();
+      img.onload = () => resolve(`${img.naturalWidth}x${img.naturalHeight}`);
+      img.onerror = () => resolve('failed');
+      img.src = new URL(icon.src, base).href;
+    }))), [manifest.icons, app.url]);
+    assert.deepEqual(icons, manifest.icons.map((i) => i.sizes), 'every icon loads offline at its size');
+    const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
+    assert.deepEqual(installabilityErrors, [], `installability: ${JSON.stringify(installabilityErrors)}`);
+
+    // The start URL opens offline, from the service worker.
+    const start = new URL(manifest.start_url, app.url).href;
+    const other = await context.newPage();
+    const response = await other.goto(start);
+    assert.equal(response.status(), 200);
+    assert.ok(response.fromServiceWorker(), 'served by the service worker');
+    assert.match(await other.title(), /ZePo/);
+    await other.close();
+
+    // Delete the downloaded model from the Storage panel.
+    const stored = await caches(page);
+    assert.ok(stored.models > 0);
+    await page.click('#delete-model');
+    await until(page, () => document.getElementById('storage').dataset.modelBytes === '0', 'the panel to show no model');
+    const left = await caches(page);
+    assert.equal(left.models, 0, 'the model cache is empty');
+    assert.ok(left.names.includes(`zepo-shell-${b.version}`), 'the app shell is kept');
+    console.log(`delete: ${await page.textContent('#storage-status')} (${stored.models} → 0 cached files)`);
+
+    // Offline without the model: the page says so.
+    await page.reload();
+    const failed = await until(page, () => document.body.dataset.state === 'error' && document.body.dataset.error, 'the load to fail');
+    assert.equal(failed, 'DownloadError');
+    assert.match(await page.textContent('#status'), /offline.*not \(fully\) downloaded/i);
+    console.log(`offline test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  } finally {
+    if (browser.logs.length) console.log(browser.logs.slice(-30).join('\n'));
+    await browser.close();
+    await srv.close();
+  }
+});
+
+test('update: a new build installs beside the old one; the next load runs it, without errors', { timeout: 2 * T }, async () => {
+  const t0 = Date.now();
+  const v1 = build('v1', (d) => mark(d, 'one'));
+  const v2 = build('v2', (d) => mark(d, 'two'));
+  const changed = Object.keys(v2.files).filter((p) => v2.files[p] !== v1.files[p]);
+  assert.deepEqual(changed.sort(), ['index.html', 'www/main.js']);
+  const srv = await server(v1.dir, '/apps/zepo/');
+  const browser = await launch({ webgpu: true });
+  const { context, page, logs } = browser;
+  const workerLogs = [];
+  const watch = (w) => w.on('console', (m) => workerLogs.push(`[sw ${m.type()}] ${m.text()}`.slice(0, 300)));
+  context.serviceWorkers().forEach(watch);
+  context.on('serviceworker', watch);
+  const buildOf = () => page.evaluate(() => [document.body.dataset.build, window.zepo.build]);
+  try {
+    await page.goto(`${srv.url}/${QUERY}`);
+    await loaded(page);
+    assert.equal(await controlled(page), v1.version);
+    const first = await caches(page);
+    assert.ok(first.names.includes(`zepo-shell-${v1.version}`) && first.models > 0, JSON.stringify(first));
+
+    // Deploy v2. The next load still runs v1 (cache first) and installs v2 in the background.
+    srv.use(v2.dir);
+    const seen = srv.requests.length;
+    await page.reload();
+    await loaded(page);
+    assert.deepEqual(await buildOf(), ['one', 'one'], 'v1 runs whole while v2 installs');
+    await until(page, () => document.body.dataset.update === 'ready', '"a new version is ready"');
+    assert.ok(await page.isVisible('#update'), 'the page says a new version is ready');
+    // v2 is complete in its own cache before it activates, and only its changed files were downloaded.
+    const installed = await page.evaluate(async ([name, files]) => {
+      const cache = await globalThis.caches.open(name);
+      const out = {};
+      for (const p of Object.keys(files)) out[p] = (await cache.match(new URL(p, location.href).href))?.headers.get('x-zepo-sha256') || null;
+      return out;
+    }, [`zepo-shell-${v2.version}`, v2.files]);
+    assert.deepEqual(installed, v2.files, 'the new version\'s cache holds every file of v2, verified');
+    const fetched = srv.requests.slice(seen).filter((u) => !u.startsWith('/model/') && !u.includes('sw.js') && !u.includes('shell-manifest.js'));
+    assert.deepEqual(fetched.filter((u) => u !== `/${QUERY}`).sort(), ['/index.html', '/www/main.js'], `install downloads: ${fetched}`);
+    const during = await caches(page);
+    assert.ok(during.names.includes(`zepo-shell-${v1.version}`), 'v1 stays while it runs');
+
+    // The next load: the page hands over to v2 and reloads into it.
+    let navigations = 0;
+    page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations++; });
+    const t1 = Date.now();
+    await page.reload();
+    await until(page, () => document.body.dataset.build === 'two', 'v2 to run', 7 * 60_000).catch(async (e) => {
+      const state = await page.evaluate(async () => {
+        const r = await navigator.serviceWorker.getRegistration();
+        const clients = await (await caches.keys());
+        return { ctrl: navigator.serviceWorker.controller?.scriptURL, waiting: r?.waiting?.state, active: r?.active?.state,
+          installing: r?.installing?.state, scope: r?.scope, data: { ...document.body.dataset }, clients };
+      });
+      throw new Error(`${e.message}: ${JSON.stringify(state)}`);
+    });
+    await loaded(page);
+    console.log(`update: the reload took over and reloaded into v2 in ${((Date.now() - t1) / 1000).toFixed(1)} s (${navigations} navigations)`);
+    assert.deepEqual(await buildOf(), ['two', 'two'], 'the page and its script are both v2');
+    assert.equal(await controlled(page), v2.version);
+    assert.ok(await page.isHidden('#update'), 'no update notice once updated');
+    assert.equal(new URL(page.url()).pathname, '/apps/zepo/', 'the app under a sub-path');
+    const now = await caches(page);
+    assert.ok(!now.names.includes(`zepo-shell-${v1.version}`), `the old shell cache is gone: ${now.names}`);
+    assert.ok(now.names.includes(`zepo-shell-${v2.version}`));
+    assert.equal(now.models, first.models, 'the model cache is kept');
+    assert.deepEqual(errorsIn(logs), [], 'no errors in the console');
+    console.log(`update test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  } finally {
+    if (browser.logs.length) console.log(browser.logs.slice(-30).join('\n'));
+    if (workerLogs.length) console.log(workerLogs.slice(-30).join('\n'));
+    await browser.close();
+    await srv.close();
+  }
+});

@@ -1,0 +1,211 @@
+// The page as an installable offline app: registers the service worker (../sw.js), runs the
+// update flow, and drives the Storage panel. main.js calls `takeOverUpdate()` before starting
+// the engine, `registerServiceWorker()`, and `storage.refresh()` / `storage.downloaded()`.
+//
+// Updates: a new build installs in the background into a cache of its own (sw.js) and waits.
+// A page opened while a new version waits hands over to it and reloads at once, when it is the
+// app's only window (so the next load runs the new version); otherwise, and when the new
+// version arrives while a page is open, the page says "a new version is ready" with a Reload
+// button. A page never runs on files of two builds.
+import { CACHE_NAME, clearCache } from './weights.js';
+
+const $ = (id) => document.getElementById(id);
+const SW_URL = new URL('../sw.js', import.meta.url);
+const sw = navigator.serviceWorker;
+const mb = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GB` : `${(n / 2 ** 20).toFixed(1)} MB`);
+
+/** What the page knows about its offline copy, for the panel and the tests. */
+export const offline = { state: sw ? 'registering' : 'unsupported', version: null, error: null };
+
+function setOffline(state, detail = '') {
+  Object.assign(offline, { state }, state === 'failed' ? { error: detail } : {});
+  document.body.dataset.offline = state;
+  const text = {
+    unsupported: 'not available: this browser has no service workers (or the page is not served over https / localhost)',
+    registering: 'preparing…',
+    installing: 'saving the app for offline use…',
+    ready: `ready${offline.version ? ` (version ${offline.version})` : ''}: the page opens without a network`,
+    bypassed: 'ready, but this load bypassed it (a forced reload): reload to use it',
+    failed: `not available: ${detail}`,
+  }[state];
+  $('offline-state').textContent = text;
+}
+
+/** A request to a service worker, answered through a MessageChannel. */
+function ask(worker, message) {
+  return new Promise((resolve, reject) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = ({ data }) => resolve(data);
+    setTimeout(() => reject(new Error('the service worker did not answer')), 10_000);
+    worker.postMessage(message, [channel.port2]);
+  });
+}
+
+// Set when this page asked a waiting version to take over: its activation reloads the page.
+let switching = false;
+
+function showUpdate(kind) {
+  document.body.dataset.update = kind;
+  $('update-text').textContent = kind === 'outdated'
+    ? 'This app was updated in another window: reload to use the new version.'
+    : 'A new version is ready.';
+  $('update').hidden = false;
+}
+
+/**
+ * Before the engine starts: if a new version is installed and waiting, and this is the app's
+ * only window, let it take over and reload into it. Resolves to true when the page reloads.
+ */
+export async function takeOverUpdate() {
+  if (!sw?.controller) return false;
+  try {
+    const reg = await sw.getRegistration(SW_URL);
+    if (!reg?.waiting) return false;
+    switching = true;
+    const { activating, others } = await ask(reg.waiting, { type: 'zepo-activate' });
+    console.info(`a new version of the app is ready: ${activating ? 'switching to it' : `${others} other windows use this one`}`);
+    if (activating) {
+      $('status').textContent = 'Updating to the new version…';
+      return true; // controllerchange reloads the page
+    }
+    switching = false;
+    showUpdate('ready');
+  } catch (e) {
+    switching = false;
+    console.warn(`update check: ${e.message}`);
+  }
+  return false;
+}
+
+async function showVersion() {
+  try {
+    const { version } = await ask(sw.controller, { type: 'zepo-version' });
+    offline.version = version;
+    $('app-version').textContent = `app ${version}`;
+    setOffline('ready');
+  } catch (e) {
+    setOffline('failed', e.message);
+  }
+}
+
+// Listening from the start: a take-over asked before registration ends must still reload.
+let hadController = !!sw?.controller;
+sw?.addEventListener('controllerchange', () => {
+  if (switching) return location.reload();
+  if (hadController) return showUpdate('outdated');
+  hadController = true; // the first install claimed this page
+  showVersion();
+});
+sw?.addEventListener('message', ({ data }) => {
+  if (data?.type === 'zepo-install-failed') {
+    console.warn(`offline copy: version ${data.version} was not installed: ${data.message}`);
+    if (!sw.controller) setOffline('failed', data.message);
+  }
+});
+$('update-reload').addEventListener('click', async () => {
+  const reg = await sw?.getRegistration(SW_URL);
+  if (!reg?.waiting) return location.reload();
+  switching = true;
+  await ask(reg.waiting, { type: 'zepo-activate', force: true }).catch(() => location.reload());
+});
+
+/** Registers ../sw.js and follows its installs. Never throws: offline use is a bonus. */
+export async function registerServiceWorker() {
+  if (!sw) return setOffline('unsupported');
+  let reg;
+  try {
+    // updateViaCache 'none': update checks bypass the HTTP cache, for sw.js and its imports.
+    reg = await sw.register(SW_URL, { updateViaCache: 'none' });
+  } catch (e) {
+    return setOffline('failed', `the service worker could not be registered (${e.message})`);
+  }
+  const follow = (worker) => {
+    if (!worker) return;
+    if (!sw.controller) setOffline('installing');
+    worker.addEventListener('statechange', () => {
+      // A version installed while this page runs another: it waits for a reload.
+      if (worker.state === 'installed' && sw.controller) showUpdate('ready');
+    });
+  };
+  follow(reg.installing);
+  reg.addEventListener('updatefound', () => follow(reg.installing));
+  if (reg.waiting && sw.controller) showUpdate('ready');
+  if (sw.controller) showVersion();
+  else if (reg.active && !reg.installing && !reg.waiting) setOffline('bypassed');
+}
+
+/** The bytes stored for the model at `base`, from the Cache API: { bytes, files }. */
+async function modelStored(base) {
+  const out = { bytes: 0, files: 0 };
+  if (!globalThis.caches || !(await caches.has(CACHE_NAME))) return out;
+  const cache = await caches.open(CACHE_NAME);
+  const prefix = `${base.replace(/\/+$/, '')}/`;
+  for (const request of await cache.keys()) {
+    if (!request.url.startsWith(prefix)) continue;
+    const r = await cache.match(request);
+    if (r?.headers.get('x-zepo-complete') !== '1') continue;
+    out.files++;
+    out.bytes += Number(r.headers.get('x-zepo-size')) || Number(r.headers.get('content-length')) || (await r.blob()).size;
+  }
+  return out;
+}
+
+/** The Storage panel for the model at `model` (a URL). `busy()`: whether the engine is working. */
+export function storagePanel(model, busy) {
+  const base = new URL(model, location.href).href;
+  let asked = false;
+
+  async function refresh() {
+    try {
+      const { bytes, files } = await modelStored(base);
+      $('storage-model').textContent = files ? `${mb(bytes)} in ${files} files` : 'nothing stored';
+      $('storage').dataset.modelBytes = String(bytes);
+      $('delete-model').disabled = !files || busy();
+      if (navigator.storage?.estimate) {
+        const { usage, quota } = await navigator.storage.estimate();
+        $('storage-used').textContent = `${mb(usage)} of ${mb(quota)} this browser allows the site`;
+      } else $('storage-used').textContent = 'unknown (no StorageManager)';
+      if (!asked) {
+        const persisted = await navigator.storage?.persisted?.();
+        $('storage-persist').textContent = persisted
+          ? 'persistent: the browser keeps the model until you delete it'
+          : 'best-effort: the browser may evict the model when the disk runs low';
+      }
+    } catch (e) {
+      $('storage-model').textContent = `unknown (${e.message})`;
+    }
+  }
+
+  /** After a download completed: asks once for persistent storage, and shows the answer. */
+  async function downloaded(bytes) {
+    if (bytes > 0 && !asked && navigator.storage?.persist) {
+      asked = true;
+      let granted = false;
+      try {
+        granted = (await navigator.storage.persisted()) || (await navigator.storage.persist());
+      } catch (e) {
+        console.warn(`storage.persist(): ${e.message}`);
+      }
+      $('storage').dataset.persist = granted ? 'granted' : 'denied';
+      $('storage-persist').textContent = granted
+        ? 'persistent (granted): the browser keeps the model until you delete it'
+        : 'best-effort (persistence not granted): the browser may evict the model when the disk runs low';
+    }
+    await refresh();
+  }
+
+  $('delete-model').addEventListener('click', async () => {
+    if (busy()) return;
+    $('delete-model').disabled = true;
+    try {
+      const n = await clearCache(base);
+      $('storage-status').textContent = `Deleted ${n} stored files: the next load downloads the model again.`;
+    } catch (e) {
+      $('storage-status').textContent = `Could not delete the model: ${e.message}`;
+    }
+    await refresh();
+  });
+
+  refresh();
+  return { refresh, downloaded };
+}
