@@ -41,13 +41,14 @@ function ask(worker, message) {
   });
 }
 
+const SWITCH_WAIT_MS = 5000;
 // Set when this page asked a waiting version to take over: its activation reloads the page.
 let switching = false;
 
 function showUpdate(kind) {
   document.body.dataset.update = kind;
   $('update-text').textContent = kind === 'outdated'
-    ? 'This app was updated in another window: reload to use the new version.'
+    ? 'A new version of the app took over (from another window, or late): reload to use it.'
     : 'A new version is ready.';
   $('update').hidden = false;
 }
@@ -66,7 +67,14 @@ export async function takeOverUpdate() {
     console.info(`a new version of the app is ready: ${activating ? 'switching to it' : `${others} other windows use this one`}`);
     if (activating) {
       $('status').textContent = 'Updating to the new version…';
-      return true; // controllerchange reloads the page
+      // controllerchange reloads the page. Chromium delays the activation while the old version
+      // has work in flight (up to 5 minutes): then this page starts on the current version.
+      const switched = await new Promise((resolve) => {
+        sw.addEventListener('controllerchange', () => resolve(true), { once: true });
+        setTimeout(() => resolve(false), SWITCH_WAIT_MS);
+      });
+      if (switched) return true;
+      console.info('the new version is not active yet: starting this one');
     }
     switching = false;
     showUpdate('ready');

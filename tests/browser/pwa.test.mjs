@@ -265,15 +265,15 @@ test('update: a new build installs beside the old one; the next load runs it, wi
     page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations++; });
     const t1 = Date.now();
     await page.reload();
-    await until(page, () => document.body.dataset.build === 'two', 'v2 to run', 7 * 60_000).catch(async (e) => {
-      const state = await page.evaluate(async () => {
-        const r = await navigator.serviceWorker.getRegistration();
-        const clients = await (await caches.keys());
-        return { ctrl: navigator.serviceWorker.controller?.scriptURL, waiting: r?.waiting?.state, active: r?.active?.state,
-          installing: r?.installing?.state, scope: r?.scope, data: { ...document.body.dataset }, clients };
-      });
-      throw new Error(`${e.message}: ${JSON.stringify(state)}`);
-    });
+    // Chromium may hold the activation while the old version has work in flight (its "lame
+    // duck" wait, up to 5 minutes): then the page starts on v1, says so, and a later reload runs v2.
+    const how = await until(page, () => (document.body.dataset.build === 'two' && 'switched') ||
+      (document.body.dataset.update === 'outdated' && 'outdated'), 'v2 to run', 7 * 60_000);
+    if (how === 'outdated') {
+      console.log(`update: the activation was delayed ${((Date.now() - t1) / 1000).toFixed(1)} s; reloading again`);
+      await page.reload();
+      await until(page, () => document.body.dataset.build === 'two', 'v2 to run');
+    }
     await loaded(page);
     console.log(`update: the reload took over and reloaded into v2 in ${((Date.now() - t1) / 1000).toFixed(1)} s (${navigations} navigations)`);
     assert.deepEqual(await buildOf(), ['two', 'two'], 'the page and its script are both v2');
