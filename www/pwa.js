@@ -7,7 +7,7 @@
 // app's only window (so the next load runs the new version); otherwise, and when the new
 // version arrives while a page is open, the page says "a new version is ready" with a Reload
 // button. A page never runs on files of two builds.
-import { CACHE_NAME, clearCache } from './weights.js';
+import { clearCache, storedModels } from './weights.js';
 
 const $ = (id) => document.getElementById(id);
 const SW_URL = new URL('../sw.js', import.meta.url);
@@ -142,20 +142,10 @@ export async function registerServiceWorker() {
   else if (reg.active && !reg.installing && !reg.waiting) setOffline('bypassed');
 }
 
-/** The bytes stored for the model at `base`, from the Cache API: { bytes, files }. */
+/** What is stored for the model at `base` (www/weights.js's storedModels): { bytes, complete }. */
 async function modelStored(base) {
-  const out = { bytes: 0, files: 0 };
-  if (!globalThis.caches || !(await caches.has(CACHE_NAME))) return out;
-  const cache = await caches.open(CACHE_NAME);
-  const prefix = `${base.replace(/\/+$/, '')}/`;
-  for (const request of await cache.keys()) {
-    if (!request.url.startsWith(prefix)) continue;
-    const r = await cache.match(request);
-    if (r?.headers.get('x-zepo-complete') !== '1') continue;
-    out.files++;
-    out.bytes += Number(r.headers.get('x-zepo-size')) || Number(r.headers.get('content-length')) || (await r.blob()).size;
-  }
-  return out;
+  const m = (await storedModels()).find((x) => x.base === base.replace(/\/+$/, ''));
+  return m || { bytes: 0, complete: false };
 }
 
 /** The Storage panel for the model at `model` (a URL). `busy()`: whether the engine is working. */
@@ -165,10 +155,11 @@ export function storagePanel(model, busy) {
 
   async function refresh() {
     try {
-      const { bytes, files } = await modelStored(base);
-      $('storage-model').textContent = files ? `${mb(bytes)} in ${files} files` : 'nothing stored';
+      const { bytes, complete } = await modelStored(base);
+      $('storage-model').textContent = !bytes ? 'nothing stored'
+        : `${mb(bytes)}${complete ? '' : ' (partly: the next load downloads the rest)'}`;
       $('storage').dataset.modelBytes = String(bytes);
-      $('delete-model').disabled = !files || busy();
+      $('delete-model').disabled = !bytes || busy();
       if (navigator.storage?.estimate) {
         const { usage, quota } = await navigator.storage.estimate();
         $('storage-used').textContent = `${mb(usage)} of ${mb(quota)} this browser allows the site`;
@@ -207,7 +198,7 @@ export function storagePanel(model, busy) {
     $('delete-model').disabled = true;
     try {
       const n = await clearCache(base);
-      $('storage-status').textContent = `Deleted ${n} stored files: the next load downloads the model again.`;
+      $('storage-status').textContent = `Deleted (${n} stored entries): the next load downloads the model again.`;
     } catch (e) {
       $('storage-status').textContent = `Could not delete the model: ${e.message}`;
     }
