@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, decodePng, launch, readSafetensors, serve } from './helpers.mjs';
+import { ROOT, assertMatchesNative, decodePng, inPage, launch, readSafetensors, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
 const BUNDLE = path.join(ROOT, 'weights/tiny-lcm-bundle');
@@ -29,10 +29,6 @@ const REF_COMMANDS = [
 ];
 const REF = path.join(ROOT, 'tests/fixtures/web/tiny_bundle_r64_s2_seed7.safetensors');
 const REF_CUSTOM = path.join(ROOT, 'tests/fixtures/web/tiny_bundle_r64_s2_seed7_custom.safetensors');
-// As in stylize.test.mjs: 8-bit rounding (≤ 0.5/255) plus float differences between
-// SwiftShader's WebGPU and the CPU backend.
-const MAX_ABS = 1 / 255;
-const MEAN_ABS = 0.3 / 255;
 
 const manifest = JSON.parse(fs.readFileSync(path.join(BUNDLE, 'manifest.json'), 'utf8'));
 const shards = (part) => manifest.parts[part].shards.map((s) => s.file?.url ?? s.url);
@@ -55,19 +51,6 @@ function editedBundle(name, edit) {
   return dir;
 }
 
-/** Runs `fn(api, args)` in the page (api = www/zepo.js, weights = www/weights.js); errors come back as {error}. */
-function inPage(page, fn, args) {
-  return page.evaluate(async ([src, a]) => {
-    const api = await import('/www/zepo.js');
-    const weights = await import('/www/weights.js');
-    const f = new Function('return ' + src)();
-    try {
-      return await f(api, a, weights);
-    } catch (e) {
-      return { error: { name: e.name, message: e.message } };
-    }
-  }, [fn.toString(), args]);
-}
 
 /** Loads the model at /model in a fresh page of `browser` on `srv`, then closes the page. */
 async function load(browser, srv) {
@@ -86,19 +69,7 @@ async function load(browser, srv) {
 }
 
 function compare(png, refFile, what) {
-  const ref = readSafetensors(refFile).image;
-  assert.deepEqual(ref.shape, [64, 64, 3], `reference made with: ${REF_COMMANDS.join(' ; ')}`);
-  let max = 0;
-  let sum = 0;
-  for (let i = 0; i < ref.values.length; i++) {
-    const d = Math.abs(png.data[i] / 255 - ref.values[i]);
-    max = Math.max(max, d);
-    sum += d;
-  }
-  const mean = sum / ref.values.length;
-  console.log(`${what}: browser vs native on the bundle: max |Δ| ${(max * 255).toFixed(2)}/255 (${max.toFixed(5)} on [0,1]), mean |Δ| ${(mean * 255).toFixed(3)}/255`);
-  assert.ok(max <= MAX_ABS, `${what}: max |Δ| ${(max * 255).toFixed(2)}/255 > ${MAX_ABS * 255}/255`);
-  assert.ok(mean <= MEAN_ABS, `${what}: mean |Δ| ${(mean * 255).toFixed(3)}/255 > ${MEAN_ABS * 255}/255`);
+  assertMatchesNative(png, readSafetensors(refFile).image, `${what} on the bundle (reference: ${REF_COMMANDS.join(' ; ')})`);
 }
 
 describe('a bundle on WebGPU', () => {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { ROOT, decodePng, launch, serve } from './helpers.mjs';
+import { ROOT, decodePng, inPage, launch, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
 const OPTS = { model: '/model', resolution: 64, steps: 2, seed: 7 };
@@ -42,22 +42,10 @@ after(async () => {
   await server?.close();
 });
 
-/** Runs `fn(api, args)` in the page with `api` = www/zepo.js; errors come back as {error}. */
-function inPage(fn, args) {
-  return browser.page.evaluate(async ([src, a]) => {
-    const api = await import('/www/zepo.js');
-    const f = new Function('return ' + src)();
-    try {
-      return await f(api, a);
-    } catch (e) {
-      return { error: { name: e.name, message: e.message } };
-    }
-  }, [fn.toString(), args]);
-}
 
 test('a lost device is a DeviceLost error, and the next call works on a new engine', { timeout: T }, async () => {
   await browser.page.goto(`${server.url}/package.json`);
-  const out = await inPage(async (api, opts) => {
+  const out = await inPage(browser.page, async (api, opts) => {
     const get = async (p) => (await fetch(p)).blob();
     const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
     const png = async (blob) => Array.from(new Uint8Array(await blob.arrayBuffer()));

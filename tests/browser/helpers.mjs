@@ -1,5 +1,6 @@
 // Shared by the browser tests: the static server, headless Chromium with WebGPU (SwiftShader),
 // and reading reference tensors from tests/fixtures/*.safetensors.
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -160,4 +161,47 @@ export async function screenshot(page, name) {
   const file = path.join(RESULTS, name);
   await page.screenshot({ path: file, fullPage: true });
   return file;
+}
+
+// The browser returns 8-bit pixels (rounding: ≤ 0.5/255); beyond that only float differences
+// between SwiftShader's WebGPU and the CPU backend, through the steps and the VAE decoder.
+// Measured on the tiny model: max 0.50/255, mean 0.244/255 (rounding only).
+export const MAX_ABS = 1 / 255;
+export const MEAN_ABS = 0.3 / 255;
+
+/**
+ * Asserts that a decoded PNG matches a native float image (`ref`: {shape: [H, W, 3], values}
+ * in [0, 1]) within MAX_ABS / MEAN_ABS; logs and returns { max, mean }.
+ */
+export function assertMatchesNative(png, ref, what) {
+  assert.deepEqual([png.height, png.width, png.channels], ref.shape, `${what}: image shape`);
+  let max = 0;
+  let sum = 0;
+  for (let i = 0; i < ref.values.length; i++) {
+    const d = Math.abs(png.data[i] / 255 - ref.values[i]);
+    max = Math.max(max, d);
+    sum += d;
+  }
+  const mean = sum / ref.values.length;
+  console.log(`${what}: browser vs native: max |Δ| ${(max * 255).toFixed(2)}/255 (${max.toFixed(5)} on [0,1]), mean |Δ| ${(mean * 255).toFixed(3)}/255`);
+  assert.ok(max <= MAX_ABS, `${what}: max |Δ| ${(max * 255).toFixed(2)}/255 > ${MAX_ABS * 255}/255`);
+  assert.ok(mean <= MEAN_ABS, `${what}: mean |Δ| ${(mean * 255).toFixed(3)}/255 > ${MEAN_ABS * 255}/255`);
+  return { max, mean };
+}
+
+/**
+ * Runs `fn(api, args, weights)` in `page` (api = www/zepo.js, weights = www/weights.js, both
+ * imported from the page's origin); an exception comes back as { error: { name, message } }.
+ */
+export function inPage(page, fn, args) {
+  return page.evaluate(async ([src, a]) => {
+    const api = await import('/www/zepo.js');
+    const weights = await import('/www/weights.js');
+    const f = new Function('return ' + src)();
+    try {
+      return await f(api, a, weights);
+    } catch (e) {
+      return { error: { name: e.name, message: e.message } };
+    }
+  }, [fn.toString(), args]);
 }

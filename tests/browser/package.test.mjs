@@ -15,18 +15,15 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, decodePng, launch, readSafetensors, serve } from './helpers.mjs';
+import { ROOT, assertMatchesNative, decodePng, launch, readSafetensors, serve } from './helpers.mjs';
 import { startServer } from '../../scripts/serve.mjs';
 
 const T = 10 * 60_000;
 const PKG = path.join(ROOT, 'pkg');
 const BIN = path.join(ROOT, 'node_modules/.bin');
-// As in stylize.test.mjs: the reference made by the native CLI, and its tolerance (8-bit
-// rounding, measured there: max 0.50/255, mean 0.244/255).
+// As in stylize.test.mjs: the reference made by the native CLI (tolerance: helpers.mjs).
 const OPTS = { resolution: 64, steps: 2, seed: 7 };
 const REF = path.join(ROOT, 'tests/fixtures/web/tiny_r64_s2_seed7.safetensors');
-const MAX_ABS = 1 / 255;
-const MEAN_ABS = 0.3 / 255;
 // What the tarball must hold, and nothing else.
 const FILES = ['README.md', 'engine/zepo.js', 'engine/zepo_bg.wasm', 'index.d.ts', 'package.json',
   'weights.js', 'worker.js', 'zepo.js'];
@@ -199,19 +196,9 @@ window.api = { stylize, ZePo, DEFAULT_MODEL };
         for (const s of ['download', 'load', 'denoise', 'decode', 'done']) assert.ok(out.stages.includes(s), `stage ${s}: ${out.stages}`);
         const png = decodePng(Buffer.from(out.bytes));
         assert.deepEqual([png.width, png.height, png.channels], [64, 64, 3]);
-        const ref = readSafetensors(REF).image;
-        let max = 0;
-        let sum = 0;
-        for (let i = 0; i < ref.values.length; i++) {
-          const d = Math.abs(png.data[i] / 255 - ref.values[i]);
-          max = Math.max(max, d);
-          sum += d;
-        }
-        const mean = sum / ref.values.length;
-        console.log(`${kind} page: stylize() ${out.seconds.toFixed(1)} s; vs native: max |Δ| ${(max * 255).toFixed(2)}/255, ` +
+        const { max, mean } = assertMatchesNative(png, readSafetensors(REF).image, `${kind} page`);
+        console.log(`${kind} page: stylize() ${out.seconds.toFixed(1)} s; max |Δ| ${(max * 255).toFixed(2)}/255, ` +
           `mean |Δ| ${(mean * 255).toFixed(3)}/255; engine files from the page's origin: ${requests.filter((u) => /\.(js|wasm)$/.test(u)).join(', ')}`);
-        assert.ok(max <= MAX_ABS, `max |Δ| ${(max * 255).toFixed(2)}/255 > ${MAX_ABS * 255}/255`);
-        assert.ok(mean <= MEAN_ABS, `mean |Δ| ${(mean * 255).toFixed(3)}/255 > ${MEAN_ABS * 255}/255`);
         // The engine came from the installed package, not from the repository's www/.
         assert.ok(requests.some((u) => u.endsWith('.wasm')), `the wasm from the page's origin: ${requests}`);
         const fromRepo = server.requests.map((r) => r.url).filter((u) => !u.startsWith('/model/') && !u.startsWith('/www/examples/'));

@@ -15,7 +15,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, decodePng, launch, readSafetensors, screenshot, serve } from './helpers.mjs';
+import { ROOT, assertMatchesNative, decodePng, inPage, launch, readSafetensors, screenshot, serve } from './helpers.mjs';
 import { createServer } from '../../scripts/serve.mjs';
 
 const T = 10 * 60_000;
@@ -26,11 +26,6 @@ const OPTS = { model: '/model', resolution: 64, steps: 2, seed: 7 };
 const REF_COMMAND = 'zepo stylize --model weights/tiny-lcm --content www/examples/portrait.png ' +
   '--style www/examples/style.png --resolution 64 --steps 2 --seed 7 --save-tensor tests/fixtures/web/tiny_r64_s2_seed7.safetensors';
 const REF = path.join(ROOT, 'tests/fixtures/web/tiny_r64_s2_seed7.safetensors');
-// The browser returns 8-bit pixels (rounding: ≤ 0.5/255); beyond that only float differences
-// between SwiftShader's WebGPU and the CPU backend, through 2 steps and the VAE decoder.
-// Measured: max 0.50/255, mean 0.244/255 (rounding only).
-const MAX_ABS = 1 / 255;
-const MEAN_ABS = 0.3 / 255;
 
 const UNET = 'unet/diffusion_pytorch_model.safetensors';
 const VAE = 'vae/diffusion_pytorch_model.safetensors';
@@ -48,18 +43,6 @@ async function apiPage(page, base = server.url) {
   await page.goto(`${base}/package.json`);
 }
 
-/** Runs `fn(api, args)` in the page, with `api` = www/zepo.js; errors come back as {error}. */
-function inPage(page, fn, args) {
-  return page.evaluate(async ([src, a]) => {
-    const api = await import('/www/zepo.js');
-    const f = new Function('return ' + src)();
-    try {
-      return await f(api, a);
-    } catch (e) {
-      return { error: { name: e.name, message: e.message } };
-    }
-  }, [fn.toString(), args]);
-}
 
 const modelRequests = (requests) => requests.filter((r) => r.url.startsWith('/model/'));
 
@@ -104,19 +87,7 @@ describe('the JS API on WebGPU', () => {
     const denoise = out.events.filter((e) => e.stage === 'denoise');
     assert.deepEqual(denoise.map((e) => [e.step, e.steps]), [[0, 2], [1, 2]]);
 
-    const ref = readSafetensors(REF).image;
-    assert.deepEqual(ref.shape, [64, 64, 3], `reference made with: ${REF_COMMAND}`);
-    let max = 0;
-    let sum = 0;
-    for (let i = 0; i < ref.values.length; i++) {
-      const d = Math.abs(png.data[i] / 255 - ref.values[i]);
-      max = Math.max(max, d);
-      sum += d;
-    }
-    const mean = sum / ref.values.length;
-    console.log(`browser vs native: max |Δ| ${(max * 255).toFixed(2)}/255, mean |Δ| ${(mean * 255).toFixed(3)}/255`);
-    assert.ok(max <= MAX_ABS, `max |Δ| ${(max * 255).toFixed(2)}/255 > ${MAX_ABS * 255}/255`);
-    assert.ok(mean <= MEAN_ABS, `mean |Δ| ${(mean * 255).toFixed(3)}/255 > ${MEAN_ABS * 255}/255`);
+    assertMatchesNative(png, readSafetensors(REF).image, `stylize() (reference: ${REF_COMMAND})`);
     for (const r of server.requests) {
       assert.ok(['GET', 'HEAD'].includes(r.method) && r.bodyBytes === 0, `request without a body: ${JSON.stringify(r)}`);
     }
