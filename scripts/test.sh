@@ -3,7 +3,8 @@
 #
 # Installs what it needs (idempotent, quiet; see scripts/setup.sh), then runs
 #   1. cargo test                      every Rust test on burn's CPU backend
-#   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan)
+#   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan),
+#                                      and the f16 compute path (tests/f16_wgpu.rs)
 #   3. wasm build                      the browser engine into www/engine (scripts/build-wasm.sh)
 #   3b. npm package                    pkg/ assembled from it (scripts/build-pkg.sh)
 #   4. browser tests                   node --test tests/browser/*.test.mjs (the page, the API, the
@@ -57,7 +58,7 @@ wgpu_parity() {
     fi
     echo "  Vulkan driver: $icd"
     VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd" ZEPO_TEST_WGPU=1 ZEPO_TEST_WGPU_ADAPTER=llvmpipe \
-        cargo test --quiet --test parity
+        cargo test --quiet --test parity --test f16_wgpu
 }
 
 browser_tests() {

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use zepo::weights::{Dtype, SafetensorsBytes};
+use zepo::zepo::image::RgbImage;
+use zepo::zepo::noise::ReplayNoise;
+use zepo::zepo::{TomeOptions, ZepoOptions};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -158,4 +161,54 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+// The reference cases (tests/fixtures/cases/*): their options, inputs, draws and result.
+
+pub const CASES: [&str; 5] = ["tiny_s2_r64", "tiny_s2_r128", "tiny_s4_r128", "tiny_s2_r96_synth", "tiny_s2_r64_notome"];
+
+/// The case's parameters, as the reference ran it.
+pub fn case_options(case: &str) -> ZepoOptions {
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture(&format!("cases/{case}/meta.json"))).unwrap()).unwrap();
+    let p = &meta["params"];
+    let u = |k: &str| p[k].as_u64().unwrap_or_else(|| panic!("{case}: params.{k}")) as usize;
+    let f = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{case}: params.{k}"));
+    ZepoOptions {
+        resolution: u("res"),
+        steps: u("num_inference_steps"),
+        strength: f("strength"),
+        cfg: f("guidance_scale") as f32,
+        style_guidance: f("style_guidance") as f32,
+        feature_step: u("fix_step_index"),
+        start_layer: u("start_ac_layer"),
+        end_layer: u("end_ac_layer"),
+        mix_q: f("mix_q_scale") as f32,
+        tome: p["tome"].as_bool().unwrap().then(|| TomeOptions {
+            ratio: f("tome_ratio") as f32,
+            sx: u("tome_sx"),
+            sy: u("tome_sy"),
+            deterministic: p["tome_no_rand"].as_bool().unwrap(),
+        }),
+        prompt: p["prompt"].as_str().unwrap().into(),
+        negative_prompt: p["neg_prompt"].as_str().unwrap().into(),
+        seed: u("seed") as u64,
+        no_cfg: false,
+    }
+}
+
+pub fn rgb(fx: &Fixture, name: &str) -> RgbImage {
+    let s = fx.shape(name);
+    RgbImage::new(s[1], s[0], fx.i64(name).into_iter().map(|v| v as u8).collect()).unwrap()
+}
+
+pub fn replay(fx: &Fixture) -> ReplayNoise {
+    let draws = fx.names().into_iter().filter(|n| n.starts_with("rand_")).map(|n| (n.clone(), fx.shape(&n), fx.f32(&n))).collect();
+    ReplayNoise::new(draws)
+}
+
+/// The stylized image (third of `images`), H×W×3.
+pub fn reference_image(fx: &Fixture) -> Vec<f32> {
+    let all = fx.f32("images");
+    let n = all.len() / 3;
+    all[2 * n..].to_vec()
 }
