@@ -52,6 +52,9 @@ async function tell(message) {
 
 async function install() {
   const cache = await caches.open(CACHE);
+  // The same build again (a rollback) may find its old cache, retired: it is current again.
+  await cache.delete(RETIRED);
+  await cache.delete(ACTIVATED);
   const previous = (await caches.keys()).filter((n) => n.startsWith(PREFIX) && n !== CACHE);
   await Promise.all(Object.entries(SHELL.files).map(async ([path, hash]) => {
     const url = new URL(path, BASE).href;
@@ -227,7 +230,7 @@ async function subresource(event) {
   const name = PREFIX + version;
   const hit = await caches.match(request.url, { cacheName: name });
   if (hit) {
-    if (request.destination === 'worker' || request.destination === 'sharedworker') await pin(event.resultingClientId, version);
+    if (request.destination === 'worker') await pin(event.resultingClientId, version);
     return hit;
   }
   // A shell file whose version's cache is gone (storage evicted): never another build's file.

@@ -42,7 +42,7 @@ function ask(worker, message) {
   });
 }
 
-const SWITCH_WAIT_MS = 5000;
+const SWITCH_WAIT_MS = 8000;
 
 const NUDGE_URL = new URL('../__zepo/nudge', import.meta.url);
 
