@@ -6,11 +6,17 @@
 //   whose bytes do not match the manifest (the server is mid-deploy, or the manifest is stale)
 //   fails the install, so a version is never a mix of two builds. Unchanged files are copied
 //   from the previous version's cache instead of downloaded again.
+// - Versions are pinned per client: a page runs the version its navigation was served from, and
+//   so does every Worker it starts (the Worker's script request names the Worker's client id).
+//   Every shell file a client asks for comes from its version's cache, whichever version of this
+//   worker is active by then, so a page never runs files of two builds. The pins (client id →
+//   version) live in the Cache API (zepo-clients-v1), as this worker may be stopped any time.
 // - Activate (after the previous version's pages are gone, or when a page asks, see www/pwa.js):
-//   deletes the other shell caches; never the model cache.
-// - Fetch: the shell cache first (the page itself for any navigation to the app, whatever its
-//   query), model files from the model cache of www/weights.js when stored there in full, the
-//   network otherwise.
+//   claims the open pages (they keep their versions) and retires the other shell caches; a
+//   retired cache is deleted once no open page or Worker uses it. Never the model cache.
+// - Fetch: a navigation to the app gets this version's page; other requests the client's
+//   version's shell file, else model files from the model cache of www/weights.js when stored
+//   there in full, else the network.
 importScripts('www/shell-manifest.js');
 
 const SHELL = self.ZEPO_SHELL;
@@ -21,6 +27,19 @@ const MODEL_CACHE = 'zepo-models-v1';
 const BASE = new URL('./', self.location).href;
 const INDEX = new URL('index.html', BASE).href;
 const SHELL_URLS = new Set(Object.keys(SHELL.files).map((p) => new URL(p, BASE).href));
+// Client id → version, shared by every version of this worker (not a zepo-shell- cache).
+const PINS = 'zepo-clients-v1';
+const PIN_URL = new URL('__zepo/client/', BASE).href;
+// Markers in a shell cache: this version was active once; a newer one activated since.
+const ACTIVATED = new URL('__zepo/activated', BASE).href;
+const RETIRED = new URL('__zepo/retired', BASE).href;
+// An empty Worker script (see www/pwa.js's nudge()).
+const NUDGE = new URL('__zepo/nudge', BASE).href;
+// The version of a page that came from the network (this version's cache lost its page).
+const NETWORK = 'network';
+// A pin whose client was never listed keeps its version this long (a page or Worker between
+// its request and its creation); once listed, it goes with its client.
+const PIN_GRACE_MS = 30_000;
 
 const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
 
@@ -33,12 +52,15 @@ async function tell(message) {
 
 async function install() {
   const cache = await caches.open(CACHE);
+  // The same build again (a rollback) may find its old cache, retired: it is current again.
+  await cache.delete(RETIRED);
+  await cache.delete(ACTIVATED);
   const previous = (await caches.keys()).filter((n) => n.startsWith(PREFIX) && n !== CACHE);
   await Promise.all(Object.entries(SHELL.files).map(async ([path, hash]) => {
     const url = new URL(path, BASE).href;
     if ((await cache.match(url))?.headers.get('x-zepo-sha256') === hash) return;
     for (const name of previous) {
-      const old = await (await caches.open(name)).match(url);
+      const old = await caches.match(url, { cacheName: name });
       if (old?.headers.get('x-zepo-sha256') === hash) return cache.put(url, old);
     }
     const r = await fetch(url, { cache: 'no-store' });
@@ -54,6 +76,8 @@ async function install() {
     const headers = { 'content-type': r.headers.get('content-type') || 'application/octet-stream', 'x-zepo-sha256': hash };
     await cache.put(url, new Response(body, { headers }));
   }));
+  // An activation that ran meanwhile must not have taken this cache away.
+  if (!(await caches.has(CACHE))) throw new Error('the new version\'s cache was deleted while it installed');
 }
 
 self.addEventListener('install', (event) => {
@@ -64,13 +88,94 @@ self.addEventListener('install', (event) => {
   }));
 });
 
+/** A client's pinned version, or null. */
+const pins = new Map();
+async function pinned(id) {
+  if (!id) return null;
+  if (!pins.has(id)) {
+    const hit = await caches.match(PIN_URL + id, { cacheName: PINS });
+    if (!hit) return null;
+    pins.set(id, await hit.text());
+  }
+  return pins.get(id);
+}
+
+/**
+ * Pins client `id` (a page or a Worker) to `version`; stored before its files are served.
+ * `seen`: the client exists (it made a request), so its pin goes as soon as it is gone.
+ */
+const seenIds = new Set();
+async function pin(id, version, seen = false) {
+  if (!id) return;
+  pins.set(id, version);
+  if (seen) seenIds.add(id);
+  const headers = { 'x-zepo-pinned': String(Date.now()), ...(seen ? { 'x-zepo-seen': '1' } : {}) };
+  await (await caches.open(PINS)).put(PIN_URL + id, new Response(version, { headers }));
+}
+
+/**
+ * The version of a client that was never pinned: a page shown before this worker controlled it
+ * (the first visit, claimed), or a Worker whose script request did not name it. A Worker takes
+ * the version of the app's pages when they agree; otherwise this version. Pinned from now on.
+ */
+async function adopt(id) {
+  let version = SHELL.version;
+  const client = id && await self.clients.get(id);
+  if (client && client.type === 'worker') {
+    const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
+    const seen = new Set(await Promise.all(windows.map((w) => pinned(w.id))));
+    seen.delete(null);
+    if (seen.size === 1) [version] = seen;
+  }
+  await pin(id, version, true);
+  return version;
+}
+
+/**
+ * Forgets the pins of clients that are gone, and deletes the retired shell caches that no
+ * client uses any more.
+ */
+async function prune() {
+  const live = new Set((await self.clients.matchAll({ includeUncontrolled: true, type: 'all' })).map((c) => c.id));
+  const store = await caches.open(PINS);
+  const used = new Set([SHELL.version]);
+  for (const request of await store.keys()) {
+    const id = request.url.slice(PIN_URL.length);
+    const hit = await store.match(request);
+    if (!hit) continue;
+    const version = await hit.text();
+    if (live.has(id)) {
+      used.add(version);
+      if (!hit.headers.has('x-zepo-seen')) await pin(id, version, true);
+    } else if (!hit.headers.has('x-zepo-seen') && Date.now() - Number(hit.headers.get('x-zepo-pinned')) < PIN_GRACE_MS) {
+      used.add(version);
+    } else {
+      pins.delete(id);
+      await store.delete(request);
+    }
+  }
+  for (const name of await caches.keys()) {
+    if (!name.startsWith(PREFIX) || used.has(name.slice(PREFIX.length))) continue;
+    if (await caches.match(RETIRED, { cacheName: name })) await caches.delete(name);
+  }
+}
+
 self.addEventListener('activate', (event) => {
   event.waitUntil((async () => {
+    await (await caches.open(CACHE)).put(ACTIVATED, new Response(''));
+    // The versions before this one retire (a cache that never activated too, unless a newer
+    // version may be installing into it right now).
+    const quiet = !self.registration.installing && !self.registration.waiting;
     for (const name of await caches.keys()) {
-      if (name.startsWith(PREFIX) && name !== CACHE) await caches.delete(name);
+      if (!name.startsWith(PREFIX) || name === CACHE) continue;
+      if (quiet || await caches.match(ACTIVATED, { cacheName: name })) {
+        if (await caches.has(name)) await (await caches.open(name)).put(RETIRED, new Response(''));
+      }
     }
-    // The first visit's page (and its engine Worker) is served from here from now on.
+    // The open pages (and their Workers) are served from here from now on, each from the
+    // version it runs: their caches stay until they are gone.
     await self.clients.claim();
+    await prune();
   })());
 });
 
@@ -84,7 +189,12 @@ self.addEventListener('message', (event) => {
   const { type } = event.data || {};
   const reply = (m) => event.ports[0]?.postMessage(m);
   if (type === 'zepo-version') {
-    reply({ version: SHELL.version, files: Object.keys(SHELL.files).length });
+    // The asking page's version (a page keeps its own when a newer worker takes over).
+    // Asked by every page once it runs: the time to let go of versions no page runs any more.
+    event.waitUntil((async () => {
+      reply({ version: (await pinned(event.source?.id)) || SHELL.version, worker: SHELL.version });
+      await prune();
+    })());
   } else if (type === 'zepo-activate') {
     // A waiting version takes over now: when the asking page is this app's only window, or
     // when the user asked for it (`force`; the other windows are told to reload).
@@ -98,9 +208,36 @@ self.addEventListener('message', (event) => {
   }
 });
 
-async function fromShell(url, request) {
-  const hit = await caches.match(url, { cacheName: CACHE });
-  return hit || fetch(request);
+/** The page, from this version; the new page is pinned to it. */
+async function navigate(event) {
+  const hit = await caches.match(INDEX, { cacheName: CACHE });
+  await pin(event.resultingClientId, hit ? SHELL.version : NETWORK);
+  if (!hit) return fetch(event.request);
+  event.waitUntil(prune());
+  return hit;
+}
+
+/**
+ * Any other request: the shell file of the client's version when that version has it (a
+ * Worker's script pins the Worker to its page's version), else a model file or the network.
+ */
+async function subresource(event) {
+  const { request } = event;
+  let version = await pinned(event.clientId);
+  if (!version) version = await adopt(event.clientId);
+  else if (!seenIds.has(event.clientId)) await pin(event.clientId, version, true);
+  if (version === NETWORK) return fromModelCache(request);
+  const name = PREFIX + version;
+  const hit = await caches.match(request.url, { cacheName: name });
+  if (hit) {
+    if (request.destination === 'worker') await pin(event.resultingClientId, version);
+    return hit;
+  }
+  // A shell file whose version's cache is gone (storage evicted): never another build's file.
+  if (SHELL_URLS.has(request.url) && !(await caches.has(name))) {
+    return new Response(`this page's version of the app (${version}) is no longer stored: reload the page`, { status: 503 });
+  }
+  return fromModelCache(request);
 }
 
 async function fromModelCache(request) {
@@ -121,10 +258,15 @@ self.addEventListener('fetch', (event) => {
   const request = event.request;
   // Range requests (resumed downloads) and anything but GET go to the network untouched.
   if (request.method !== 'GET' || request.headers.has('range')) return;
-  if (request.mode === 'navigate') {
-    if (isAppPage(request.url)) event.respondWith(fromShell(INDEX, request));
+  if (request.cache === 'only-if-cached' && request.mode !== 'same-origin') return;
+  if (request.url === NUDGE) {
+    event.respondWith(new Response('postMessage(0);', { headers: { 'content-type': 'text/javascript' } }));
     return;
   }
-  if (SHELL_URLS.has(request.url)) event.respondWith(fromShell(request.url, request));
-  else if (request.cache !== 'only-if-cached' || request.mode === 'same-origin') event.respondWith(fromModelCache(request));
+  if (request.mode === 'navigate') {
+    if (isAppPage(request.url)) event.respondWith(navigate(event));
+    return;
+  }
+  if (request.url.startsWith(BASE)) event.respondWith(subresource(event));
+  else event.respondWith(fromModelCache(request));
 });

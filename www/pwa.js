@@ -6,7 +6,8 @@
 // A page opened while a new version waits hands over to it and reloads at once, when it is the
 // app's only window (so the next load runs the new version); otherwise, and when the new
 // version arrives while a page is open, the page says "a new version is ready" with a Reload
-// button. A page never runs on files of two builds.
+// button. A page never runs on files of two builds: the service worker serves each page (and
+// its engine Worker) the version it loaded with, also after a newer version took over.
 import { clearCache, storedModels } from './weights.js';
 
 const $ = (id) => document.getElementById(id);
@@ -41,7 +42,35 @@ function ask(worker, message) {
   });
 }
 
-const SWITCH_WAIT_MS = 5000;
+const SWITCH_WAIT_MS = 8000;
+
+const NUDGE_URL = new URL('../__zepo/nudge', import.meta.url);
+
+/**
+ * Gets a version that skipped waiting activated in Chromium. Chromium asks the active worker to
+ * stop as soon as it is idle, and activates the new one when it has stopped; but this page's
+ * own requests (its icon, a message) may start the old worker again before that, and a restarted
+ * worker is not asked again: the switch then waits up to 5 minutes, or for the next
+ * navigation or Worker script request, which asks again. So this page starts a tiny Worker
+ * (answered by the service worker itself) now and then until the switch. Returns the function
+ * that stops.
+ */
+function nudge() {
+  const once = () => {
+    const worker = new Worker(NUDGE_URL);
+    const end = () => worker.terminate();
+    worker.onmessage = end;
+    worker.onerror = (e) => {
+      e.preventDefault();
+      end();
+    };
+    setTimeout(end, 2000);
+  };
+  once();
+  const timer = setInterval(once, 400);
+  return () => clearInterval(timer);
+}
+
 // Set when this page asked a waiting version to take over: its activation reloads the page.
 let switching = false;
 
@@ -67,12 +96,15 @@ export async function takeOverUpdate() {
     console.info(`a new version of the app is ready: ${activating ? 'switching to it' : `${others} other windows use this one`}`);
     if (activating) {
       $('status').textContent = 'Updating to the new version…';
-      // controllerchange reloads the page. Chromium delays the activation while the old version
-      // has work in flight (up to 5 minutes): then this page starts on the current version.
+      // controllerchange reloads the page. Should the activation still be late (the old version
+      // has work in flight), this page starts on its version: the service worker keeps serving
+      // it that version's files, and the page asks for a reload once the new one is active.
+      const stop = nudge();
       const switched = await new Promise((resolve) => {
         sw.addEventListener('controllerchange', () => resolve(true), { once: true });
         setTimeout(() => resolve(false), SWITCH_WAIT_MS);
       });
+      stop();
       if (switched) return true;
       console.info('the new version is not active yet: starting this one');
     }
@@ -115,6 +147,7 @@ $('update-reload').addEventListener('click', async () => {
   if (!reg?.waiting) return location.reload();
   switching = true;
   await ask(reg.waiting, { type: 'zepo-activate', force: true }).catch(() => location.reload());
+  nudge();
 });
 
 /** Registers ../sw.js and follows its installs. Never throws: offline use is a bonus. */

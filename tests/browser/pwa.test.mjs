@@ -5,8 +5,11 @@
 //   opens offline, the manifest is valid (Chromium's own parser) and its icons load; the Storage
 //   panel shows the stored model and deletes it;
 // - update: a new build on the server is installed in full beside the old one while the old one
-//   keeps running; the next load runs the new build (both changed files), without console
-//   errors; the old shell cache is gone, the model cache kept.
+//   keeps running; the next load switches to it directly (page, main script, engine Worker and
+//   the engine it imports all of the new build), without console errors; the old shell cache is
+//   gone, the model cache kept. Then no mixing: a third build takes over while a page of the
+//   second is open; that page, its running engine Worker and a new engine it starts afterwards
+//   still get the second build's files; once it closes, that build's cache goes.
 // Each test serves a copy of the page's files (a "build", with its own shell manifest) from a
 // server whose files can be swapped on the same origin.
 import assert from 'node:assert/strict';
@@ -41,11 +44,26 @@ function build(name, edit) {
   return { dir, ...buildShell(dir) };
 }
 
-/** Marks a build in two of its files (the page and its main script): both must change together. */
+/**
+ * Marks a build in four of its files: the page, its main script, the engine Worker's script
+ * and the engine module the Worker imports. The Worker answers {type: 'zepo-build?'} with its
+ * own mark and the engine's, fetched (through the service worker) when asked.
+ */
 function mark(dir, id) {
   const html = path.join(dir, 'index.html');
   fs.writeFileSync(html, fs.readFileSync(html, 'utf8').replace('<body ', `<body data-build="${id}" `));
   fs.appendFileSync(path.join(dir, 'www/main.js'), `\nwindow.zepo.build = '${id}';\n`);
+  fs.appendFileSync(path.join(dir, 'www/engine/zepo.js'), `\n// build ${id}\n`);
+  fs.appendFileSync(path.join(dir, 'www/worker.js'), `
+{
+  const inner = self.onmessage;
+  self.onmessage = async (e) => {
+    if (e.data?.type !== 'zepo-build?') return inner(e);
+    const engine = await (await fetch(new URL('./engine/zepo.js', import.meta.url))).text();
+    self.postMessage({ type: 'zepo-build', worker: '${id}', engine: /\\/\\/ build (\\w+)\\s*$/.exec(engine)?.[1] || null });
+  };
+}
+`);
 }
 
 /**
@@ -218,12 +236,39 @@ test('offline: after one online run, a reload with the network off stylizes to t
   }
 });
 
-test('update: a new build installs beside the old one; the next load runs it, without errors', { timeout: 2 * T }, async () => {
+/** The marks of the build a page runs: page, main script, engine Worker, engine (see mark()). */
+function buildOf(page) {
+  return page.evaluate(async () => {
+    const worker = window.zepo.engine?.worker;
+    const [w, e] = worker ? await new Promise((resolve) => {
+      const on = ({ data }) => {
+        if (data?.type !== 'zepo-build') return;
+        worker.removeEventListener('message', on);
+        resolve([data.worker, data.engine]);
+      };
+      worker.addEventListener('message', on);
+      worker.postMessage({ type: 'zepo-build?' });
+    }) : [null, null];
+    return [document.body.dataset.build, window.zepo.build, w, e];
+  });
+}
+
+/** Shell file names of `version` in its cache → sha256 (null: missing). */
+function shellCache(page, version, files) {
+  return page.evaluate(async ([name, list]) => {
+    const out = {};
+    for (const p of list) out[p] = (await globalThis.caches.match(new URL(p, location.href).href, { cacheName: name }))?.headers.get('x-zepo-sha256') || null;
+    return out;
+  }, [`zepo-shell-${version}`, Object.keys(files)]);
+}
+
+test('update: the next load switches to a new build; a page never mixes two builds', { timeout: 2 * T }, async () => {
   const t0 = Date.now();
   const v1 = build('v1', (d) => mark(d, 'one'));
   const v2 = build('v2', (d) => mark(d, 'two'));
+  const v3 = build('v3', (d) => mark(d, 'three'));
   const changed = Object.keys(v2.files).filter((p) => v2.files[p] !== v1.files[p]);
-  assert.deepEqual(changed.sort(), ['index.html', 'www/main.js']);
+  assert.deepEqual(changed.sort(), ['index.html', 'www/engine/zepo.js', 'www/main.js', 'www/worker.js']);
   const srv = await server(v1.dir, '/apps/zepo/');
   const browser = await launch({ webgpu: true });
   const { context, page, logs } = browser;
@@ -231,11 +276,14 @@ test('update: a new build installs beside the old one; the next load runs it, wi
   const watch = (w) => w.on('console', (m) => workerLogs.push(`[sw ${m.type()}] ${m.text()}`.slice(0, 300)));
   context.serviceWorkers().forEach(watch);
   context.on('serviceworker', watch);
-  const buildOf = () => page.evaluate(() => [document.body.dataset.build, window.zepo.build]);
+  let old = null;
+  const oldLogs = [];
+  const ONE = (id) => [id, id, id, id];
   try {
     await page.goto(`${srv.url}/${QUERY}`);
     await loaded(page);
     assert.equal(await controlled(page), v1.version);
+    assert.deepEqual(await buildOf(page), ONE('one'));
     const first = await caches(page);
     assert.ok(first.names.includes(`zepo-shell-${v1.version}`) && first.models > 0, JSON.stringify(first));
 
@@ -244,51 +292,98 @@ test('update: a new build installs beside the old one; the next load runs it, wi
     const seen = srv.requests.length;
     await page.reload();
     await loaded(page);
-    assert.deepEqual(await buildOf(), ['one', 'one'], 'v1 runs whole while v2 installs');
+    assert.deepEqual(await buildOf(page), ONE('one'), 'v1 runs whole while v2 installs');
     await until(page, () => document.body.dataset.update === 'ready', '"a new version is ready"');
     assert.ok(await page.isVisible('#update'), 'the page says a new version is ready');
     // v2 is complete in its own cache before it activates, and only its changed files were downloaded.
-    const installed = await page.evaluate(async ([name, files]) => {
-      const cache = await globalThis.caches.open(name);
-      const out = {};
-      for (const p of Object.keys(files)) out[p] = (await cache.match(new URL(p, location.href).href))?.headers.get('x-zepo-sha256') || null;
-      return out;
-    }, [`zepo-shell-${v2.version}`, v2.files]);
-    assert.deepEqual(installed, v2.files, 'the new version\'s cache holds every file of v2, verified');
+    assert.deepEqual(await shellCache(page, v2.version, v2.files), v2.files, 'the new version\'s cache holds every file of v2, verified');
     const fetched = srv.requests.slice(seen).filter((u) => !u.startsWith('/model/') && !u.includes('sw.js') && !u.includes('shell-manifest.js'));
-    assert.deepEqual(fetched.filter((u) => u !== `/${QUERY}`).sort(), ['/index.html', '/www/main.js'], `install downloads: ${fetched}`);
-    const during = await caches(page);
-    assert.ok(during.names.includes(`zepo-shell-${v1.version}`), 'v1 stays while it runs');
+    assert.deepEqual(fetched.filter((u) => u !== `/${QUERY}`).sort(), changed.map((p) => `/${p}`).sort(), `install downloads: ${fetched}`);
+    assert.ok((await caches(page)).names.includes(`zepo-shell-${v1.version}`), 'v1 stays while it runs');
 
-    // The next load: the page hands over to v2 and reloads into it.
+    // The next load: the page hands over to v2 and reloads into it, at once.
     let navigations = 0;
     page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations++; });
     const t1 = Date.now();
     await page.reload();
-    // Chromium may hold the activation while the old version has work in flight (its "lame
-    // duck" wait, up to 5 minutes): then the page starts on v1, says so, and a later reload runs v2.
     const how = await until(page, () => (document.body.dataset.build === 'two' && 'switched') ||
-      (document.body.dataset.update === 'outdated' && 'outdated'), 'v2 to run', 7 * 60_000);
-    if (how === 'outdated') {
-      console.log(`update: the activation was delayed ${((Date.now() - t1) / 1000).toFixed(1)} s; reloading again`);
-      await page.reload();
-      await until(page, () => document.body.dataset.build === 'two', 'v2 to run');
-    }
+      (document.body.dataset.update === 'outdated' && 'late'), 'v2 to run', 60_000);
+    const switchSeconds = (Date.now() - t1) / 1000;
+    assert.equal(how, 'switched', `the reload switched to v2 directly (not after the ${switchSeconds.toFixed(1)} s wait)`);
     await loaded(page);
-    console.log(`update: the reload took over and reloaded into v2 in ${((Date.now() - t1) / 1000).toFixed(1)} s (${navigations} navigations)`);
-    assert.deepEqual(await buildOf(), ['two', 'two'], 'the page and its script are both v2');
+    console.log(`update: the reload took over and reloaded into v2 in ${switchSeconds.toFixed(1)} s (${navigations} navigations)`);
+    assert.deepEqual(await buildOf(page), ONE('two'), 'the page, its script, its engine Worker and the engine are all v2');
     assert.equal(await controlled(page), v2.version);
     assert.ok(await page.isHidden('#update'), 'no update notice once updated');
     assert.equal(new URL(page.url()).pathname, '/apps/zepo/', 'the app under a sub-path');
+    await until(page, async () => !(await globalThis.caches.keys()).some((n) => n.startsWith('zepo-shell-') && !n.endsWith(document.getElementById('app-version').textContent.replace('app ', ''))),
+      'the old shell cache to go', 30_000);
     const now = await caches(page);
-    assert.ok(!now.names.includes(`zepo-shell-${v1.version}`), `the old shell cache is gone: ${now.names}`);
-    assert.ok(now.names.includes(`zepo-shell-${v2.version}`));
+    assert.deepEqual(now.names.filter((n) => n.startsWith('zepo-shell-')), [`zepo-shell-${v2.version}`], 'the old shell cache is gone');
     assert.equal(now.models, first.models, 'the model cache is kept');
+
+    // No mixing. Deploy v3 while a second window runs v2: the first window forces v3 in
+    // ("Reload"); v3 activates and takes control of the second window, which keeps running v2.
+    srv.use(v3.dir);
+    await page.reload();
+    await loaded(page);
+    await until(page, () => document.body.dataset.update === 'ready', 'v3 to be ready');
+    old = await context.newPage();
+    old.on('console', (m) => oldLogs.push(`[${m.type()}] ${m.text()}`.slice(0, 500)));
+    old.on('pageerror', (e) => oldLogs.push(`[pageerror] ${e}`));
+    await old.goto(`${srv.url}/${QUERY}`);
+    await loaded(old);
+    assert.deepEqual(await buildOf(old), ONE('two'), 'a second window does not take the update over: v2');
+    const t2 = Date.now();
+    await page.click('#update-reload');
+    await until(page, () => document.body.dataset.build === 'three', 'v3 to run after "Reload"', 60_000);
+    await loaded(page);
+    console.log(`update: "Reload" with a second window open switched to v3 in ${((Date.now() - t2) / 1000).toFixed(1)} s`);
+    assert.deepEqual(await buildOf(page), ONE('three'));
+    await until(old, () => document.body.dataset.update === 'outdated', 'the v2 window to say a new version took over', 30_000);
+    const { scriptURL, controlled: taken } = await old.evaluate(async () => ({
+      scriptURL: navigator.serviceWorker.controller?.scriptURL,
+      controlled: (await navigator.serviceWorker.getRegistration())?.active === navigator.serviceWorker.controller,
+    }));
+    assert.ok(scriptURL && taken, 'the v2 window is controlled by the active worker, v3');
+    assert.ok((await caches(old)).names.includes(`zepo-shell-${v2.version}`), 'v2\'s cache stays while a window runs it');
+    // Everything the v2 window and its engine Worker get now is v2's: its running Worker, files
+    // the page fetches, and a new engine (Worker, engine module, wasm) started after the take-over.
+    assert.deepEqual(await buildOf(old), ONE('two'), 'the running engine Worker fetches v2\'s engine');
+    const pageFiles = await old.evaluate(async () => Promise.all(['index.html', 'www/main.js'].map(async (p) => (await fetch(p)).text())));
+    assert.match(pageFiles[0], /data-build="two"/);
+    assert.match(pageFiles[1], /window\.zepo\.build = 'two'/);
+    const fresh = await old.evaluate(async () => {
+      const { ZePo } = await import(new URL('www/zepo.js', location.href).href);
+      const engine = await ZePo.load({ model: window.zepo.model });
+      const marks = await new Promise((resolve) => {
+        engine.worker.addEventListener('message', ({ data }) => data?.type === 'zepo-build' && resolve([data.worker, data.engine]));
+        engine.worker.postMessage({ type: 'zepo-build?' });
+      });
+      engine.dispose();
+      return marks;
+    });
+    assert.deepEqual(fresh, ['two', 'two'], 'a new engine started by the v2 window after v3 took over is v2\'s');
+    assert.deepEqual(errorsIn(oldLogs), [], 'no errors in the v2 window');
+    await old.close();
+    old = null;
+
+    // The v2 window is gone: the next load of the app deletes v2's cache.
+    await page.reload();
+    await loaded(page);
+    assert.deepEqual(await buildOf(page), ONE('three'));
+    assert.equal(await controlled(page), v3.version);
+    await until(page, async () => (await globalThis.caches.keys()).filter((n) => n.startsWith('zepo-shell-')).length === 1, 'v2\'s cache to go', 30_000);
+    const last = await caches(page);
+    assert.deepEqual(last.names.filter((n) => n.startsWith('zepo-shell-')), [`zepo-shell-${v3.version}`]);
+    assert.equal(last.models, first.models, 'the model cache is kept');
     assert.deepEqual(errorsIn(logs), [], 'no errors in the console');
     console.log(`update test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   } finally {
     if (browser.logs.length) console.log(browser.logs.slice(-30).join('\n'));
+    if (oldLogs.length) console.log(oldLogs.slice(-20).join('\n'));
     if (workerLogs.length) console.log(workerLogs.slice(-30).join('\n'));
+    await old?.close();
     await browser.close();
     await srv.close();
   }
