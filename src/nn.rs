@@ -11,9 +11,12 @@ use crate::weights::{VarBuilder, WeightsError};
 
 type R<T> = Result<T, WeightsError>;
 
-/// `torch.nn.Linear(d_in, d_out, bias)`: weight `[d_out, d_in]`, kept transposed for burn.
+/// `torch.nn.Linear(d_in, d_out, bias)`: weight `[d_out, d_in]`, kept transposed for burn
+/// (on the CPU backend made contiguous, see [`crate::models::cpu_ops::contiguous`]).
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> R<Linear> {
     let weight = vb.get("weight", [d_out, d_in])?.transpose();
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    let weight = crate::models::cpu_ops::contiguous(weight);
     let bias = if bias { Some(Param::from_tensor(vb.get("bias", [d_out])?)) } else { None };
     Ok(Linear { weight: Param::from_tensor(weight), bias })
 }
@@ -59,6 +62,24 @@ pub fn group_norm(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> 
     })
 }
 
+/// `gn.forward(x)`, fused on the CPU backend ([`crate::models::cpu_ops::group_norm`]).
+pub fn group_norm_forward<const D: usize>(gn: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    if let Some(out) = crate::models::cpu_ops::group_norm(gn, &x, false) {
+        return out;
+    }
+    gn.forward(x)
+}
+
+/// `silu(gn.forward(x))`, fused on the CPU backend.
+pub fn group_norm_silu<const D: usize>(gn: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    if let Some(out) = crate::models::cpu_ops::group_norm(gn, &x, true) {
+        return out;
+    }
+    silu(gn.forward(x))
+}
+
 /// `torch.nn.Embedding(n, d)`.
 pub fn embedding(vb: &VarBuilder, n: usize, d: usize) -> R<Embedding> {
     Ok(Embedding { weight: Param::from_tensor(vb.get("weight", [n, d])?) })
@@ -86,14 +107,30 @@ impl LayerNorm {
     }
 }
 
-/// SiLU, as diffusers' `act_fn = "silu"`.
+/// SiLU, as diffusers' `act_fn = "silu"` (one fused pass on the CPU backend,
+/// [`crate::models::cpu_ops::silu`]).
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    if let Some(out) = crate::models::cpu_ops::silu(&x) {
+        return out;
+    }
     activation::silu(x)
 }
 
 /// GELU with the exact erf form (PyTorch's default `approximate="none"`).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation::gelu(x)
+}
+
+/// GEGLU's `hidden * gelu(gate)`, `hidden` and `gate` the two halves of `h`'s last dimension:
+/// fused on the CPU backend ([`crate::models::cpu_ops::geglu`]).
+pub fn geglu<const D: usize>(h: Tensor<D>) -> Tensor<D> {
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    if let Some(out) = crate::models::cpu_ops::geglu(&h) {
+        return out;
+    }
+    let [hidden, gate] = h.chunk(2, D - 1).try_into().expect("two halves");
+    hidden * gelu(gate)
 }
 
 /// `torch.nn.Embedding(n, d)` whose table may be split in row blocks (each one device buffer):

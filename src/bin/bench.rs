@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Time each part this many times (after one warm-up) and report the best.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Parts to time, comma-separated (unet, encode, decode); e.g. `--parts unet --steps 0`
+    /// for a UNet-only profile.
+    #[arg(long, default_value = "unet,encode,decode", value_delimiter = ',')]
+    parts: Vec<String>,
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -116,6 +120,9 @@ impl Observer for StageClock {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let dir = &args.config;
+    if let Some(p) = args.parts.iter().find(|p| !["unet", "encode", "decode"].contains(&p.as_str())) {
+        return Err(Error::InvalidOption(format!("--parts: unknown part {p:?} (unet, encode, decode)")));
+    }
     println!("zepo bench: random weights, configs from {}", dir.display());
     println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     for name in &args.backend {
@@ -136,11 +143,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let lat = size / 8;
             let x = random([1, 3, size, size], 1, &device);
             let z = random([1, 4, lat, lat], 2, &device);
-            let (unet_s, unet_c) = time(&device, args.repeat, || model.unet.forward(z.clone(), &[499.0], &ctx))?;
-            let (enc_s, enc_c) = time(&device, args.repeat, || model.vae.encode(x.clone()).mean)?;
-            let (dec_s, dec_c) = time(&device, args.repeat, || model.vae.decode(z.clone()))?;
+            let part = |name: &str| args.parts.iter().any(|p| p == name);
+            let mut parts = vec![];
+            if part("unet") {
+                let (s, c) = time(&device, args.repeat, || model.unet.forward(z.clone(), &[499.0], &ctx))?;
+                parts.push(format!("UNet forward (1 image) {s:.3} s (cpu {c:.2} s)"));
+            }
+            if part("encode") {
+                let (s, c) = time(&device, args.repeat, || model.vae.encode(x.clone()).mean)?;
+                parts.push(format!("VAE encode {s:.3} s (cpu {c:.2} s)"));
+            }
+            if part("decode") {
+                let (s, c) = time(&device, args.repeat, || model.vae.decode(z.clone()))?;
+                parts.push(format!("VAE decode {s:.3} s (cpu {c:.2} s)"));
+            }
             println!(
-                "{size}²: UNet forward (1 image) {unet_s:.3} s (cpu {unet_c:.2} s) | VAE encode {enc_s:.3} s (cpu {enc_c:.2} s) | VAE decode {dec_s:.3} s (cpu {dec_c:.2} s) | peak RSS {:.0} MiB{}",
+                "{size}²: {} | peak RSS {:.0} MiB{}",
+                parts.join(" | "),
                 peak_rss_mib().unwrap_or(f64::NAN),
                 device_mib(&device).map(|m| format!(" | device pool {m:.0} MiB")).unwrap_or_default()
             );

@@ -107,7 +107,7 @@ impl SpatialSelfAttention {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let hs = self.group_norm.forward(x.clone());
+        let hs = crate::nn::group_norm_forward(&self.group_norm, x.clone());
         let hs = hs.reshape([b, c, h * w]).swap_dims(1, 2);
         let out = self.attn.forward(hs, None);
         let out = out.swap_dims(1, 2).reshape([b, c, h, w]);

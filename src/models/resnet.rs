@@ -6,7 +6,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::Tensor;
 
-use crate::nn::{conv2d, conv2d_padded, conv_forward, group_norm, linear, silu};
+use crate::nn::{conv2d, conv2d_padded, conv_forward, group_norm, group_norm_silu, linear, silu};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// `ResnetBlock2D` (time_embedding_norm "default", output_scale_factor 1).
@@ -43,13 +43,13 @@ impl ResnetBlock2D {
 
     /// `temb`: `[B, temb_channels]` (the UNet's time embedding), or `None` in the VAE.
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = conv_forward(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let mut h = conv_forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(silu(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
-        let h = conv_forward(&self.conv2, silu(self.norm2.forward(h)));
+        let h = conv_forward(&self.conv2, group_norm_silu(&self.norm2, h));
         let x = match &self.conv_shortcut {
             Some(conv) => conv_forward(conv, x),
             None => x,

@@ -15,7 +15,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::{Device, Tensor};
 
 use crate::models::attention::{AttentionController, NoControl};
-use crate::nn::{conv2d, conv_forward, group_norm, silu};
+use crate::nn::{conv2d, conv_forward, group_norm, group_norm_silu};
 use crate::weights::{VarBuilder, WeightsError};
 
 #[derive(burn::module::Module, Debug)]
@@ -140,6 +140,6 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             h = block.forward(h, &temb, context, &mut skips, ctrl);
         }
-        conv_forward(&self.conv_out, silu(self.conv_norm_out.forward(h)))
+        conv_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, h))
     }
 }

@@ -6,7 +6,7 @@ use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 
 use crate::models::attention::{Attention, AttentionController, SelfAttentionCall};
-use crate::nn::{conv2d, conv_forward, gelu, group_norm, linear, LayerNorm};
+use crate::nn::{conv2d, conv_forward, geglu, group_norm, group_norm_forward, linear, LayerNorm};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// Largest feed-forward projection computed at once (f32 bytes).
@@ -43,9 +43,7 @@ impl FeedForward {
     }
 
     fn forward_chunk(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.proj.forward(x);
-        let [hidden, gate] = h.chunk(2, 2).try_into().expect("two halves");
-        self.out.forward(hidden * gelu(gate))
+        self.out.forward(geglu(self.proj.forward(x)))
     }
 }
 
@@ -144,7 +142,7 @@ impl Transformer2DModel {
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>, ctrl: &mut dyn AttentionController) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
-        let hs = conv_forward(&self.proj_in, self.norm.forward(x));
+        let hs = conv_forward(&self.proj_in, group_norm_forward(&self.norm, x));
         let mut hs = hs.reshape([b, c, h * w]).swap_dims(1, 2);
         for block in &self.transformer_blocks {
             hs = block.forward(hs, context, [h, w], ctrl);

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use super::config::{VaeConfig, VAE_NORM_EPS};
 use crate::models::attention::SpatialSelfAttention;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::{conv2d, conv_forward, group_norm, silu};
+use crate::nn::{conv2d, conv_forward, group_norm, group_norm_silu};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// `layers` resnets without time embedding, `c_in` → `c_out` in the first.
@@ -123,7 +123,7 @@ impl Encoder {
             h = b.forward(h);
         }
         h = self.mid_block.forward(h);
-        conv_forward(&self.conv_out, silu(self.conv_norm_out.forward(h)))
+        conv_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, h))
     }
 }
 
@@ -165,6 +165,6 @@ impl Decoder {
         for b in &self.up_blocks {
             h = b.forward(h);
         }
-        conv_forward(&self.conv_out, silu(self.conv_norm_out.forward(h)))
+        conv_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, h))
     }
 }
