@@ -73,7 +73,7 @@ pub fn prompt_list(prompts: &[String]) -> Vec<String> {
 /// `last_hidden_state` of each prompt (`[positions, hidden]`, f32, on the CPU) by the text
 /// encoder of the diffusers checkpoint in `model`, loaded in f32 and dropped afterwards.
 pub fn prompt_embeddings(model: &Path, prompts: &[String]) -> Result<(Vec<usize>, Vec<Vec<f32>>)> {
-    let device = Device::flex();
+    let device = crate::device::device(crate::device::Backend::Cpu)?;
     let tokenizer = ClipTokenizer::from_dir(&model.join("tokenizer"))?;
     let cfg: ClipTextConfig = read_config(&model.join("text_encoder/config.json"))?;
     let store = load_dir_part(model, "text_encoder", "model", &device, &LoadOptions::default())?;
@@ -204,7 +204,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         notes: Vec::new(),
     };
     if problems.is_empty() {
-        let device = Device::flex();
+        let device = crate::device::device(crate::device::Backend::Cpu)?;
         let opts = LoadOptions { dtype: DType::F16, ..Default::default() };
         for name in manifest.parts.keys() {
             match check_part(dir, &manifest, name, &device, &opts) {
