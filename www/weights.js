@@ -398,7 +398,7 @@ class Download {
       const range = /^bytes (\d+)-/.exec(r.headers.get('content-range') || '');
       if (r.status !== 206 || !range || Number(range[1]) !== from) {
         await r.body?.cancel();
-        this.partial?.clear();
+        await this.partial?.clear();
         throw this.fail('DownloadError', `${this.url}: the download broke off at ${from} bytes and the server did not resume it (HTTP ${r.status}${r.status === 200 ? ': the file changed or Range is not supported' : ''})`);
       }
     } else {
@@ -448,7 +448,7 @@ class Download {
           this.partial?.write(chunk, this.received - chunk.length);
         } catch (e) {
           if (isQuota(e)) {
-            this.partial.clear();
+            await this.partial.clear();
             const full = await storageFull(this.url, this.size || this.received, this.files.totalBytes);
             throw this.fail(full.name, full.message);
           }
@@ -515,7 +515,7 @@ class Download {
       ok = await this.stored;
     }
     // Stored whole (or not storable at all): the prefix has served its purpose.
-    this.partial?.clear();
+    await this.partial?.clear();
     if (this.sink && !ok) {
       if (isQuota(this.storeError)) throw await storageFull(this.url, this.size || this.received, this.files.totalBytes);
       this.files.unstored++;
@@ -611,12 +611,17 @@ class Partial {
     this.handle = null;
   }
 
-  /** Drops the prefix (emptied at once: a Worker ended before the files are removed leaves nothing). */
+  /**
+   * Drops the prefix: emptied at once (a Worker ended before the files are removed leaves no
+   * bytes), its files removed by the promise returned, which an error path awaits before it
+   * reports, so that nothing is left behind when the caller ends the Worker.
+   */
   clear() {
-    if (!this.handle) return;
+    if (!this.handle) return this.cleared ?? Promise.resolve();
     try { this.handle.truncate(0); } catch { /* closed */ }
     this.close();
-    Promise.resolve(this.metaWrite).then(() => removePartial(this.dir, this.name));
+    this.cleared = Promise.resolve(this.metaWrite).then(() => removePartial(this.dir, this.name));
+    return this.cleared;
   }
 }
 
