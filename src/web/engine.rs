@@ -21,7 +21,7 @@ use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig, VaeOptions};
 use crate::weights::manifest::{Manifest, MANIFEST_FILE};
-use crate::weights::LoadOptions;
+use crate::weights::{LoadOptions, VarStore};
 use crate::zepo::image::{FloatImage, RgbImage};
 use crate::zepo::noise::SeededNoise;
 use crate::zepo::pipeline::{PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
@@ -165,36 +165,18 @@ impl Engine {
             let scheduler = LcmScheduler::from_json(&text, &path).map_err(crate_err)?;
 
             stage("unet");
-            let path = "unet/config.json";
-            let text = match m {
-                Some(m) => bundle::config(&files, m, "unet").await?,
-                None => files.get_text(path).await?,
-            };
-            let cfg: UNetConfig = parse_config(&text, path).map_err(crate_err)?;
-            cfg.validate().map_err(|reason| js_error("ConfigError", format!("{path}: {reason}")))?;
-            let store = match m {
-                Some(m) => bundle::load_part(&files, m, "unet", &gpu.device, &opts).await?,
-                None => files.load_store("unet/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?,
-            };
-            let vb = store.into_builder();
+            let cfg: UNetConfig = part_config(&files, m, "unet").await?;
+            cfg.validate().map_err(|reason| js_error("ConfigError", format!("unet/config.json: {reason}")))?;
+            let vb = part_store(&files, m, "unet", &gpu.device, &opts).await?.into_builder();
             let unet = UNet2DConditionModel::load(&vb, &cfg).map_err(|e| crate_err(e.into()))?;
             let unet_config = cfg;
             vb.finish().map_err(|e| crate_err(e.into()))?;
             settle(&gpu).await?;
 
             stage("vae");
-            let path = "vae/config.json";
-            let text = match m {
-                Some(m) => bundle::config(&files, m, "vae").await?,
-                None => files.get_text(path).await?,
-            };
-            let cfg: VaeConfig = parse_config(&text, path).map_err(crate_err)?;
-            cfg.validate().map_err(|reason| js_error("ConfigError", format!("{path}: {reason}")))?;
-            let store = match m {
-                Some(m) => bundle::load_part(&files, m, "vae", &gpu.device, &opts).await?,
-                None => files.load_store("vae/diffusion_pytorch_model.safetensors", &gpu.device, &opts).await?,
-            };
-            let vb = store.into_builder();
+            let cfg: VaeConfig = part_config(&files, m, "vae").await?;
+            cfg.validate().map_err(|reason| js_error("ConfigError", format!("vae/config.json: {reason}")))?;
+            let vb = part_store(&files, m, "vae", &gpu.device, &opts).await?.into_builder();
             let vae = AutoencoderKL::load(&vb, &cfg).map_err(crate_err)?;
             vb.finish().map_err(|e| crate_err(e.into()))?;
             // Every activation the VAE makes stays below the device's binding limit.
@@ -422,6 +404,25 @@ async fn prompt_embeddings(
     settle(gpu).await?;
     model.prompts.borrow_mut().insert(key, p.clone());
     Ok(p)
+}
+
+/// A model part's config (`unet`, `vae`): from the bundle's manifest, or `<part>/config.json`
+/// of a diffusers layout.
+async fn part_config<C: serde::de::DeserializeOwned>(files: &ModelFiles, m: Option<&Manifest>, part: &str) -> Result<C, JsValue> {
+    let path = format!("{part}/config.json");
+    let text = match m {
+        Some(m) => bundle::config(files, m, part).await?,
+        None => files.get_text(&path).await?,
+    };
+    parse_config(&text, &path).map_err(crate_err)
+}
+
+/// A model part's weights: the bundle's shards, or the diffusers layout's single file.
+async fn part_store(files: &ModelFiles, m: Option<&Manifest>, part: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore, JsValue> {
+    match m {
+        Some(m) => bundle::load_part(files, m, part, device, opts).await,
+        None => files.load_store(&format!("{part}/diffusion_pytorch_model.safetensors"), device, opts).await,
+    }
 }
 
 async fn load_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> Result<TextStack, JsValue> {
