@@ -11,8 +11,6 @@ use burn::tensor::{DType, Device, FloatDType};
 use common::*;
 use zepo::weights::LoadOptions;
 use zepo::zepo::load::{load_dir, WeightSource};
-use zepo::zepo::pipeline::Style;
-use zepo::zepo::progress::Silent;
 
 /// The wgpu device, switched to f16 as `src/web/gpu.rs` does when the adapter computes in it.
 fn f16_device() -> Option<Device> {
@@ -38,18 +36,13 @@ fn the_fp16_bundle_runs_in_f16_on_wgpu() {
     let opts = LoadOptions { dtype: DType::F16, ..Default::default() };
     let zepo = load_dir(&bundle, &device, &opts, WeightSource::Checkpoint).unwrap();
     for case in ["tiny_s2_r64", "tiny_s2_r96_synth"] {
-        let fx = Fixture::load(&format!("cases/{case}/reference.safetensors"));
-        let o = case_options(case);
-        let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
-        let out = zepo
-            .stylize(&rgb(&fx, "content_rgb_u8"), Style::Image(&rgb(&fx, "style_rgb_u8")), &o, &prompts, &mut replay(&fx), &mut Silent, None)
-            .unwrap();
-        assert!(out.image.values.iter().all(|v| v.is_finite()), "{case}: f16 image has non-finite values");
+        let (image, reference) = replay_case(&zepo, case);
+        assert!(image.iter().all(|v| v.is_finite()), "{case}: f16 image has non-finite values");
         // The f32 run of the same bundle is within 8e-3 of the reference (tests/parity); f16
         // arithmetic through 2 steps and the VAE decoder adds rounding of its own (measured on
         // lavapipe: max 2.4e-2, mean 3.0e-3).
-        let e = assert_close_abs(&format!("{case} f16 image"), &out.image.values, &reference_image(&fx), 3e-2);
-        let mean = out.image.values.iter().zip(reference_image(&fx)).map(|(a, b)| (a - b).abs()).sum::<f32>() / out.image.values.len() as f32;
+        let e = assert_close_abs(&format!("{case} f16 image"), &image, &reference, 3e-2);
+        let mean = image.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum::<f32>() / image.len() as f32;
         println!("f16 on wgpu, {case}: image max abs err {e:.2e}, mean {mean:.2e} (on [0, 1])");
         assert!(mean < 5e-3, "{case}: mean abs err {mean:.2e} in f16: more than rounding");
     }

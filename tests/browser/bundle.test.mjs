@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, assertMatchesNative, decodePng, inPage, launch, readSafetensors, serve } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, assertMatchesNative, decodePng, inPage, launch, readSafetensors, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
 const BUNDLE = path.join(ROOT, 'weights/tiny-lcm-bundle');
@@ -35,8 +35,7 @@ const shards = (part) => manifest.parts[part].shards.map((s) => s.file?.url ?? s
 
 let tmp;
 before(() => {
-  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
-    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  assertEngineBuilt();
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'zepo-bundle-'));
 });
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));

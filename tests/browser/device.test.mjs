@@ -3,10 +3,8 @@
 // The test loses the device for real: it serves the engine Worker with a prelude that keeps the
 // GPUDevice the engine asks for and calls its destroy() on request (the product is unchanged).
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { ROOT, decodePng, inPage, launch, serve } from './helpers.mjs';
+import { assertEngineBuilt, decodePng, inPage, launch, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
 const OPTS = { model: '/model', resolution: 64, steps: 2, seed: 7 };
@@ -27,8 +25,7 @@ self.addEventListener('message', ({ data }) => {
 let server;
 let browser;
 before(async () => {
-  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
-    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  assertEngineBuilt();
   server = await serve();
   browser = await launch({ webgpu: true });
   await browser.context.route('**/www/worker.js', async (route) => {

@@ -11,6 +11,12 @@ import { startServer } from '../../scripts/serve.mjs';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const RESULTS = path.join(ROOT, 'test-results');
 
+/** Fails unless the wasm engine is built into www/engine/ (the browser tests need it). */
+export function assertEngineBuilt() {
+  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
+    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+}
+
 /** Chromium's binary: $CHROME, else Debian's. Never a Playwright download. */
 export function chromiumPath() {
   const candidates = [process.env.CHROME, '/usr/lib/chromium/chromium', '/usr/bin/chromium'];

@@ -18,7 +18,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { ROOT, decodePng, launch, screenshot } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, decodePng, launch, screenshot } from './helpers.mjs';
 import { createServer } from '../../scripts/serve.mjs';
 import { buildShell } from '../../scripts/build-shell.mjs';
 
@@ -29,8 +29,7 @@ const MODEL_CACHE = 'zepo-models-v1';
 
 let tmp;
 before(() => {
-  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
-    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  assertEngineBuilt();
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'zepo-pwa-'));
 });
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));

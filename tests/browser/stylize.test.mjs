@@ -15,7 +15,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, assertMatchesNative, decodePng, inPage, launch, readSafetensors, screenshot, serve } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, assertMatchesNative, decodePng, inPage, launch, readSafetensors, screenshot, serve } from './helpers.mjs';
 import { createServer } from '../../scripts/serve.mjs';
 
 const T = 10 * 60_000;
@@ -32,8 +32,7 @@ const VAE = 'vae/diffusion_pytorch_model.safetensors';
 
 let server;
 before(async () => {
-  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
-    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  assertEngineBuilt();
   server = await serve();
 });
 after(() => server?.close());

@@ -5,15 +5,14 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, launch, readSafetensors, relError, screenshot, serve } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, launch, readSafetensors, relError, screenshot, serve } from './helpers.mjs';
 
 const TOL = 1e-4;
 const LOAD_TIMEOUT = 10 * 60_000;
 
 let server;
 before(async () => {
-  assert.ok(fs.existsSync(path.join(ROOT, 'www/engine/zepo_bg.wasm')),
-    'www/engine is not built: run bash scripts/build-wasm.sh (scripts/test.sh does)');
+  assertEngineBuilt();
   server = await serve();
 });
 after(() => server?.close());

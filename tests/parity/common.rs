@@ -212,3 +212,16 @@ pub fn reference_image(fx: &Fixture) -> Vec<f32> {
     let n = all.len() / 3;
     all[2 * n..].to_vec()
 }
+
+/// Runs reference case `case` through `zepo` as the reference did (its options, inputs and
+/// replayed draws): (the stylized image, the reference's), both H×W×3 in [0, 1].
+pub fn replay_case(zepo: &zepo::zepo::pipeline::Zepo, case: &str) -> (Vec<f32>, Vec<f32>) {
+    use zepo::zepo::pipeline::Style;
+    let fx = Fixture::load(&format!("cases/{case}/reference.safetensors"));
+    let o = case_options(case);
+    let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
+    let out = zepo
+        .stylize(&rgb(&fx, "content_rgb_u8"), Style::Image(&rgb(&fx, "style_rgb_u8")), &o, &prompts, &mut replay(&fx), &mut zepo::zepo::progress::Silent, None)
+        .unwrap();
+    (out.image.values, reference_image(&fx))
+}

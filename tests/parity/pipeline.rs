@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use crate::common::*;
 use zepo::zepo::image::RgbImage;
 use zepo::zepo::load::{load_dir, WeightSource};
-use zepo::zepo::noise::{ReplayNoise, SeededNoise};
+use zepo::zepo::noise::SeededNoise;
 use zepo::zepo::pipeline::{Style, Trace, Zepo};
 use zepo::zepo::progress::Silent;
-use zepo::zepo::{TomeOptions, ZepoOptions};
+use zepo::zepo::ZepoOptions;
 
 fn model(device: &burn::tensor::Device) -> Zepo {
     load_dir(&tiny_model(), device, &Default::default(), WeightSource::Checkpoint).unwrap()
@@ -240,13 +240,8 @@ fn the_fp16_bundle_runs_the_pipeline() {
     let bundle = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-lcm-bundle");
     let zepo = load_dir(&bundle, &device, &Default::default(), WeightSource::Checkpoint).unwrap();
     let case = "tiny_s2_r64";
-    let fx = Fixture::load(&format!("cases/{case}/reference.safetensors"));
-    let o = case_options(case);
-    let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
-    let out = zepo
-        .stylize(&rgb(&fx, "content_rgb_u8"), Style::Image(&rgb(&fx, "style_rgb_u8")), &o, &prompts, &mut replay(&fx), &mut Silent, None)
-        .unwrap();
-    let e = assert_close_abs("bundle image", &out.image.values, &reference_image(&fx), 2e-2);
+    let (image, reference) = replay_case(&zepo, case);
+    let e = assert_close_abs("bundle image", &image, &reference, 2e-2);
     println!("fp16 bundle {case}: image max abs err {e:.2e}");
 }
 
