@@ -9,8 +9,9 @@ import init, { Engine } from './engine/zepo.js';
 import { ModelFiles, clearCache, storedModels } from './weights.js';
 
 const ready = init().catch((e) => {
-  throw Object.assign(new Error(`the wasm engine could not be loaded (${e.message || e}). ` +
-    'Build it with: bash scripts/build-wasm.sh'), { name: 'EngineMissing' });
+  throw Object.assign(new Error(`the wasm engine (engine/zepo_bg.wasm) could not be loaded (${e.message || e}): ` +
+    'it must be served beside the engine\'s JS with the type application/wasm ' +
+    '(in a source checkout, build it with: bash scripts/build-wasm.sh)'), { name: 'EngineMissing' });
 });
 
 let engine = null;
