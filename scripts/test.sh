@@ -57,15 +57,20 @@ wgpu_parity() {
         export XDG_RUNTIME_DIR
     fi
     echo "  Vulkan driver: $icd"
+    cargo test --quiet --no-run --test parity --test f16_wgpu || return 1
+    # Built first, so that the limit is on the tests (a few minutes), not on a cold build.
     VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd" ZEPO_TEST_WGPU=1 ZEPO_TEST_WGPU_ADAPTER=llvmpipe \
-        cargo test --quiet --test parity --test f16_wgpu
+        timeout --kill-after=30s 20m cargo test --quiet --test parity --test f16_wgpu
 }
 
 browser_tests() {
     [ -f www/engine/zepo_bg.wasm ] || { echo "no wasm build: skipped" >&2; return 1; }
     local chrome
     chrome="$(zepo_chromium)" || { echo "no chromium" >&2; return 1; }
-    CHROME="$chrome" ZEPO_TEST_WEBGPU_ARCH=swiftshader node --test tests/browser/*.test.mjs
+    # --test-force-exit: a file whose tests are over exits even if something it started (a server,
+    # a browser) is still running. timeout: a hang still ends the stage (its tests take ~12 min).
+    CHROME="$chrome" ZEPO_TEST_WEBGPU_ARCH=swiftshader \
+        timeout --kill-after=30s 45m node --test --test-force-exit tests/browser/*.test.mjs
 }
 
 T0=$SECONDS

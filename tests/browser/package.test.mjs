@@ -161,7 +161,10 @@ window.api = { stylize, ZePo, DEFAULT_MODEL };
     pages.viteApp = vite;
     pages.vite = path.join(vite, 'dist');
   });
+  // A dev server left running would keep this file's process alive after a failure.
+  const devServers = [];
   after(async () => {
+    for (const dev of devServers) dev.kill('SIGKILL');
     if (browser?.logs.length) console.log(browser.logs.slice(-30).join('\n'));
     await browser?.close();
   });
@@ -218,14 +221,18 @@ window.api = { stylize, ZePo, DEFAULT_MODEL };
     const port = await new Promise((resolve) => {
       const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
     });
+    // NO_COLOR: with CI set, Vite colours its banner even into a pipe, and `:PORT/` would not
+    // appear as such in it.
     const dev = spawn(path.join(BIN, 'vite'), ['--host', '127.0.0.1', '--port', String(port), '--strictPort', '--clearScreen', 'false'],
-      { cwd: pages.viteApp, stdio: ['ignore', 'pipe', 'pipe'] });
+      { cwd: pages.viteApp, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+    devServers.push(dev);
     let log = '';
     const ready = new Promise((resolve, reject) => {
-      const on = (d) => { log += d; if (log.includes(`:${port}/`)) resolve(); };
+      const on = (d) => { log += d; if (log.replace(/\x1b\[[0-9;]*m/g, '').includes(`:${port}/`)) resolve(); };
       dev.stdout.on('data', on);
       dev.stderr.on('data', on);
       dev.once('exit', (code) => reject(new Error(`vite exited (${code}): ${log}`)));
+      setTimeout(() => reject(new Error(`vite did not report its address in 60 s: ${log}`)), 60_000).unref();
     });
     const page = await browser.context.newPage();
     try {
