@@ -46,7 +46,9 @@ function crashError(e) {
   const what = name === 'OutOfMemory'
     ? 'the GPU ran out of memory (try a smaller resolution, close other GPU-heavy tabs)'
     : name === 'DeviceLost' ? 'the GPU device was lost' : 'the engine crashed';
-  return Object.assign(new Error(`${what}: ${text.slice(0, 600)}. The engine must be re-created.`), { name });
+  // The source location of a panic only helps a bug report: kept for a crash, not for these.
+  const detail = name === 'EngineCrashed' ? text : text.replace(/^panicked at [^\n]*:\d+:\d+:\s*/, '');
+  return Object.assign(new Error(`${what}: ${detail.trim().slice(0, 600)}. The engine must be re-created.`), { name });
 }
 
 const handlers = {

@@ -1,13 +1,20 @@
 // A lost GPU device (driver reset, GPU removed, tab's device destroyed) is a clear `DeviceLost`
-// error, never a hang or a wrong image, and the next call gets a fresh engine that works.
+// error, never a hang or a wrong image, and the next call gets a fresh engine that works; the
+// same for the GPU running out of memory (`OutOfMemory`).
 // The test loses the device for real: it serves the engine Worker with a prelude that keeps the
 // GPUDevice the engine asks for and calls its destroy() on request (the product is unchanged).
+// Out of memory cannot be provoked on SwiftShader (a buffer over the limits is a validation
+// error, not OOM), so the prelude reports it as the browser does when an allocation outside an
+// error scope fails: a GPUOutOfMemoryError in an `uncapturederror` event on the device.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { assertEngineBuilt, decodePng, inPage, launch, serve } from './helpers.mjs';
+import path from 'node:path';
+import { ROOT, assertEngineBuilt, assertMatchesNative, decodePng, inPage, launch, readSafetensors, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
 const OPTS = { model: '/model', resolution: 64, steps: 2, seed: 7 };
+// The native CLI's output for OPTS (as in stylize.test.mjs).
+const REF = path.join(ROOT, 'tests/fixtures/web/tiny_r64_s2_seed7.safetensors');
 
 // Runs before worker.js's own code (imports are hoisted above it, and only declare things).
 const PRELUDE = `
@@ -19,6 +26,10 @@ GPUAdapter.prototype.requestDevice = async function (...args) {
 };
 self.addEventListener('message', ({ data }) => {
   if (data?.type === 'test:destroy-device') for (const d of self.zepoTestDevices || []) d.destroy();
+  if (data?.type === 'test:out-of-memory') {
+    const error = new GPUOutOfMemoryError('Out of memory: test allocation of 117964800 bytes failed');
+    for (const d of self.zepoTestDevices || []) d.dispatchEvent(new GPUUncapturedErrorEvent('uncapturederror', { error }));
+  }
 });
 `;
 
@@ -92,4 +103,42 @@ test('a lost device is a DeviceLost error, and the next call works on a new engi
   const [a, b] = [decodePng(Buffer.from(out.before)), decodePng(Buffer.from(out.recovered.ok))];
   assert.deepEqual([b.width, b.height], [64, 64]);
   assert.deepEqual(Buffer.from(b.data), Buffer.from(a.data), 'the new engine gives the same image');
+});
+
+test('the GPU running out of memory is an OutOfMemory error, and the next call works on a new engine', { timeout: T }, async () => {
+  await browser.page.goto(`${server.url}/package.json`);
+  const out = await inPage(browser.page, async (api, opts) => {
+    const get = async (p) => (await fetch(p)).blob();
+    const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+    const attempt = async (f) => {
+      try {
+        return { ok: await f() };
+      } catch (e) {
+        return { error: { name: e.name, message: e.message } };
+      }
+    };
+    const engine = await api.ZePo.load({ model: opts.model });
+    let reported = false;
+    const midRun = await attempt(() => engine.stylize(content, style, {
+      ...opts,
+      onProgress: (e) => {
+        if (e.stage === 'denoise' && !reported) {
+          reported = true;
+          engine.worker.postMessage({ type: 'test:out-of-memory' });
+        }
+      },
+    }));
+    const afterOom = await attempt(() => engine.stylize(content, style, opts));
+    const recovered = await attempt(async () => Array.from(new Uint8Array(await (await api.stylize(content, style, opts)).arrayBuffer())));
+    return { midRun, afterOom, recovered };
+  }, OPTS);
+  assert.ok(!out.error, JSON.stringify(out.error));
+  assert.equal(out.midRun.error?.name, 'OutOfMemory', JSON.stringify(out.midRun));
+  assert.match(out.midRun.error.message, /^the GPU ran out of memory \(try a smaller resolution.*\): wgpu error: Out of Memory\. /);
+  assert.doesNotMatch(out.midRun.error.message, /panicked at|\.rs:/, 'no source location in the message');
+  assert.equal(out.afterOom.error?.name, 'OutOfMemory', `the dead engine keeps saying why: ${JSON.stringify(out.afterOom)}`);
+  assert.ok(out.recovered.ok, `a new engine after the error: ${JSON.stringify(out.recovered.error)}`);
+  const png = decodePng(Buffer.from(out.recovered.ok));
+  assertMatchesNative(png, readSafetensors(REF).image, 'after OutOfMemory');
+  console.log(`out of memory: ${out.midRun.error.name}: ${out.midRun.error.message}`);
 });
