@@ -87,9 +87,8 @@ describe('a bundle on WebGPU', () => {
 
   test('default prompt: no text encoder, pixels match native; a custom prompt loads it on demand and matches', { timeout: T }, async () => {
     srv.requests.length = 0;
-    const out = await inPage(browser.page, async (api, { opts, custom }) => {
-      const get = async (p) => (await fetch(p)).blob();
-      const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+    const out = await inPage(browser.page, async (api, { opts, custom }, _weights, kit) => {
+      const [content, style] = await kit.examples();
       const events = [];
       const engine = await api.ZePo.load({ model: '/model', onProgress: (e) => events.push(e) });
       const blob = await engine.stylize(content, style, { ...opts, onProgress: (e) => events.push(e) });
@@ -161,9 +160,8 @@ describe('a bundle on WebGPU', () => {
     const page = await browser.context.newPage();
     try {
       await page.goto(`${s.url}/package.json`);
-      const out = await inPage(page, async (api, opts) => {
-        const get = async (p) => (await fetch(p)).blob();
-        const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+      const out = await inPage(page, async (api, opts, _weights, kit) => {
+        const [content, style] = await kit.examples();
         const engine = await api.ZePo.load({ model: '/model' });
         try {
           await engine.stylize(content, style, { ...opts, prompt: 'something else' });

@@ -53,20 +53,12 @@ after(async () => {
 
 test('a lost device is a DeviceLost error, and the next call works on a new engine', { timeout: T }, async () => {
   await browser.page.goto(`${server.url}/package.json`);
-  const out = await inPage(browser.page, async (api, opts) => {
-    const get = async (p) => (await fetch(p)).blob();
-    const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
-    const png = async (blob) => Array.from(new Uint8Array(await blob.arrayBuffer()));
-    const attempt = async (f) => {
-      try {
-        return { ok: await f() };
-      } catch (e) {
-        return { error: { name: e.name, message: e.message } };
-      }
-    };
+  const out = await inPage(browser.page, async (api, opts, _weights, kit) => {
+    const [content, style] = await kit.examples();
+    const { attempt, bytes } = kit;
 
     const engine = await api.ZePo.load({ model: opts.model });
-    const before = await png(await engine.stylize(content, style, opts));
+    const before = await bytes(await engine.stylize(content, style, opts));
 
     // Between two runs.
     engine.worker.postMessage({ type: 'test:destroy-device' });
@@ -88,7 +80,7 @@ test('a lost device is a DeviceLost error, and the next call works on a new engi
     }));
 
     // stylize()'s shared engine is a new Worker, with a new device.
-    const recovered = await attempt(async () => png(await api.stylize(content, style, opts)));
+    const recovered = await attempt(async () => bytes(await api.stylize(content, style, opts)));
     return { before, between, afterLoss, midRun, recovered };
   }, OPTS);
   assert.ok(!out.error, JSON.stringify(out.error));
@@ -107,16 +99,9 @@ test('a lost device is a DeviceLost error, and the next call works on a new engi
 
 test('the GPU running out of memory is an OutOfMemory error, and the next call works on a new engine', { timeout: T }, async () => {
   await browser.page.goto(`${server.url}/package.json`);
-  const out = await inPage(browser.page, async (api, opts) => {
-    const get = async (p) => (await fetch(p)).blob();
-    const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
-    const attempt = async (f) => {
-      try {
-        return { ok: await f() };
-      } catch (e) {
-        return { error: { name: e.name, message: e.message } };
-      }
-    };
+  const out = await inPage(browser.page, async (api, opts, _weights, kit) => {
+    const [content, style] = await kit.examples();
+    const { attempt, bytes } = kit;
     const engine = await api.ZePo.load({ model: opts.model });
     let reported = false;
     const midRun = await attempt(() => engine.stylize(content, style, {
@@ -129,7 +114,7 @@ test('the GPU running out of memory is an OutOfMemory error, and the next call w
       },
     }));
     const afterOom = await attempt(() => engine.stylize(content, style, opts));
-    const recovered = await attempt(async () => Array.from(new Uint8Array(await (await api.stylize(content, style, opts)).arrayBuffer())));
+    const recovered = await attempt(async () => bytes(await api.stylize(content, style, opts)));
     return { midRun, afterOom, recovered };
   }, OPTS);
   assert.ok(!out.error, JSON.stringify(out.error));

@@ -196,18 +196,31 @@ export function assertMatchesNative(png, ref, what) {
 }
 
 /**
- * Runs `fn(api, args, weights)` in `page` (api = www/zepo.js, weights = www/weights.js, both
- * imported from the page's origin); an exception comes back as { error: { name, message } }.
+ * Runs `fn(api, args, weights, kit)` in `page` (api = www/zepo.js, weights = www/weights.js, both
+ * imported from the page's origin; kit: the helpers below); an exception comes back as
+ * { error: { name, message } }.
  */
 export function inPage(page, fn, args) {
   return page.evaluate(async ([src, a]) => {
     const api = await import('/www/zepo.js');
     const weights = await import('/www/weights.js');
+    const attempt = async (f) => {
+      try {
+        return { ok: await f() };
+      } catch (e) {
+        return { error: { name: e.name, message: e.message } };
+      }
+    };
+    const kit = {
+      /** The example portrait and style, as Blobs. */
+      examples: () => Promise.all(['portrait', 'style'].map(async (n) => (await fetch(`/www/examples/${n}.png`)).blob())),
+      /** `await f()` as { ok: value }, or its exception as { error: { name, message } }. */
+      attempt,
+      /** A Blob's bytes as an array (what page.evaluate can return). */
+      bytes: async (blob) => Array.from(new Uint8Array(await blob.arrayBuffer())),
+    };
     const f = new Function('return ' + src)();
-    try {
-      return await f(api, a, weights);
-    } catch (e) {
-      return { error: { name: e.name, message: e.message } };
-    }
+    const out = await attempt(() => f(api, a, weights, kit));
+    return out.error ? { error: out.error } : out.ok;
   }, [fn.toString(), args]);
 }

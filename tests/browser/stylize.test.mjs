@@ -58,9 +58,8 @@ describe('the JS API on WebGPU', () => {
     await apiPage(page);
     server.requests.length = 0;
     const t0 = Date.now();
-    const out = await inPage(page, async (api, opts) => {
-      const get = async (p) => (await fetch(p)).blob();
-      const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+    const out = await inPage(page, async (api, opts, _weights, kit) => {
+      const [content, style] = await kit.examples();
       const events = [];
       const t = performance.now();
       const blob = await api.stylize(content, style, { ...opts, onProgress: (e) => events.push(e) });
@@ -93,9 +92,8 @@ describe('the JS API on WebGPU', () => {
   });
 
   test('an engine keeps the style: a second portrait skips its features, same bits', { timeout: T }, async () => {
-    const out = await inPage(browser.page, async (api, opts) => {
-      const get = async (p) => (await fetch(p)).blob();
-      const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+    const out = await inPage(browser.page, async (api, opts, _weights, kit) => {
+      const [content, style] = await kit.examples();
       const engine = await api.ZePo.load({ model: opts.model });
       const before = await engine.hasStyle(style, opts);
       const a = await engine.stylize(content, style, opts);
@@ -147,9 +145,8 @@ describe('the JS API on WebGPU', () => {
   });
 
   test('an AbortSignal cancels a run mid-way; the engine goes on working', { timeout: T }, async () => {
-    const out = await inPage(browser.page, async (api, opts) => {
-      const get = async (p) => (await fetch(p)).blob();
-      const [content, style] = await Promise.all([get('/www/examples/portrait.png'), get('/www/examples/style.png')]);
+    const out = await inPage(browser.page, async (api, opts, _weights, kit) => {
+      const [content, style] = await kit.examples();
       const controller = new AbortController();
       const stages = [];
       let caught = null;
