@@ -3,9 +3,9 @@
 //   types, the README), whose JS is byte for byte www/'s (copies, not forks);
 // - installed (offline: it has no dependencies) into two scratch projects, a plain-ESM page
 //   importing node_modules/zepo-web/zepo.js and a Vite app (`vite build`, served from dist/),
-//   each runs stylize() in headless Chromium on WebGPU (SwiftShader) with the tiny model from
+//   each runs stylize() in headless Chromium on WebGPU (SwiftShader) with the tiny fp16 bundle from
 //   another origin (CORS), and gets the PNG of the native pipeline (the reference and tolerance
-//   of stylize.test.mjs); Vite's dev server (which pre-bundles the package) loads the model too;
+//   of bundle.test.mjs); Vite's dev server (which pre-bundles the package) loads the model too;
 // - index.d.ts type-checks a usage file (tsc --noEmit, resolving 'zepo-web' through `exports`),
 //   and rejects wrong option types.
 import assert from 'node:assert/strict';
@@ -21,9 +21,11 @@ import { startServer } from '../../scripts/serve.mjs';
 const T = 10 * 60_000;
 const PKG = path.join(ROOT, 'pkg');
 const BIN = path.join(ROOT, 'node_modules/.bin');
-// As in stylize.test.mjs: the reference made by the native CLI (tolerance: helpers.mjs).
+// The tiny model as the CDN serves it (the fp16 bundle), and as in bundle.test.mjs the native
+// CLI's output on it (tolerance: helpers.mjs).
+const MODEL = path.join(ROOT, 'weights/tiny-lcm-bundle');
 const OPTS = { resolution: 64, steps: 2, seed: 7 };
-const REF = path.join(ROOT, 'tests/fixtures/web/tiny_r64_s2_seed7.safetensors');
+const REF = path.join(ROOT, 'tests/fixtures/web/tiny_bundle_r64_s2_seed7.safetensors');
 // What the tarball must hold, and nothing else.
 const FILES = ['README.md', 'engine/zepo.js', 'engine/zepo_bg.wasm', 'index.d.ts', 'package.json',
   'weights.js', 'worker.js', 'zepo.js'];
@@ -137,7 +139,7 @@ describe('the installed package in headless Chromium', () => {
   const pages = {};
   before(async () => {
     // The model and the example images, on the repository's server: another origin than the pages'.
-    server = await serve();
+    server = await serve({ model: MODEL });
     browser = await launch({ webgpu: true });
     // The plain-ESM page: no bundler, the package's module straight from node_modules.
     pages.esm = project('esm', {
