@@ -68,15 +68,8 @@ test('a lost device is a DeviceLost error, and the next call works on a new engi
 
     // In the middle of a run.
     const second = await api.ZePo.load({ model: opts.model });
-    let destroyed = false;
     const midRun = await attempt(() => second.stylize(content, style, {
-      ...opts,
-      onProgress: (e) => {
-        if (e.stage === 'denoise' && !destroyed) {
-          destroyed = true;
-          second.worker.postMessage({ type: 'test:destroy-device' });
-        }
-      },
+      ...opts, onProgress: kit.atStage('denoise', () => second.worker.postMessage({ type: 'test:destroy-device' })),
     }));
 
     // stylize()'s shared engine is a new Worker, with a new device.
@@ -103,15 +96,8 @@ test('the GPU running out of memory is an OutOfMemory error, and the next call w
     const [content, style] = await kit.examples();
     const { attempt, bytes } = kit;
     const engine = await api.ZePo.load({ model: opts.model });
-    let reported = false;
     const midRun = await attempt(() => engine.stylize(content, style, {
-      ...opts,
-      onProgress: (e) => {
-        if (e.stage === 'denoise' && !reported) {
-          reported = true;
-          engine.worker.postMessage({ type: 'test:out-of-memory' });
-        }
-      },
+      ...opts, onProgress: kit.atStage('denoise', () => engine.worker.postMessage({ type: 'test:out-of-memory' })),
     }));
     const afterOom = await attempt(() => engine.stylize(content, style, opts));
     const recovered = await attempt(async () => bytes(await api.stylize(content, style, opts)));

@@ -216,6 +216,16 @@ export function inPage(page, fn, args) {
       examples: () => Promise.all(['portrait', 'style'].map(async (n) => (await fetch(`/www/examples/${n}.png`)).blob())),
       /** `await f()` as { ok: value }, or its exception as { error: { name, message } }. */
       attempt,
+      /** An onProgress callback that calls `f` once, at the first event of `stage`. */
+      atStage: (stage, f) => {
+        let done = false;
+        return (e) => {
+          if (e.stage === stage && !done) {
+            done = true;
+            f();
+          }
+        };
+      },
       /** A Blob's bytes as an array (what page.evaluate can return). */
       bytes: async (blob) => Array.from(new Uint8Array(await blob.arrayBuffer())),
     };
