@@ -93,9 +93,8 @@ describe('a bundle on WebGPU', () => {
       const engine = await api.ZePo.load({ model: '/model', onProgress: (e) => events.push(e) });
       const blob = await engine.stylize(content, style, { ...opts, onProgress: (e) => events.push(e) });
       const mark = performance.now();
-      const arr = async (b) => Array.from(new Uint8Array(await b.arrayBuffer()));
-      const first = await arr(blob);
-      const second = await arr(await engine.stylize(content, style, { ...opts, prompt: custom }));
+      const first = await kit.bytes(blob);
+      const second = await kit.bytes(await engine.stylize(content, style, { ...opts, prompt: custom }));
       engine.dispose();
       return { info: engine.info, device: engine.device, first, second, mark, stages: [...new Set(events.map((e) => e.stage))],
         download: events.filter((e) => e.stage === 'download').pop() };

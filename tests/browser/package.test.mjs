@@ -230,7 +230,7 @@ window.api = { stylize, ZePo, DEFAULT_MODEL };
     devServers.push(dev);
     let log = '';
     const ready = new Promise((resolve, reject) => {
-      const on = (d) => { log += d; if (log.replace(/\x1b\[[0-9;]*m/g, '').includes(`:${port}/`)) resolve(); };
+      const on = (d) => { log += d; if (log.includes(`:${port}/`)) resolve(); };
       dev.stdout.on('data', on);
       dev.stderr.on('data', on);
       dev.once('exit', (code) => reject(new Error(`vite exited (${code}): ${log}`)));

@@ -64,8 +64,7 @@ describe('the JS API on WebGPU', () => {
       const t = performance.now();
       const blob = await api.stylize(content, style, { ...opts, onProgress: (e) => events.push(e) });
       const first = (performance.now() - t) / 1000;
-      const bytes = Array.from(new Uint8Array(await blob.arrayBuffer()));
-      return { type: blob.type, bytes, events, first };
+      return { type: blob.type, bytes: await kit.bytes(blob), events, first };
     }, OPTS);
     assert.ok(!out.error, JSON.stringify(out.error));
     console.log(`first stylize() (load + run): ${out.first.toFixed(1)} s (${((Date.now() - t0) / 1000).toFixed(1)} s wall)`);
@@ -105,8 +104,8 @@ describe('the JS API on WebGPU', () => {
       // Calls queue: two at once both complete.
       const [c, d] = await Promise.all([engine.stylize(content, style, opts), engine.stylize(style, style, opts)]);
       engine.dispose();
-      const arr = async (x) => Array.from(new Uint8Array(await x.arrayBuffer()));
-      return { before, cached, otherSeed, a: await arr(a), b: await arr(b), c: await arr(c), d: d.size, timesA, timesB };
+      const { bytes } = kit;
+      return { before, cached, otherSeed, a: await bytes(a), b: await bytes(b), c: await bytes(c), d: d.size, timesA, timesB };
     }, OPTS);
     assert.ok(!out.error, JSON.stringify(out.error));
     assert.equal(out.before, false);
