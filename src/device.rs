@@ -30,10 +30,9 @@ pub fn device(backend: Backend) -> crate::Result<Device> {
         #[cfg(feature = "cpu")]
         Backend::Cpu => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        Backend::Wgpu => wgpu_device()
-            .clone()
-            .map(|(device, _)| device)
-            .map_err(|e| crate::Error::Device(format!("no usable wgpu adapter: {e}"))),
+        Backend::Wgpu => {
+            wgpu_device().clone().map(|(device, _)| device).map_err(|e| crate::Error::Device(format!("no usable wgpu adapter: {e}")))
+        }
         #[allow(unreachable_patterns)]
         other => Err(crate::Error::InvalidOption(format!("backend {other:?} is not compiled in"))),
     }

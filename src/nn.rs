@@ -95,11 +95,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(vb: &VarBuilder, d: usize, eps: f64) -> R<Self> {
-        Ok(Self {
-            gamma: Param::from_tensor(vb.get("weight", [d])?),
-            beta: Param::from_tensor(vb.get("bias", [d])?),
-            epsilon: eps,
-        })
+        Ok(Self { gamma: Param::from_tensor(vb.get("weight", [d])?), beta: Param::from_tensor(vb.get("bias", [d])?), epsilon: eps })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

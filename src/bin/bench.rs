@@ -165,11 +165,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             for &n in args.steps.iter().filter(|&&n| n > 0) {
                 let opts = ZepoOptions { resolution: size, steps: n, ..Default::default() };
-                let img = |seed: u8| RgbImage::new(size, size, (0..size * size * 3).map(|i| (i as u8).wrapping_mul(seed)).collect()).unwrap();
+                let img =
+                    |seed: u8| RgbImage::new(size, size, (0..size * size * 3).map(|i| (i as u8).wrapping_mul(seed)).collect()).unwrap();
                 let (content, style) = (img(3), img(7));
                 model.reset_counters();
                 let cpu = cpu_seconds();
-                let mut clock = StageClock { start: Instant::now(), last: Instant::now(), stages: vec![], current: None, device: device.clone() };
+                let mut clock =
+                    StageClock { start: Instant::now(), last: Instant::now(), stages: vec![], current: None, device: device.clone() };
                 model.stylize(&content, Style::Image(&style), &opts, &prompts, &mut SeededNoise::new(0), &mut clock, None)?;
                 let total = clock.start.elapsed().as_secs_f64();
                 let total_cpu = cpu_seconds() - cpu;

@@ -115,12 +115,7 @@ impl StylizeArgs {
             start_layer: self.start_layer,
             end_layer: self.end_layer,
             mix_q: self.mix_q,
-            tome: (!self.no_tome).then(|| TomeOptions {
-                ratio: self.tome_ratio,
-                sx: 2,
-                sy: 2,
-                deterministic: self.tome_deterministic,
-            }),
+            tome: (!self.no_tome).then(|| TomeOptions { ratio: self.tome_ratio, sx: 2, sy: 2, deterministic: self.tome_deterministic }),
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
             seed: self.seed,
@@ -139,9 +134,7 @@ impl Bar {
         }
         let bar = indicatif::ProgressBar::new(1000);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {percent:>3}% {msg} ({elapsed})")
-                .unwrap()
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {percent:>3}% {msg} ({elapsed})").unwrap().progress_chars("=> "),
         );
         bar.set_prefix(label.to_string());
         Self(Some(bar))
@@ -272,7 +265,8 @@ fn stylize(args: StylizeArgs) -> Result<()> {
         for file in files {
             let img = read_image(&file)?;
             let mut bar = Bar::new(args.quiet, &file.file_name().unwrap_or_default().to_string_lossy());
-            let result = model.stylize(&img, Style::Features(&features), &opts, &prompts, &mut SeededNoise::new(opts.seed), &mut bar, None)?;
+            let result =
+                model.stylize(&img, Style::Features(&features), &opts, &prompts, &mut SeededNoise::new(opts.seed), &mut bar, None)?;
             drop(bar);
             let target = out.join(file.with_extension("png").file_name().unwrap());
             write_png(&result.image, &target)?;
@@ -303,7 +297,10 @@ fn save(img: &FloatImage, png: Option<&Path>, tensor: Option<&Path>) -> Result<(
 fn main() -> ExitCode {
     // A bug must still end in one readable line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string())
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
         eprintln!("error: internal error: {msg} (please report it)");

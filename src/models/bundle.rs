@@ -14,8 +14,8 @@ use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, Decoder, VaeConfig};
 use crate::nn::conv2d;
 use crate::weights::bundle::{
-    check_files, convert_part, copy_file, load_bundle_part, read_manifest, write_f32_safetensors, write_manifest,
-    PartSpec, DEFAULT_SHARD_BYTES,
+    check_files, convert_part, copy_file, load_bundle_part, read_manifest, write_f32_safetensors, write_manifest, PartSpec,
+    DEFAULT_SHARD_BYTES,
 };
 use crate::weights::manifest::{Manifest, PromptEmbeddings, PromptEntry, FORMAT, FORMAT_VERSION, MANIFEST_FILE, PARTS};
 use crate::weights::{load_dir_part, LoadOptions, WeightsError};
@@ -98,10 +98,7 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(&str)) -> Result<
         return Err(Error::io(model, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
     }
     if opts.out.exists() && std::fs::read_dir(&opts.out).map_err(|e| Error::io(&opts.out, e))?.next().is_some() {
-        return Err(Error::InvalidOption(format!(
-            "output directory {} is not empty; remove it or choose another",
-            opts.out.display()
-        )));
+        return Err(Error::InvalidOption(format!("output directory {} is not empty; remove it or choose another", opts.out.display())));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let out = opts.out.as_path();
@@ -197,21 +194,16 @@ pub struct VerifyReport {
 pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let manifest = read_manifest(dir)?;
     let mut problems: Vec<String> = check_files(dir, &manifest).iter().map(ToString::to_string).collect();
-    let mut report = VerifyReport {
-        files: manifest.files().len(),
-        bytes: manifest.total_bytes(),
-        parts: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut report = VerifyReport { files: manifest.files().len(), bytes: manifest.total_bytes(), parts: Vec::new(), notes: Vec::new() };
     if problems.is_empty() {
         let device = crate::device::device(crate::device::Backend::Cpu)?;
         let opts = LoadOptions { dtype: DType::F16, ..Default::default() };
         for name in manifest.parts.keys() {
             match check_part(dir, &manifest, name, &device, &opts) {
                 Ok(Some(n)) => report.parts.push((name.clone(), n)),
-                Ok(None) => report.notes.push(format!(
-                    "{name}: sizes and sha256 checked; shapes not checked: this build has no {name} model loader"
-                )),
+                Ok(None) => report
+                    .notes
+                    .push(format!("{name}: sizes and sha256 checked; shapes not checked: this build has no {name} model loader")),
                 Err(e) => problems.push(format!("{name}: {e}")),
             }
         }
@@ -284,10 +276,7 @@ fn check_prompt_shape(dir: &Path, manifest: &Manifest) -> Result<()> {
     if let Ok(text) = manifest.part("text_encoder") {
         let cfg: ClipTextConfig = read_config(&dir.join(&text.config.url))?;
         if [cfg.max_position_embeddings, cfg.hidden_size] != pe.shape[..] {
-            return bad(format!(
-                "shape {:?}, the text encoder gives [{}, {}]",
-                pe.shape, cfg.max_position_embeddings, cfg.hidden_size
-            ));
+            return bad(format!("shape {:?}, the text encoder gives [{}, {}]", pe.shape, cfg.max_position_embeddings, cfg.hidden_size));
         }
     }
     if pe.prompts.iter().all(|p| !p.text.is_empty()) {

@@ -37,13 +37,27 @@ pub struct ClipTextConfig {
     pub hidden_act: HiddenAct,
 }
 
-fn d_hidden_size() -> usize { 512 }
-fn d_intermediate_size() -> usize { 2048 }
-fn d_num_attention_heads() -> usize { 8 }
-fn d_num_hidden_layers() -> usize { 12 }
-fn d_max_position_embeddings() -> usize { 77 }
-fn d_vocab_size() -> usize { 49408 }
-fn d_layer_norm_eps() -> f64 { 1e-5 }
+fn d_hidden_size() -> usize {
+    512
+}
+fn d_intermediate_size() -> usize {
+    2048
+}
+fn d_num_attention_heads() -> usize {
+    8
+}
+fn d_num_hidden_layers() -> usize {
+    12
+}
+fn d_max_position_embeddings() -> usize {
+    77
+}
+fn d_vocab_size() -> usize {
+    49408
+}
+fn d_layer_norm_eps() -> f64 {
+    1e-5
+}
 
 /// The MLP activation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -71,10 +85,7 @@ impl ClipTextConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::config("text_encoder/config.json", reason));
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return bad(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return bad(format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads));
         }
         if self.max_position_embeddings == 0 || self.vocab_size == 0 {
             return bad("max_position_embeddings and vocab_size must be positive".into());

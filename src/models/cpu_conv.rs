@@ -72,18 +72,8 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
     let ws = wf.as_slice::<f32>().expect("contiguous f32");
     let bs = bf.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
 
-    let geo = Geometry {
-        h,
-        w,
-        kh,
-        kw,
-        sh,
-        sw,
-        top,
-        left,
-        h_out: (h + top + bottom - kh) / sh + 1,
-        w_out: (w + left + right - kw) / sw + 1,
-    };
+    let geo =
+        Geometry { h, w, kh, kw, sh, sw, top, left, h_out: (h + top + bottom - kh) / sh + 1, w_out: (w + left + right - kw) / sw + 1 };
     let plane = geo.h_out * geo.w_out;
     let mut out = vec![0f32; b * c_out * plane];
     if let Some(bs) = bs {

@@ -15,8 +15,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::{Error, Result};
 
 /// CLIP's word pattern (`(?i)` as transformers compiles it with `re.IGNORECASE`).
-const WORD_PATTERN: &str =
-    r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const WORD_PATTERN: &str = r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// transformers reads only this many merges (`[1 : 49152 - 256 - 2 + 1]`), whatever the file holds.
 const MAX_MERGES: usize = 49152 - 256 - 2;
@@ -62,8 +61,7 @@ impl ClipTokenizer {
         tokenizer_config_json: Option<&str>,
         special_tokens_map_json: Option<&str>,
     ) -> Result<Self> {
-        let encoder: HashMap<String, i64> =
-            serde_json::from_str(vocab_json).map_err(|e| Error::config("tokenizer/vocab.json", e))?;
+        let encoder: HashMap<String, i64> = serde_json::from_str(vocab_json).map_err(|e| Error::config("tokenizer/vocab.json", e))?;
 
         // Like transformers: strip, split on newlines, skip the `#version` header line.
         let mut bpe_ranks = HashMap::new();
@@ -74,12 +72,7 @@ impl ClipTokenizer {
                     // A repeated pair keeps its last rank, as a Python dict built from the list does.
                     bpe_ranks.insert((a.to_string(), b.to_string()), rank);
                 }
-                _ => {
-                    return Err(Error::config(
-                        "tokenizer/merges.txt",
-                        format!("line {}: expected two symbols, found {line:?}", rank + 2),
-                    ))
-                }
+                _ => return Err(Error::config("tokenizer/merges.txt", format!("line {}: expected two symbols, found {line:?}", rank + 2))),
             }
         }
 
@@ -123,12 +116,11 @@ impl ClipTokenizer {
         let mut no_split: Vec<(String, i64)> = Vec::new();
         if let Some(added) = config.get("added_tokens_decoder").and_then(Value::as_object) {
             for (id, token) in added {
-                let id: i64 = id.parse().map_err(|_| {
-                    Error::config("tokenizer/tokenizer_config.json", format!("added token id `{id}` is not an integer"))
-                })?;
-                let content = token_content(token).ok_or_else(|| {
-                    Error::config("tokenizer/tokenizer_config.json", format!("added token {id} has no content"))
-                })?;
+                let id: i64 = id
+                    .parse()
+                    .map_err(|_| Error::config("tokenizer/tokenizer_config.json", format!("added token id `{id}` is not an integer")))?;
+                let content = token_content(token)
+                    .ok_or_else(|| Error::config("tokenizer/tokenizer_config.json", format!("added token {id} has no content")))?;
                 no_split.push((content, id));
             }
         }
@@ -183,7 +175,11 @@ impl ClipTokenizer {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| Error::io(dir.join(name), e));
         let read_optional = |name: &str| -> Result<Option<String>> {
             let path = dir.join(name);
-            if path.exists() { read(name).map(Some) } else { Ok(None) }
+            if path.exists() {
+                read(name).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let vocab = read("vocab.json")?;
         let merges = read("merges.txt")?;
@@ -222,9 +218,9 @@ impl ClipTokenizer {
         let mut rest = text;
         // Added tokens are cut out first and never split (transformers' tokens trie).
         while !rest.is_empty() {
-            let found = rest.char_indices().find_map(|(i, _)| {
-                self.no_split.iter().find(|(t, _)| rest[i..].starts_with(t.as_str())).map(|(t, id)| (i, t.len(), *id))
-            });
+            let found = rest
+                .char_indices()
+                .find_map(|(i, _)| self.no_split.iter().find(|(t, _)| rest[i..].starts_with(t.as_str())).map(|(t, id)| (i, t.len(), *id)));
             match found {
                 Some((start, len, id)) => {
                     self.tokenize_piece(&rest[..start], &mut ids);

@@ -63,9 +63,10 @@ pub async fn text(files: &ModelFiles, file: &FileRef) -> Result<String, JsValue>
 
 /// The scheduler config's file.
 pub fn scheduler(files: &ModelFiles, manifest: &Manifest) -> Result<FileRef, JsValue> {
-    manifest.scheduler.clone().ok_or_else(|| {
-        js_error("WeightsError", format!("{}: the bundle lists no scheduler config", files.name(MANIFEST_FILE)))
-    })
+    manifest
+        .scheduler
+        .clone()
+        .ok_or_else(|| js_error("WeightsError", format!("{}: the bundle lists no scheduler config", files.name(MANIFEST_FILE))))
 }
 
 /// A part's config text (the error names the part if it was left out).
@@ -75,7 +76,13 @@ pub async fn config(files: &ModelFiles, manifest: &Manifest, part: &str) -> Resu
 }
 
 /// A part's tensors, from its shards in order, into one store.
-pub async fn load_part(files: &ModelFiles, manifest: &Manifest, part: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore, JsValue> {
+pub async fn load_part(
+    files: &ModelFiles,
+    manifest: &Manifest,
+    part: &str,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<VarStore, JsValue> {
     let p = manifest.part(part).map_err(werr)?;
     let mut store = VarStore::new(device, opts, format!("{} (bundle part {part})", files.base()));
     for shard in &p.shards {
@@ -87,7 +94,13 @@ pub async fn load_part(files: &ModelFiles, manifest: &Manifest, part: &str, devi
 
 /// The precomputed prompt embeddings, by prompt text, as `[1, positions, hidden]` tensors;
 /// `hidden` must be the UNet's `cross_attention_dim`.
-pub async fn prompts(files: &ModelFiles, manifest: &Manifest, device: &Device, dtype: DType, cross_attention_dim: usize) -> Result<HashMap<String, Tensor<3>>, JsValue> {
+pub async fn prompts(
+    files: &ModelFiles,
+    manifest: &Manifest,
+    device: &Device,
+    dtype: DType,
+    cross_attention_dim: usize,
+) -> Result<HashMap<String, Tensor<3>>, JsValue> {
     let mut out = HashMap::new();
     let Some(pe) = &manifest.prompt_embeddings else { return Ok(out) };
     let name = files.name(&pe.file.url);
@@ -107,7 +120,13 @@ pub async fn prompts(files: &ModelFiles, manifest: &Manifest, device: &Device, d
 }
 
 /// The tokenizer and text encoder of a bundle, for a prompt it has no embedding for.
-pub async fn load_text(files: &ModelFiles, manifest: &Manifest, prompt: &str, device: &Device, opts: &LoadOptions) -> Result<TextStack, JsValue> {
+pub async fn load_text(
+    files: &ModelFiles,
+    manifest: &Manifest,
+    prompt: &str,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<TextStack, JsValue> {
     let needs = |e: JsValue| {
         let listed: Vec<String> = manifest.prompt_embeddings.iter().flat_map(|p| &p.prompts).map(|p| format!("{:?}", p.text)).collect();
         js_error(
@@ -122,9 +141,8 @@ pub async fn load_text(files: &ModelFiles, manifest: &Manifest, prompt: &str, de
     let part = manifest.part("text_encoder").map_err(|e| needs(werr(e)))?;
     let tokenizer_file = |file: &str| manifest.tokenizer.iter().find(|f| f.url.rsplit('/').next() == Some(file));
     let required = |file: &str| {
-        tokenizer_file(file).ok_or_else(|| {
-            needs(js_error("WeightsError", format!("{}: the bundle lists no tokenizer/{file}", files.name(MANIFEST_FILE))))
-        })
+        tokenizer_file(file)
+            .ok_or_else(|| needs(js_error("WeightsError", format!("{}: the bundle lists no tokenizer/{file}", files.name(MANIFEST_FILE)))))
     };
     let vocab = text(files, required("vocab.json")?).await?;
     let merges = text(files, required("merges.txt")?).await?;
@@ -135,7 +153,8 @@ pub async fn load_text(files: &ModelFiles, manifest: &Manifest, prompt: &str, de
             None => None,
         });
     }
-    let tokenizer = ClipTokenizer::from_strings(&vocab, &merges, optional[0].as_deref(), optional[1].as_deref()).map_err(super::crate_err)?;
+    let tokenizer =
+        ClipTokenizer::from_strings(&vocab, &merges, optional[0].as_deref(), optional[1].as_deref()).map_err(super::crate_err)?;
     let cfg: ClipTextConfig = parse_config(&text(files, &part.config).await?, &part.config.url).map_err(super::crate_err)?;
     cfg.validate().map_err(super::crate_err)?;
     let store = load_part(files, manifest, "text_encoder", device, opts).await?;

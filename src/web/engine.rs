@@ -249,9 +249,8 @@ impl Engine {
                     let _ = f.call1(&JsValue::NULL, &p);
                 }
             };
-            let cancelled = || {
-                is_cancelled.as_ref().map(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false)).unwrap_or(false)
-            };
+            let cancelled =
+                || is_cancelled.as_ref().map(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false)).unwrap_or(false);
             let check_cancel = || if cancelled() { Err(crate_err(crate::Error::Cancelled)) } else { Ok(()) };
 
             let key = style_key(&style_bytes, &o);
@@ -418,7 +417,13 @@ async fn part_config<C: serde::de::DeserializeOwned>(files: &ModelFiles, m: Opti
 }
 
 /// A model part's weights: the bundle's shards, or the diffusers layout's single file.
-async fn part_store(files: &ModelFiles, m: Option<&Manifest>, part: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore, JsValue> {
+async fn part_store(
+    files: &ModelFiles,
+    m: Option<&Manifest>,
+    part: &str,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<VarStore, JsValue> {
     match m {
         Some(m) => bundle::load_part(files, m, part, device, opts).await,
         None => files.load_store(&format!("{part}/diffusion_pytorch_model.safetensors"), device, opts).await,
@@ -446,7 +451,16 @@ fn style_key(bytes: &[u8], o: &ZepoOptions) -> u64 {
     bytes.hash(&mut h);
     format!(
         "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{}|{}",
-        o.resolution, o.feature_step, o.start_layer, o.end_layer, o.tome, o.mix_q < 1.0, o.prompt, o.negative_prompt, o.no_cfg, o.seed
+        o.resolution,
+        o.feature_step,
+        o.start_layer,
+        o.end_layer,
+        o.tome,
+        o.mix_q < 1.0,
+        o.prompt,
+        o.negative_prompt,
+        o.no_cfg,
+        o.seed
     )
     .hash(&mut h);
     h.finish()

@@ -40,9 +40,7 @@ extern "C" {
 
 impl ModelFiles {
     pub fn from_js(value: JsValue) -> Result<Self, JsValue> {
-        let ok = ["text", "open"].iter().all(|m| {
-            js_sys::Reflect::get(&value, &(*m).into()).map(|f| f.is_function()).unwrap_or(false)
-        });
+        let ok = ["text", "open"].iter().all(|m| js_sys::Reflect::get(&value, &(*m).into()).map(|f| f.is_function()).unwrap_or(false));
         if !ok {
             return Err(js_error("TypeError", "files: expected an object with text(path) and open(path) (www/weights.js ModelFiles)"));
         }

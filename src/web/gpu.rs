@@ -90,11 +90,8 @@ async fn init(precision: Precision) -> Result<Gpu, wasm_bindgen::JsValue> {
     if !has_webgpu() {
         return Err(named_err("WebGpuUnavailable", NO_WEBGPU));
     }
-    let (mut device, setup) = Device::wgpu_options()
-        .graphics_api(WgpuBackend::WebGpu)
-        .init_with_setup_async()
-        .await
-        .map_err(|e| match e {
+    let (mut device, setup) =
+        Device::wgpu_options().graphics_api(WgpuBackend::WebGpu).init_with_setup_async().await.map_err(|e| match e {
             WgpuInitError::AdapterUnavailable { .. } | WgpuInitError::UnsupportedGraphicsApi { .. } => named_err(
                 "WebGpuUnavailable",
                 format!(
@@ -121,9 +118,7 @@ async fn init(precision: Precision) -> Result<Gpu, wasm_bindgen::JsValue> {
         }
     };
     if dtype == DType::F16 {
-        device
-            .configure(FloatDType::F16)
-            .map_err(|e| err(format!("could not switch the device to f16: {e:?}")))?;
+        device.configure(FloatDType::F16).map_err(|e| err(format!("could not switch the device to f16: {e:?}")))?;
     }
 
     let lost = Arc::new(Mutex::new(None));
@@ -159,9 +154,8 @@ impl Gpu {
     /// moment first.
     pub async fn failure(&self, what: &str, error: impl std::fmt::Debug) -> wasm_bindgen::JsValue {
         let mut wait = |resolve: js_sys::Function, _reject: js_sys::Function| {
-            let set_timeout = Reflect::get(&js_sys::global(), &"setTimeout".into())
-                .ok()
-                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+            let set_timeout =
+                Reflect::get(&js_sys::global(), &"setTimeout".into()).ok().and_then(|f| f.dyn_into::<js_sys::Function>().ok());
             match set_timeout {
                 Some(f) => {
                     let _ = f.call2(&wasm_bindgen::JsValue::NULL, &resolve, &100.into());
@@ -182,10 +176,9 @@ impl Gpu {
     pub fn check(&self) -> Result<(), wasm_bindgen::JsValue> {
         let lost = self.lost.lock().ok().and_then(|l| l.clone());
         match lost {
-            Some(reason) => Err(named_err(
-                "DeviceLost",
-                format!("the GPU device was lost ({reason}); the engine must be re-created (reload the page)"),
-            )),
+            Some(reason) => {
+                Err(named_err("DeviceLost", format!("the GPU device was lost ({reason}); the engine must be re-created (reload the page)")))
+            }
             None => Ok(()),
         }
     }

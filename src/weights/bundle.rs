@@ -86,10 +86,7 @@ fn header_bytes(tensors: &[(&str, Dtype, &[usize])]) -> Vec<u8> {
     let mut offset = 0u64;
     for (name, dtype, shape) in tensors {
         let len = shape.iter().product::<usize>() as u64 * dtype.size() as u64;
-        map.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}),
-        );
+        map.insert(name.to_string(), serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}));
         offset += len;
     }
     let mut json = serde_json::to_vec(&map).expect("a header always serializes");
@@ -122,11 +119,7 @@ pub fn convert_part(
 ) -> Result<Part, WeightsError> {
     let files = part_files(model, spec.part, spec.stem)?;
     let maps = files.iter().map(|p| map_file(p)).collect::<Result<Vec<_>, _>>()?;
-    let sources = files
-        .iter()
-        .zip(&maps)
-        .map(|(p, m)| SafetensorsBytes::new(m, p.display().to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let sources = files.iter().zip(&maps).map(|(p, m)| SafetensorsBytes::new(m, p.display().to_string())).collect::<Result<Vec<_>, _>>()?;
 
     // Plan: the carried tensors in source order, packed greedily into shards.
     let mut seen = std::collections::HashMap::new();
@@ -179,8 +172,7 @@ pub fn convert_part(
         let path = out.join(&url);
         let file = File::create(&path).map_err(io(&path))?;
         let mut w = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
-        let layout: Vec<(&str, Dtype, &[usize])> =
-            tensors.iter().map(|(_, t)| (t.name.as_str(), Dtype::F16, t.shape.as_slice())).collect();
+        let layout: Vec<(&str, Dtype, &[usize])> = tensors.iter().map(|(_, t)| (t.name.as_str(), Dtype::F16, t.shape.as_slice())).collect();
         w.write_all(&header_bytes(&layout)).map_err(io(&path))?;
         for (i, t) in tensors {
             let st = &sources[*i];
@@ -390,7 +382,9 @@ pub fn check_files(dir: &Path, manifest: &Manifest) -> Vec<WeightsError> {
         let checked = map_file(&path).and_then(|map| {
             let st = SafetensorsBytes::new(&map, path.display().to_string())?;
             for p in &pe.prompts {
-                let (t, _) = st.get(&p.tensor).ok_or_else(|| bundle_err(path.display(), format!("no tensor `{}` (prompt {:?})", p.tensor, p.text)))?;
+                let (t, _) = st
+                    .get(&p.tensor)
+                    .ok_or_else(|| bundle_err(path.display(), format!("no tensor `{}` (prompt {:?})", p.tensor, p.text)))?;
                 if t.dtype.name() != pe.dtype || t.shape != pe.shape {
                     return Err(bundle_err(
                         path.display(),

@@ -16,8 +16,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The manifest's file name at the bundle's root.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The model parts a bundle may hold, with their diffusers weight-file stems.
-pub const PARTS: &[(&str, &str)] =
-    &[("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+pub const PARTS: &[(&str, &str)] = &[("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
 
 /// A file of the bundle: its URL relative to the bundle's root, size and sha256 (lowercase hex).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,11 +165,7 @@ impl Manifest {
         }
         match value.get("format_version").and_then(|v| v.as_u64()) {
             Some(v) if v == FORMAT_VERSION as u64 => {}
-            other => {
-                return Err(bad(format!(
-                    "format_version {other:?} is not supported (this build reads version {FORMAT_VERSION})"
-                )))
-            }
+            other => return Err(bad(format!("format_version {other:?} is not supported (this build reads version {FORMAT_VERSION})"))),
         }
         let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         for file in manifest.files() {

@@ -10,9 +10,7 @@ pub mod manifest;
 mod safetensors;
 mod store;
 
-pub use safetensors::{
-    parse_header, Dtype, Header, SafetensorsBytes, StreamParser, StreamedTensor, TensorEntry,
-};
+pub use safetensors::{parse_header, Dtype, Header, SafetensorsBytes, StreamParser, StreamedTensor, TensorEntry};
 pub use store::{LoadOptions, VarBuilder, VarStore, MAX_WEIGHT_BUFFER_BYTES};
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -121,8 +121,7 @@ pub fn parse_header(bytes: &[u8], file: &str) -> Result<Option<Header>, WeightsE
     if bytes.len() < end {
         return Ok(None);
     }
-    let json: serde_json::Value = serde_json::from_slice(&bytes[8..end])
-        .map_err(|e| corrupt(file, format!("header is not JSON: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes[8..end]).map_err(|e| corrupt(file, format!("header is not JSON: {e}")))?;
     let obj = json.as_object().ok_or_else(|| corrupt(file, "header is not a JSON object"))?;
 
     let mut tensors = Vec::with_capacity(obj.len());
@@ -154,9 +153,7 @@ pub fn parse_header(bytes: &[u8], file: &str) -> Result<Option<Header>, WeightsE
             .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
             .ok_or_else(|| bad("data_offsets is not [start, end]"))?;
         let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-        let nbytes = numel
-            .and_then(|n| n.checked_mul(dtype.size() as u64))
-            .ok_or_else(|| bad("shape overflows"))?;
+        let nbytes = numel.and_then(|n| n.checked_mul(dtype.size() as u64)).ok_or_else(|| bad("shape overflows"))?;
         if offsets.1 < offsets.0 || offsets.1 - offsets.0 != nbytes {
             return Err(bad(&format!(
                 "data_offsets {:?} hold {} bytes, shape {:?} of {} needs {}",
@@ -173,10 +170,7 @@ pub fn parse_header(bytes: &[u8], file: &str) -> Result<Option<Header>, WeightsE
     let mut pos = 0u64;
     for t in &tensors {
         if t.start != pos {
-            return Err(corrupt(
-                file,
-                format!("tensor `{}` starts at {} where {} was expected (gap or overlap)", t.name, t.start, pos),
-            ));
+            return Err(corrupt(file, format!("tensor `{}` starts at {} where {} was expected (gap or overlap)", t.name, t.start, pos)));
         }
         pos = t.end;
     }
@@ -224,10 +218,7 @@ impl<B: AsRef<[u8]>> SafetensorsBytes<B> {
     pub fn tensors(&self) -> impl Iterator<Item = (&TensorEntry, &[u8])> {
         let buf = self.bytes.as_ref();
         let base = self.header.data_start as usize;
-        self.header
-            .tensors
-            .iter()
-            .map(move |t| (t, &buf[base + t.start as usize..base + t.end as usize]))
+        self.header.tensors.iter().map(move |t| (t, &buf[base + t.start as usize..base + t.end as usize]))
     }
 
     /// One tensor by name.
@@ -327,10 +318,7 @@ mod tests {
         for (name, dtype, shape, bytes) in tensors {
             let start = data.len();
             data.extend_from_slice(bytes);
-            header.insert(
-                name.to_string(),
-                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
-            );
+            header.insert(name.to_string(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}));
         }
         let json = serde_json::to_vec(&header).unwrap();
         let mut out = (json.len() as u64).to_le_bytes().to_vec();

@@ -40,7 +40,9 @@ struct Stored {
 enum Source {
     Loaded(HashMap<String, Stored>),
     /// Deterministic random weights (benchmarks and memory checks on full-size configs).
-    Random { seed: u64 },
+    Random {
+        seed: u64,
+    },
 }
 
 /// The tensors of one model part on one device.
@@ -97,11 +99,7 @@ impl VarStore {
     pub fn insert(&mut self, entry: &TensorEntry, bytes: &[u8], origin: &str) -> Result<(), WeightsError> {
         let Source::Loaded(map) = &mut self.source else { return Ok(()) };
         if let Some(first) = self.origin.get(&entry.name) {
-            return Err(WeightsError::Duplicate {
-                key: entry.name.clone(),
-                first: first.clone(),
-                second: origin.to_string(),
-            });
+            return Err(WeightsError::Duplicate { key: entry.name.clone(), first: first.clone(), second: origin.to_string() });
         }
         self.origin.insert(entry.name.clone(), origin.to_string());
         let numel: usize = entry.shape.iter().product();
@@ -184,10 +182,13 @@ impl VarStore {
 
     fn take_row_blocks(&mut self, key: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>, WeightsError> {
         let blocks = self.take_blocks(key, &shape)?;
-        Ok(blocks.into_iter().map(|b| {
-            let rows = b.dims()[0] / shape[1];
-            b.reshape([rows, shape[1]])
-        }).collect())
+        Ok(blocks
+            .into_iter()
+            .map(|b| {
+                let rows = b.dims()[0] / shape[1];
+                b.reshape([rows, shape[1]])
+            })
+            .collect())
     }
 
     fn contains(&self, key: &str) -> bool {
@@ -199,10 +200,8 @@ impl VarStore {
 
     fn finish(&mut self) -> Result<(), WeightsError> {
         let Source::Loaded(map) = &mut self.source else { return Ok(()) };
-        let mut unexpected: Vec<&String> = map
-            .keys()
-            .filter(|k| !self.used.contains(*k) && !self.ignorable.iter().any(|i| i == *k))
-            .collect();
+        let mut unexpected: Vec<&String> =
+            map.keys().filter(|k| !self.used.contains(*k) && !self.ignorable.iter().any(|i| i == *k)).collect();
         unexpected.sort();
         let result = if unexpected.is_empty() {
             Ok(())
@@ -232,7 +231,11 @@ impl VarBuilder {
     }
 
     fn key(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
     }
 
     /// The tensor `prefix.name`, which must have exactly `shape`.
@@ -342,14 +345,12 @@ pub fn part_files(dir: &std::path::Path, part: &str, stem: &str) -> Result<Vec<s
         vec![single]
     } else if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| io(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| WeightsError::Corrupt {
-            file: index.display().to_string(),
-            reason: format!("not JSON: {e}"),
-        })?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| WeightsError::Corrupt {
-            file: index.display().to_string(),
-            reason: "no `weight_map` object".into(),
-        })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| WeightsError::Corrupt { file: index.display().to_string(), reason: format!("not JSON: {e}") })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| WeightsError::Corrupt { file: index.display().to_string(), reason: "no `weight_map` object".into() })?;
         let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         shards.into_iter().map(|s| part_dir.join(s)).collect()
     } else if fp16.exists() {
@@ -357,7 +358,10 @@ pub fn part_files(dir: &std::path::Path, part: &str, stem: &str) -> Result<Vec<s
     } else {
         return Err(io(
             &single,
-            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {stem}.safetensors (or sharded index) in {}", part_dir.display())),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no {stem}.safetensors (or sharded index) in {}", part_dir.display()),
+            ),
         ));
     })
 }

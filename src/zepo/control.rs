@@ -57,11 +57,8 @@ impl ControlSpec {
         let q = (self.mix_q < 1.0).then(|| attn.to_q.forward(hidden.clone()));
         let merged = match &self.tome {
             Some(t) => {
-                let pick = if t.deterministic {
-                    DstPick::TopLeft
-                } else {
-                    DstPick::Random { seed: self.tome_seed.wrapping_add(layer as u64) }
-                };
+                let pick =
+                    if t.deterministic { DstPick::TopLeft } else { DstPick::Random { seed: self.tome_seed.wrapping_add(layer as u64) } };
                 let r = merge_count(hidden.dims()[1], t.ratio as f64);
                 // The options were validated and `hidden` is this layer's h×w map.
                 TokenMerge::new(hidden.clone(), hw[0], hw[1], t.sx, t.sy, r, pick)

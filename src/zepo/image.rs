@@ -44,8 +44,8 @@ impl RgbImage {
         if self.width == size && self.height == size {
             return self.clone();
         }
-        let img = image::RgbImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone())
-            .expect("length checked on construction");
+        let img =
+            image::RgbImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone()).expect("length checked on construction");
         let out = image::imageops::resize(&img, size as u32, size as u32, image::imageops::FilterType::CatmullRom);
         Self { width: size, height: size, pixels: out.into_raw() }
     }

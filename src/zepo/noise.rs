@@ -28,10 +28,7 @@ pub struct SeededNoise {
 
 impl SeededNoise {
     pub fn new(seed: u64) -> Self {
-        Self {
-            rng: rand::rngs::StdRng::seed_from_u64(seed),
-            style: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5354_594c_455f_5a50),
-        }
+        Self { rng: rand::rngs::StdRng::seed_from_u64(seed), style: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5354_594c_455f_5a50) }
     }
 }
 
@@ -64,10 +61,8 @@ impl ReplayNoise {
 
 impl NoiseSource for ReplayNoise {
     fn draw(&mut self, label: &str, shape: [usize; 4], device: &Device) -> Result<Tensor<4>> {
-        let (name, s, values) = self
-            .draws
-            .pop_front()
-            .ok_or_else(|| Error::InvalidOption(format!("replay: no recorded draw left for {label}")))?;
+        let (name, s, values) =
+            self.draws.pop_front().ok_or_else(|| Error::InvalidOption(format!("replay: no recorded draw left for {label}")))?;
         if s != shape {
             return Err(Error::InvalidOption(format!(
                 "replay: draw {name} has shape {s:?}, the pipeline needs {shape:?} for {label} (different resolution or steps?)"

@@ -137,7 +137,9 @@ impl Zepo {
     /// Text embeddings of a prompt pair, with the text encoder.
     pub fn embed_prompts(&self, prompt: &str, negative: &str) -> Result<PromptEmbeddings> {
         let text = self.text.as_ref().ok_or_else(|| {
-            Error::InvalidOption("this model was loaded without its text encoder; use the precomputed prompt or load the text encoder".into())
+            Error::InvalidOption(
+                "this model was loaded without its text encoder; use the precomputed prompt or load the text encoder".into(),
+            )
         })?;
         let embed = |p: &str| {
             let ids = text.tokenizer.encode(p);
@@ -148,7 +150,14 @@ impl Zepo {
         Ok(PromptEmbeddings { cond: embed(prompt), uncond: embed(negative) })
     }
 
-    fn unet(&self, sample: Tensor<4>, t: &[f32], context: &Tensor<3>, cond: Option<Tensor<2>>, ctrl: &mut dyn crate::models::attention::AttentionController) -> Tensor<4> {
+    fn unet(
+        &self,
+        sample: Tensor<4>,
+        t: &[f32],
+        context: &Tensor<3>,
+        cond: Option<Tensor<2>>,
+        ctrl: &mut dyn crate::models::attention::AttentionController,
+    ) -> Tensor<4> {
         self.count(|c| c.unet_evals += t.len());
         self.unet.forward_controlled(sample, t, context, cond, ctrl)
     }
@@ -224,7 +233,13 @@ impl Zepo {
 
     /// A style's consistency features, to reuse across contents. Draws the style's two noise
     /// tensors from `noise`.
-    pub fn style_features(&self, style: &RgbImage, o: &ZepoOptions, prompts: &PromptEmbeddings, noise: &mut dyn NoiseSource) -> Result<StyleFeatures> {
+    pub fn style_features(
+        &self,
+        style: &RgbImage,
+        o: &ZepoOptions,
+        prompts: &PromptEmbeddings,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<StyleFeatures> {
         self.check_options(o)?;
         let noisy = self.latents(style, o, &[("style", o.feature_step as i64)], noise)?.remove(0);
         Ok(StyleFeatures { features: self.record_features(&noisy, o, prompts), key: FeatureKey::of(o) })
@@ -244,7 +259,9 @@ impl Zepo {
         self.check_options(o)?;
         if let Style::Features(f) = &style {
             if f.key != FeatureKey::of(o) {
-                return Err(Error::InvalidOption("style features were computed with other options (resolution, prompt, layers, token merging or feature step)".into()));
+                return Err(Error::InvalidOption(
+                    "style features were computed with other options (resolution, prompt, layers, token merging or feature step)".into(),
+                ));
             }
         }
         let mut scheduler = self.scheduler.clone();
@@ -309,7 +326,14 @@ impl Zepo {
     /// The reference's uncached path: a 6-row batch `[style, content, target] × [uncond, cond]`
     /// through the UNet at every step, the content encoded twice. Same draws, same output as
     /// [`Zepo::stylize`]: kept to prove the cache changes nothing.
-    pub fn stylize_uncached(&self, content: &RgbImage, style: &RgbImage, o: &ZepoOptions, prompts: &PromptEmbeddings, noise: &mut dyn NoiseSource) -> Result<FloatImage> {
+    pub fn stylize_uncached(
+        &self,
+        content: &RgbImage,
+        style: &RgbImage,
+        o: &ZepoOptions,
+        prompts: &PromptEmbeddings,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<FloatImage> {
         self.check_options(o)?;
         if o.no_cfg {
             return Err(Error::InvalidOption("the uncached reference path has no no-CFG mode".into()));
@@ -333,7 +357,8 @@ impl Zepo {
             let out_c = out.slice([5..6]);
             let eps = out_c.clone() + (out_u - out_c).mul_scalar(o.cfg);
             noise.draw(&format!("step{i}_randn_like_unused"), shape, &self.device)?;
-            let step_noise = if scheduler.needs_noise(t)? { Some(noise.draw(&format!("step{i}_lcm_step_noise"), shape, &self.device)?) } else { None };
+            let step_noise =
+                if scheduler.needs_noise(t)? { Some(noise.draw(&format!("step{i}_lcm_step_noise"), shape, &self.device)?) } else { None };
             let (prev, den) = scheduler.step(eps, t, x, step_noise)?;
             x = prev;
             denoised = den;
@@ -383,7 +408,11 @@ pub struct StylizeRun<'a> {
 
 impl StylizeRun<'_> {
     fn halves(&self) -> usize {
-        if self.o.no_cfg { 1 } else { 2 }
+        if self.o.no_cfg {
+            1
+        } else {
+            2
+        }
     }
 
     /// The progress before the next [`StylizeRun::advance`].
@@ -451,9 +480,11 @@ impl StylizeRun<'_> {
                 let spec = z.control_spec(o);
                 let style = self.style.as_ref().expect("style features");
                 let content = self.content_features.as_ref().expect("content features");
-                let mut inject = StyleInjector { spec: &spec, content, style: &style.features, recorded: self.trace.is_some().then(Vec::new) };
+                let mut inject =
+                    StyleInjector { spec: &spec, content, style: &style.features, recorded: self.trace.is_some().then(Vec::new) };
                 let context = z.context(self.prompts, o.no_cfg, 1);
-                let out = z.unet(x.clone().expand([halves, c, h, w]), &vec![t as f32; halves], &context, z.guidance_cond(o, halves), &mut inject);
+                let out =
+                    z.unet(x.clone().expand([halves, c, h, w]), &vec![t as f32; halves], &context, z.guidance_cond(o, halves), &mut inject);
                 let eps = if o.no_cfg {
                     out
                 } else {

@@ -55,17 +55,39 @@ pub struct LcmSchedulerConfig {
     pub rescale_betas_zero_snr: bool,
 }
 
-fn d_train_steps() -> usize { 1000 }
-fn d_beta_start() -> f64 { 0.00085 }
-fn d_beta_end() -> f64 { 0.012 }
-fn d_beta_schedule() -> String { "scaled_linear".into() }
-fn d_original_steps() -> usize { 50 }
-fn d_one() -> f64 { 1.0 }
-fn d_true() -> bool { true }
-fn d_prediction_type() -> String { "epsilon".into() }
-fn d_threshold_ratio() -> f64 { 0.995 }
-fn d_spacing() -> String { "leading".into() }
-fn d_timestep_scaling() -> f64 { 10.0 }
+fn d_train_steps() -> usize {
+    1000
+}
+fn d_beta_start() -> f64 {
+    0.00085
+}
+fn d_beta_end() -> f64 {
+    0.012
+}
+fn d_beta_schedule() -> String {
+    "scaled_linear".into()
+}
+fn d_original_steps() -> usize {
+    50
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_true() -> bool {
+    true
+}
+fn d_prediction_type() -> String {
+    "epsilon".into()
+}
+fn d_threshold_ratio() -> f64 {
+    0.995
+}
+fn d_spacing() -> String {
+    "leading".into()
+}
+fn d_timestep_scaling() -> f64 {
+    10.0
+}
 
 impl Default for LcmSchedulerConfig {
     fn default() -> Self {
@@ -108,9 +130,7 @@ fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     }
     let step = (e - s) / (n - 1) as f32;
     let half = n / 2;
-    (0..n)
-        .map(|i| if i < half { step.mul_add(i as f32, s) } else { (-step).mul_add((n - 1 - i) as f32, e) })
-        .collect()
+    (0..n).map(|i| if i < half { step.mul_add(i as f32, s) } else { (-step).mul_add((n - 1 - i) as f32, e) }).collect()
 }
 
 /// torch's CPU `cumprod` of an f32 tensor: the running product is kept in f64 (its `acc_type`)
@@ -174,10 +194,9 @@ impl LcmScheduler {
         let mut betas = match (&config.trained_betas, config.beta_schedule.as_str()) {
             (Some(b), _) => b.iter().map(|&v| v as f32).collect(),
             (None, "linear") => torch_linspace_f32(config.beta_start, config.beta_end, n),
-            (None, "scaled_linear") => torch_linspace_f32(config.beta_start.sqrt(), config.beta_end.sqrt(), n)
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
+            (None, "scaled_linear") => {
+                torch_linspace_f32(config.beta_start.sqrt(), config.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
+            }
             (None, "squaredcos_cap_v2") => betas_for_alpha_bar(n),
             (None, other) => return Err(bad(format!("beta_schedule `{other}` is not supported"))),
         };
@@ -227,14 +246,10 @@ impl LcmScheduler {
         let original = original_inference_steps.unwrap_or(self.config.original_inference_steps);
         let n = num_inference_steps;
         if original == 0 || original > train {
-            return Err(Error::InvalidOption(format!(
-                "original_inference_steps {original} must be in 1..={train} (num_train_timesteps)"
-            )));
+            return Err(Error::InvalidOption(format!("original_inference_steps {original} must be in 1..={train} (num_train_timesteps)")));
         }
         if n == 0 || n > original {
-            return Err(Error::InvalidOption(format!(
-                "num_inference_steps {n} must be in 1..={original} (original_inference_steps)"
-            )));
+            return Err(Error::InvalidOption(format!("num_inference_steps {n} must be in 1..={original} (original_inference_steps)")));
         }
         let k = (train / original) as i64;
         // reversed: original·k − 1, …, 2k − 1, k − 1
@@ -354,9 +369,7 @@ impl LcmScheduler {
         if index + 1 == self.timesteps.len() {
             return Ok((denoised.clone(), denoised));
         }
-        let noise = noise.ok_or_else(|| {
-            Error::InvalidOption(format!("step at timestep {t} (index {index}) needs a noise tensor"))
-        })?;
+        let noise = noise.ok_or_else(|| Error::InvalidOption(format!("step at timestep {t} (index {index}) needs a noise tensor")))?;
         check_same_shape("step noise", &denoised, &noise)?;
         let prev = denoised.clone().mul_scalar(alpha_prev.sqrt()) + noise.mul_scalar((1.0 - alpha_prev).sqrt());
         Ok((prev, denoised))

@@ -27,17 +27,10 @@ pub struct StyleKv {
 /// `scale` defaults to d^-½ (diffusers' `attn.scale`).
 pub fn style_attention(q: Tensor<4>, kv: &StyleKv, style_guidance: f32, scale: Option<f64>) -> Result<Tensor<4>> {
     let [b, h, _, d] = q.dims();
-    for (name, t) in [
-        ("k_content", &kv.k_content),
-        ("v_content", &kv.v_content),
-        ("k_style", &kv.k_style),
-        ("v_style", &kv.v_style),
-    ] {
+    for (name, t) in [("k_content", &kv.k_content), ("v_content", &kv.v_content), ("k_style", &kv.k_style), ("v_style", &kv.v_style)] {
         let [tb, th, _, td] = t.dims();
         if tb != b || th != h || td != d {
-            return Err(Error::InvalidOption(format!(
-                "style attention: {name} is [{tb}, {th}, _, {td}], queries are [{b}, {h}, _, {d}]"
-            )));
+            return Err(Error::InvalidOption(format!("style attention: {name} is [{tb}, {th}, _, {td}], queries are [{b}, {h}, _, {d}]")));
         }
     }
     if kv.k_content.dims()[2] != kv.v_content.dims()[2] || kv.k_style.dims()[2] != kv.v_style.dims()[2] {

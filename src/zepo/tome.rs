@@ -286,4 +286,3 @@ mod tests {
         assert_eq!(ranks, vec![2, 0, 3, 4, 1]);
     }
 }
-

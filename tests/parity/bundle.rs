@@ -300,12 +300,18 @@ fn committed_tiny_bundle_is_current() {
     let new = convert(&opts, &mut |_| {}).unwrap();
     // Weights, configs and tokenizer are bit-identical; the prompt embeddings are float
     // results of this machine's CPU kernels, compared by value.
-    let files = |m: &Manifest| m.parts.values().flat_map(|p| p.shards.iter().map(|s| &s.file).chain([&p.config])).cloned().collect::<Vec<_>>();
+    let files =
+        |m: &Manifest| m.parts.values().flat_map(|p| p.shards.iter().map(|s| &s.file).chain([&p.config])).cloned().collect::<Vec<_>>();
     assert_eq!(files(&old), files(&new), "weights/tiny-lcm-bundle is stale: re-run the conversion in weights/README.md");
     assert!(old.parts == new.parts, "weights/tiny-lcm-bundle: tensor lists differ; re-run the conversion");
     assert_eq!((&old.tokenizer, &old.scheduler, &old.omitted), (&new.tokenizer, &new.scheduler, &new.omitted));
     for p in &old.prompt_embeddings.as_ref().unwrap().prompts {
-        assert_close_rel(&format!("prompt {:?}", p.text), &embeddings(&committed, &old, &p.text), &embeddings(&scratch, &new, &p.text), 1e-5);
+        assert_close_rel(
+            &format!("prompt {:?}", p.text),
+            &embeddings(&committed, &old, &p.text),
+            &embeddings(&scratch, &new, &p.text),
+            1e-5,
+        );
     }
 }
 

@@ -221,7 +221,15 @@ pub fn replay_case(zepo: &zepo::zepo::pipeline::Zepo, case: &str) -> (Vec<f32>, 
     let o = case_options(case);
     let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
     let out = zepo
-        .stylize(&rgb(&fx, "content_rgb_u8"), Style::Image(&rgb(&fx, "style_rgb_u8")), &o, &prompts, &mut replay(&fx), &mut zepo::zepo::progress::Silent, None)
+        .stylize(
+            &rgb(&fx, "content_rgb_u8"),
+            Style::Image(&rgb(&fx, "style_rgb_u8")),
+            &o,
+            &prompts,
+            &mut replay(&fx),
+            &mut zepo::zepo::progress::Silent,
+            None,
+        )
         .unwrap();
     (out.image.values, reference_image(&fx))
 }

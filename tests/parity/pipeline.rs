@@ -28,7 +28,15 @@ fn every_reference_case_is_reproduced() {
             let mut trace = Trace::default();
             zepo.reset_counters();
             let out = zepo
-                .stylize(&rgb(&fx, "content_rgb_u8"), Style::Image(&rgb(&fx, "style_rgb_u8")), &o, &prompts, &mut noise, &mut Silent, Some(&mut trace))
+                .stylize(
+                    &rgb(&fx, "content_rgb_u8"),
+                    Style::Image(&rgb(&fx, "style_rgb_u8")),
+                    &o,
+                    &prompts,
+                    &mut noise,
+                    &mut Silent,
+                    Some(&mut trace),
+                )
                 .unwrap();
             assert_eq!(noise.remaining(), 0, "{case}: every recorded draw is used");
             let tag = format!("{dev_name} {case}");
@@ -76,7 +84,8 @@ fn cached_path_equals_uncached_and_counts_half_the_work() {
 
         // A style's features reused for another content: only the content's own work.
         zepo.reset_counters();
-        let again = zepo.stylize(&content, Style::Features(&cached.style), &o, &prompts, &mut SeededNoise::new(1), &mut Silent, None).unwrap();
+        let again =
+            zepo.stylize(&content, Style::Features(&cached.style), &o, &prompts, &mut SeededNoise::new(1), &mut Silent, None).unwrap();
         let c = zepo.counters();
         assert_eq!((c.unet_evals, c.vae_encodes, c.vae_decodes), (2 + 2 * n, 1, 1), "{case}: reused style");
         assert_eq!(again.image.values.len(), cached.image.values.len());
@@ -98,7 +107,17 @@ fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
     let features = zepo.style_features(&style, &o, &prompts, &mut SeededNoise::new(o.seed)).unwrap();
     let c = run(Style::Features(&features));
     assert!(a.image.values == c.image.values, "precomputed style features give the same bits");
-    let d = zepo.stylize(&content, Style::Image(&style), &ZepoOptions { seed: 8, ..o.clone() }, &prompts, &mut SeededNoise::new(8), &mut Silent, None).unwrap();
+    let d = zepo
+        .stylize(
+            &content,
+            Style::Image(&style),
+            &ZepoOptions { seed: 8, ..o.clone() },
+            &prompts,
+            &mut SeededNoise::new(8),
+            &mut Silent,
+            None,
+        )
+        .unwrap();
     assert!(a.image.values != d.image.values, "another seed, another image");
 }
 
@@ -110,14 +129,22 @@ fn cli_replays_a_case_with_flags() {
         let o = case_options(case);
         let out: PathBuf = dir.join(format!("{case}.safetensors"));
         let mut args: Vec<String> = vec![
-            "stylize".into(), "--quiet".into(),
-            "--model".into(), tiny_model().display().to_string(),
-            "--replay".into(), fixture(&format!("cases/{case}/reference.safetensors")).display().to_string(),
-            "--save-tensor".into(), out.display().to_string(),
-            "--steps".into(), o.steps.to_string(),
-            "--strength".into(), o.strength.to_string(),
-            "--cfg".into(), o.cfg.to_string(),
-            "--style-guidance".into(), o.style_guidance.to_string(),
+            "stylize".into(),
+            "--quiet".into(),
+            "--model".into(),
+            tiny_model().display().to_string(),
+            "--replay".into(),
+            fixture(&format!("cases/{case}/reference.safetensors")).display().to_string(),
+            "--save-tensor".into(),
+            out.display().to_string(),
+            "--steps".into(),
+            o.steps.to_string(),
+            "--strength".into(),
+            o.strength.to_string(),
+            "--cfg".into(),
+            o.cfg.to_string(),
+            "--style-guidance".into(),
+            o.style_guidance.to_string(),
         ];
         match &o.tome {
             // No --tome-deterministic: replay implies it (the cases' destinations are top-left).
@@ -150,7 +177,19 @@ fn cli_errors_are_one_clear_line() {
     let scratch = Scratch::new("bad-image");
     let bad = scratch.join("zepo-bad.png");
     std::fs::write(&bad, b"not an image").unwrap();
-    let err = run(&["stylize", "--model", &model, "--content", bad.to_str().unwrap(), "--style", bad.to_str().unwrap(), "--out", "o.png", "--resolution", "64"]);
+    let err = run(&[
+        "stylize",
+        "--model",
+        &model,
+        "--content",
+        bad.to_str().unwrap(),
+        "--style",
+        bad.to_str().unwrap(),
+        "--out",
+        "o.png",
+        "--resolution",
+        "64",
+    ]);
     assert!(err.starts_with("error: ") && err.contains("zepo-bad") && err.lines().count() == 1, "{err}");
     let err = run(&["stylize", "--model", &model, "--content", "a.png", "--style", "b.png", "--out", "o.png", "--steps", "0"]);
     assert!(err.starts_with("error: ") && err.contains("steps"), "{err}");
@@ -199,7 +238,15 @@ fn no_cfg_mode_halves_the_unet_work() {
     assert_eq!(zepo.counters().unet_evals, 2 + 2, "1 style + 1 content feature pass + 1 per step");
     assert!(out.image.values.iter().all(|v| (0.0..=1.0).contains(v)));
     let cfg = zepo
-        .stylize(&content, Style::Image(&style), &ZepoOptions { no_cfg: false, ..o.clone() }, &prompts, &mut SeededNoise::new(0), &mut Silent, None)
+        .stylize(
+            &content,
+            Style::Image(&style),
+            &ZepoOptions { no_cfg: false, ..o.clone() },
+            &prompts,
+            &mut SeededNoise::new(0),
+            &mut Silent,
+            None,
+        )
         .unwrap();
     assert!(cfg.image.values != out.image.values, "no-CFG is a different mode, never the default");
 }
@@ -219,9 +266,12 @@ fn cli_stylizes_a_folder_with_one_style() {
     let status = std::process::Command::new(exe)
         .args(["stylize", "--quiet", "--resolution", "64", "--steps", "2", "--model"])
         .arg(tiny_model())
-        .arg("--content").arg(&contents)
-        .arg("--style").arg(dir.join("style.png"))
-        .arg("--out").arg(&out)
+        .arg("--content")
+        .arg(&contents)
+        .arg("--style")
+        .arg(dir.join("style.png"))
+        .arg("--out")
+        .arg(&out)
         .status()
         .unwrap();
     assert!(status.success());

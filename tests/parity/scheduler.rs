@@ -15,8 +15,7 @@ fn sched_alphas_cumprod_bitwise() {
     let s = scheduler();
     let expected = fx.f32("sched_alphas_cumprod");
     assert_eq!(s.alphas_cumprod().len(), expected.len());
-    let differing: Vec<usize> =
-        (0..expected.len()).filter(|&i| s.alphas_cumprod()[i].to_bits() != expected[i].to_bits()).collect();
+    let differing: Vec<usize> = (0..expected.len()).filter(|&i| s.alphas_cumprod()[i].to_bits() != expected[i].to_bits()).collect();
     assert!(differing.is_empty(), "alphas_cumprod differs in bits at {} indices, first {:?}", differing.len(), differing.first());
     assert_eq!(s.final_alpha_cumprod(), fx.f32("sched_final_alpha_cumprod")[0]);
 }

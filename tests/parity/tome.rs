@@ -118,7 +118,13 @@ fn host_merge(x: &[f32], n: usize, c: usize, h: usize, w: usize, r: usize, pick:
 /// unmerge puts every unmerged token back in place.
 #[test]
 fn tome_other_geometries() {
-    let cases = [(4usize, 6usize, 1usize, DstPick::TopLeft), (4, 4, 11, DstPick::TopLeft), (5, 3, 7, DstPick::TopLeft), (6, 8, 20, DstPick::Random { seed: 3 }), (2, 2, 1, DstPick::Random { seed: 9 })];
+    let cases = [
+        (4usize, 6usize, 1usize, DstPick::TopLeft),
+        (4, 4, 11, DstPick::TopLeft),
+        (5, 3, 7, DstPick::TopLeft),
+        (6, 8, 20, DstPick::Random { seed: 3 }),
+        (2, 2, 1, DstPick::Random { seed: 9 }),
+    ];
     for (name, device) in devices() {
         for (h, w, r, pick) in cases {
             let (b, n, c) = (3, h * w, 5);
@@ -145,7 +151,10 @@ fn tome_other_geometries() {
                     if got == &data[t * c..(t + 1) * c] {
                         exact += 1;
                     } else {
-                        assert!(means.chunks(c).any(|mean| mean == got), "{name} {h}x{w} r={r}: token {t} is neither itself nor a dst mean");
+                        assert!(
+                            means.chunks(c).any(|mean| mean == got),
+                            "{name} {h}x{w} r={r}: token {t} is neither itself nor a dst mean"
+                        );
                     }
                 }
                 assert!(exact + 2 * m.r() >= n, "{name} {h}x{w} r={r}: only {exact} of {n} tokens restored");

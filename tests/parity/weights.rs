@@ -28,10 +28,8 @@ fn rewrite(part: &str, dir: &Path, shards: usize, f: impl Fn(&[u8]) -> (safetens
         } else {
             format!("diffusion_pytorch_model-{:05}-of-{shards:05}.safetensors", i + 1)
         };
-        let views: Vec<_> = chunk
-            .iter()
-            .map(|(n, s, (dt, b))| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
-            .collect();
+        let views: Vec<_> =
+            chunk.iter().map(|(n, s, (dt, b))| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap())).collect();
         std::fs::write(dir.join(part).join(&name), safetensors::serialize(views, &None).unwrap()).unwrap();
         for (n, _, _) in chunk {
             index.insert(n.clone(), name.clone());
@@ -68,10 +66,8 @@ fn half_precision_checkpoints_are_cast_to_the_compute_dtype() {
     let fx = Fixture::load("components.safetensors");
     let x = fx.tensor::<4>("vae_dec_in", &device);
     type Round = fn(f32) -> f32;
-    let cases: [(safetensors::Dtype, Round); 2] = [
-        (safetensors::Dtype::F16, |v| half::f16::from_f32(v).to_f32()),
-        (safetensors::Dtype::BF16, |v| half::bf16::from_f32(v).to_f32()),
-    ];
+    let cases: [(safetensors::Dtype, Round); 2] =
+        [(safetensors::Dtype::F16, |v| half::f16::from_f32(v).to_f32()), (safetensors::Dtype::BF16, |v| half::bf16::from_f32(v).to_f32())];
     for (dtype, round) in cases {
         let (half_dir, f32_dir) = (scratch(&format!("{dtype:?}")), scratch(&format!("{dtype:?}-as-f32")));
         rewrite("vae", &half_dir, 1, |b| {
@@ -111,7 +107,8 @@ fn broken_files_are_clear_errors() {
     // A checkpoint of another model: the first mismatching key is named with both shapes.
     let other = scratch("other");
     rewrite("unet", &other, 1, |b| (safetensors::Dtype::F32, b.to_vec()));
-    std::fs::copy(tiny_model().join("vae/diffusion_pytorch_model.safetensors"), other.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::copy(tiny_model().join("vae/diffusion_pytorch_model.safetensors"), other.join("unet/diffusion_pytorch_model.safetensors"))
+        .unwrap();
     let err = load_unet(&other, &device, &LoadOptions::default(), WeightSource::Checkpoint).err().unwrap().to_string();
     assert!(err.contains("missing weight") || err.contains("has shape"), "{err}");
     let _ = Dtype::F32;

@@ -56,9 +56,7 @@ impl DownBlock {
             resnets.push(ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, Some(spec.temb), spec.groups, spec.eps)?);
             attentions.extend(spec.attention(&vb.pp("attentions").pp(j), c_out, counter)?);
         }
-        let downsampler = downsample_padding
-            .map(|p| Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out, p))
-            .transpose()?;
+        let downsampler = downsample_padding.map(|p| Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out, p)).transpose()?;
         Ok(Self { resnets, attentions, downsampler })
     }
 

@@ -79,20 +79,48 @@ pub struct UNetConfig {
     pub resnet_time_scale_shift: String,
 }
 
-fn d_in_channels() -> usize { 4 }
-fn d_mid_block_type() -> Option<String> { Some("UNetMidBlock2DCrossAttn".into()) }
-fn d_layers_per_block() -> usize { 2 }
-fn d_attention_head_dim() -> PerBlock { PerBlock::One(8) }
-fn d_norm_num_groups() -> usize { 32 }
-fn d_norm_eps() -> f64 { 1e-5 }
-fn d_downsample_padding() -> usize { 1 }
-fn d_true() -> bool { true }
-fn d_transformer_layers() -> PerBlock { PerBlock::One(1) }
-fn d_one() -> f64 { 1.0 }
-fn d_act() -> String { "silu".into() }
-fn d_conv_kernel() -> usize { 3 }
-fn d_tet() -> String { "positional".into() }
-fn d_rtss() -> String { "default".into() }
+fn d_in_channels() -> usize {
+    4
+}
+fn d_mid_block_type() -> Option<String> {
+    Some("UNetMidBlock2DCrossAttn".into())
+}
+fn d_layers_per_block() -> usize {
+    2
+}
+fn d_attention_head_dim() -> PerBlock {
+    PerBlock::One(8)
+}
+fn d_norm_num_groups() -> usize {
+    32
+}
+fn d_norm_eps() -> f64 {
+    1e-5
+}
+fn d_downsample_padding() -> usize {
+    1
+}
+fn d_true() -> bool {
+    true
+}
+fn d_transformer_layers() -> PerBlock {
+    PerBlock::One(1)
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_act() -> String {
+    "silu".into()
+}
+fn d_conv_kernel() -> usize {
+    3
+}
+fn d_tet() -> String {
+    "positional".into()
+}
+fn d_rtss() -> String {
+    "default".into()
+}
 
 impl UNetConfig {
     /// Heads of block `i` (down-block order).

@@ -61,13 +61,7 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    pub fn load(
-        vb: &VarBuilder,
-        dim: usize,
-        heads: usize,
-        cross_dim: usize,
-        self_attn_index: usize,
-    ) -> Result<Self, WeightsError> {
+    pub fn load(vb: &VarBuilder, dim: usize, heads: usize, cross_dim: usize, self_attn_index: usize) -> Result<Self, WeightsError> {
         let head_dim = dim / heads;
         Ok(Self {
             norm1: LayerNorm::load(&vb.pp("norm1"), dim, 1e-5)?,
@@ -80,21 +74,10 @@ impl BasicTransformerBlock {
         })
     }
 
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        context: &Tensor<3>,
-        hw: [usize; 2],
-        ctrl: &mut dyn AttentionController,
-    ) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>, hw: [usize; 2], ctrl: &mut dyn AttentionController) -> Tensor<3> {
         let hidden = self.norm1.forward(x.clone());
-        let call = SelfAttentionCall {
-            layer: self.self_attn_index,
-            attn: &self.attn1,
-            hidden: hidden.clone(),
-            height: hw[0],
-            width: hw[1],
-        };
+        let call =
+            SelfAttentionCall { layer: self.self_attn_index, attn: &self.attn1, hidden: hidden.clone(), height: hw[0], width: hw[1] };
         let attn = match ctrl.self_attention(call) {
             Some(out) => self.attn1.to_out.forward(out),
             None => self.attn1.forward(hidden, None),

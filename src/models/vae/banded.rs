@@ -271,7 +271,8 @@ impl Ctx {
             let n_out = end / 2 - start / 2;
             if n_out > 0 {
                 self.see(conv_bytes(b, c, hs[i], w));
-                let input = if i + 1 < x.len() { Tensor::cat(vec![x[i].clone(), x[i + 1].clone().narrow(2, 0, 1)], 2) } else { x[i].clone() };
+                let input =
+                    if i + 1 < x.len() { Tensor::cat(vec![x[i].clone(), x[i + 1].clone().narrow(2, 0, 1)], 2) } else { x[i].clone() };
                 let y = d.forward(input).narrow(2, 0, n_out);
                 self.see_t(&y);
                 out.push(y);

@@ -35,16 +35,36 @@ pub struct VaeConfig {
     pub mid_block_add_attention: bool,
 }
 
-fn d_three() -> usize { 3 }
-fn d_down_block_types() -> Vec<String> { vec!["DownEncoderBlock2D".into()] }
-fn d_up_block_types() -> Vec<String> { vec!["UpDecoderBlock2D".into()] }
-fn d_block_out_channels() -> Vec<usize> { vec![64] }
-fn d_one() -> usize { 1 }
-fn d_act() -> String { "silu".into() }
-fn d_latent_channels() -> usize { 4 }
-fn d_norm_num_groups() -> usize { 32 }
-fn d_scaling_factor() -> f64 { 0.18215 }
-fn d_true() -> bool { true }
+fn d_three() -> usize {
+    3
+}
+fn d_down_block_types() -> Vec<String> {
+    vec!["DownEncoderBlock2D".into()]
+}
+fn d_up_block_types() -> Vec<String> {
+    vec!["UpDecoderBlock2D".into()]
+}
+fn d_block_out_channels() -> Vec<usize> {
+    vec![64]
+}
+fn d_one() -> usize {
+    1
+}
+fn d_act() -> String {
+    "silu".into()
+}
+fn d_latent_channels() -> usize {
+    4
+}
+fn d_norm_num_groups() -> usize {
+    32
+}
+fn d_scaling_factor() -> f64 {
+    0.18215
+}
+fn d_true() -> bool {
+    true
+}
 
 /// The eps of every VAE group norm (resnets, attention, output norms): diffusers hardcodes it.
 pub const VAE_NORM_EPS: f64 = 1e-6;
