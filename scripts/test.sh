@@ -4,7 +4,8 @@
 # Installs what it needs (idempotent, quiet; see scripts/setup.sh), then runs
 #   1. cargo test                      every Rust test on burn's CPU backend
 #   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan),
-#                                      and the f16 compute path (tests/f16_wgpu.rs)
+#                                      the f16 compute path (tests/f16_wgpu.rs) and the GPU
+#                                      kernels against burn's plain paths (tests/gpu_ops.rs)
 #   3. wasm build                      the browser engine into www/engine (scripts/build-wasm.sh)
 #   3b. npm package                    pkg/ assembled from it (scripts/build-pkg.sh)
 #   4. browser tests                   node --test tests/browser/*.test.mjs (the page, the API, the
@@ -57,10 +58,11 @@ wgpu_parity() {
         export XDG_RUNTIME_DIR
     fi
     echo "  Vulkan driver: $icd"
-    cargo test --quiet --no-run --test parity --test f16_wgpu || return 1
+    cargo test --quiet --no-run --test parity --test f16_wgpu --test gpu_ops || return 1
     # Built first, so that the limit is on the tests (a few minutes), not on a cold build.
+    # gpu_ops: the GPU kernels against burn's plain compositions (ignored without a GPU backend).
     VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd" ZEPO_TEST_WGPU=1 ZEPO_TEST_WGPU_ADAPTER=llvmpipe \
-        timeout --kill-after=30s 20m cargo test --quiet --test parity --test f16_wgpu
+        timeout --kill-after=30s 20m cargo test --quiet --test parity --test f16_wgpu --test gpu_ops -- --include-ignored
 }
 
 browser_tests() {

@@ -10,6 +10,8 @@ pub enum Backend {
     Cpu,
     /// burn-wgpu (Vulkan, Metal, DX12 natively; WebGPU in the browser).
     Wgpu,
+    /// burn's CUDA backend (built with the `cuda` feature).
+    Cuda,
 }
 
 impl std::str::FromStr for Backend {
@@ -18,7 +20,8 @@ impl std::str::FromStr for Backend {
         match s {
             "cpu" => Ok(Backend::Cpu),
             "wgpu" => Ok(Backend::Wgpu),
-            other => Err(crate::Error::InvalidOption(format!("backend `{other}`: expected cpu or wgpu"))),
+            "cuda" => Ok(Backend::Cuda),
+            other => Err(crate::Error::InvalidOption(format!("backend `{other}`: expected cpu, wgpu or cuda"))),
         }
     }
 }
@@ -33,6 +36,8 @@ pub fn device(backend: Backend) -> crate::Result<Device> {
         Backend::Wgpu => {
             wgpu_device().clone().map(|(device, _)| device).map_err(|e| crate::Error::Device(format!("no usable wgpu adapter: {e}")))
         }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => Ok(Device::cuda(0)),
         #[allow(unreachable_patterns)]
         other => Err(crate::Error::InvalidOption(format!("backend {other:?} is not compiled in"))),
     }
@@ -44,7 +49,8 @@ pub fn device(backend: Backend) -> crate::Result<Device> {
 fn wgpu_device() -> &'static Result<(Device, String), String> {
     static DEVICE: std::sync::OnceLock<Result<(Device, String), String>> = std::sync::OnceLock::new();
     DEVICE.get_or_init(|| {
-        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+        // As the browser engine: fewer, larger queue submits (burn's default is 32 dispatches each).
+        let (device, setup) = Device::wgpu_options().tasks_max(128).init_with_setup().map_err(|e| e.to_string())?;
         let a = setup.adapter.get_info();
         Ok((device, format!("{} ({:?}, {:?}, driver {} {})", a.name, a.backend, a.device_type, a.driver, a.driver_info)))
     })

@@ -12,6 +12,9 @@ pub mod device;
 pub mod error;
 pub mod models;
 pub mod nn;
+/// Native tools (the CLI's): random full-size checkpoints.
+#[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+pub mod tools;
 pub mod weights;
 pub mod zepo;
 

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use clap::Args;
 use zepo::device::Backend;
+use zepo::weights::LoadOptions;
 use zepo::zepo::image::RgbImage;
 use zepo::zepo::load::{load_scheduler, load_text, load_unet, load_vae, WeightSource};
 use zepo::zepo::noise::SeededNoise;
@@ -36,6 +37,9 @@ pub struct BenchArgs {
     /// for a UNet-only profile.
     #[arg(long, default_value = "unet,encode,decode", value_delimiter = ',')]
     parts: Vec<String>,
+    /// Compute precision: f32, or f16 (weights and activations; GPU backends with f16).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -84,13 +88,13 @@ fn device_mib(device: &Device) -> Option<f64> {
     device.memory_pool_usage().map(|u| u.bytes_reserved as f64 / (1 << 20) as f64)
 }
 
-fn random(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+fn random(shape: [usize; 4], seed: u64, device: &Device, dtype: DType) -> Tensor<4> {
     use rand::SeedableRng;
     use rand_distr::Distribution;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
-    Tensor::from_data(TensorData::new(v, shape), device)
+    Tensor::from_data(TensorData::new(v, shape), (device, dtype))
 }
 
 /// Times every stage of a stylization through the observer.
@@ -125,14 +129,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!("zepo bench: random weights, configs from {}", dir.display());
     println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let dtype = match args.precision.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        other => return Err(Error::InvalidOption(format!("--precision {other}: f32 or f16"))),
+    };
+    let opts = LoadOptions { dtype, ..Default::default() };
     for name in &args.backend {
         let backend: Backend = name.parse()?;
-        let device = zepo::device::device(backend)?;
-        println!("\n== backend {name}");
+        let mut device = zepo::device::device(backend)?;
+        if dtype == DType::F16 {
+            // Before any tensor: the device's float dtype is set once.
+            device.configure(FloatDType::F16).map_err(|e| Error::InvalidOption(format!("{name} cannot compute in f16: {e:?}")))?;
+        }
+        let adapter = zepo::device::wgpu_adapter().filter(|_| backend == Backend::Wgpu).map(|a| format!(" ({a})")).unwrap_or_default();
+        println!("\n== backend {name}{adapter}, {}", args.precision);
         let t = Instant::now();
-        let unet = load_unet(dir, &device, &Default::default(), WeightSource::Random(1))?;
-        let vae = load_vae(dir, &device, &Default::default(), WeightSource::Random(2))?;
-        let text = load_text(dir, &device, &Default::default(), WeightSource::Random(3))?;
+        let unet = load_unet(dir, &device, &opts, WeightSource::Random(1))?;
+        let vae = load_vae(dir, &device, &opts, WeightSource::Random(2))?;
+        let text = load_text(dir, &device, &opts, WeightSource::Random(3))?;
         sync(&device)?;
         println!("build full-size models (random weights): {:.1} s", t.elapsed().as_secs_f64());
         let model = Zepo::new(unet, vae, Some(text), load_scheduler(dir)?, device.clone());
@@ -141,8 +156,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
         for &size in &args.sizes {
             let lat = size / 8;
-            let x = random([1, 3, size, size], 1, &device);
-            let z = random([1, 4, lat, lat], 2, &device);
+            let x = random([1, 3, size, size], 1, &device, dtype);
+            let z = random([1, 4, lat, lat], 2, &device, dtype);
             let part = |name: &str| args.parts.iter().any(|p| p == name);
             let mut parts = vec![];
             if part("unet") {

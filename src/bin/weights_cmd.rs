@@ -38,6 +38,17 @@ pub enum WeightsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Write a diffusers-layout checkpoint with the real model's structure and random f16
+    /// weights, from a directory of configs (each part's config.json, tokenizer/, scheduler/):
+    /// for benchmarks and full-size tests without the real weights. Convert it like any other.
+    Random {
+        /// Directory of the model's configs.
+        #[arg(long, default_value = "weights/lcm-dreamshaper-v7")]
+        config: PathBuf,
+        /// Checkpoint directory to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Re-check a bundle: every sha256, every shard against the manifest, every tensor's shape
     /// against the configs (through the model loaders).
     Verify {
@@ -66,6 +77,10 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
                 println!("left out: {}", manifest.omitted.join(", "));
             }
             println!("{}: {:.1} MB in all", opts.out.display(), manifest.total_bytes() as f64 / 1e6);
+        }
+        WeightsCommand::Random { config, out } => {
+            let bytes = zepo::tools::random_checkpoint::write_random_checkpoint(&config, &out, &mut |msg| eprintln!("{msg}"))?;
+            println!("{}: random weights, {:.1} MB", out.display(), bytes as f64 / 1e6);
         }
         WeightsCommand::Verify { bundle } => {
             let report = verify(&bundle)?;

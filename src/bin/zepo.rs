@@ -14,6 +14,7 @@ use zepo::zepo::{TomeOptions, ZepoOptions};
 use zepo::{Error, Result};
 
 mod bench;
+mod unet_cmd;
 mod weights_cmd;
 
 #[derive(Parser)]
@@ -29,6 +30,8 @@ enum Command {
     Stylize(StylizeArgs),
     /// Time the models and the pipeline on full-size random weights.
     Bench(bench::BenchArgs),
+    /// One UNet call on seeded inputs, saved with them (checks of another engine on the same call).
+    Unet(unet_cmd::UnetArgs),
     /// Make or check the fp16 weight bundle that the browser streams.
     Weights {
         #[command(subcommand)]
@@ -309,6 +312,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Stylize(args) => stylize(args),
         Command::Bench(args) => bench::run(args),
+        Command::Unet(args) => unet_cmd::run(args),
         Command::Weights { cmd } => weights_cmd::run(cmd),
     };
     match result {

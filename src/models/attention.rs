@@ -2,12 +2,12 @@
 //! (self- and cross-attention) and the VAE's mid-block, and the hook through which a caller
 //! may take over a UNet self-attention ([`AttentionController`]).
 
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::GroupNorm;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
-use crate::nn::{group_norm, linear};
+use crate::nn::{group_norm, linear, Linear};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// Multi-head scaled dot-product attention with diffusers' parameter names.
@@ -62,6 +62,20 @@ impl Attention {
         self.merge_heads(attend_heads(self.split_heads(q), self.split_heads(k), self.split_heads(v)))
     }
 
+    /// The keys and values of `context` `[B, M, C]`, split in heads `[B, heads, M, d]`: what
+    /// [`Attention::forward_with_kv`] takes (a cross-attention's context is the same at every
+    /// step: computed once).
+    pub fn kv(&self, context: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        (self.split_heads(self.to_k.forward(context.clone())), self.split_heads(self.to_v.forward(context)))
+    }
+
+    /// Attention of `x` `[B, N, C]` over keys and values from [`Attention::kv`], including
+    /// `to_out`.
+    pub fn forward_with_kv(&self, x: Tensor<3>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
+        let q = self.split_heads(self.to_q.forward(x));
+        self.to_out.forward(self.merge_heads(attend_heads(q, k, v)))
+    }
+
     /// Plain attention of `x` `[B, N, C]` over `context` (or itself), including `to_out`.
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
         let context = context.unwrap_or_else(|| x.clone());
@@ -75,10 +89,14 @@ impl Attention {
 /// Largest score matrix a backend without a fused kernel may materialise (f32 bytes).
 const SCORES_CHUNK_BYTES: usize = 256 << 20;
 
-/// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]`. burn's fused kernel on wgpu never materialises the
-/// scores; the CPU backend does, so long sequences run in query chunks (exact: softmax is per
-/// query row) — 1024² images would otherwise need a 17 GB score matrix.
+/// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]`. On the GPU one flash-attention kernel, which never
+/// materialises the scores; the CPU backend does, so long sequences run in query chunks (exact:
+/// softmax is per query row) — 1024² images would otherwise need a 17 GB score matrix.
 pub fn attend_heads(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+    if crate::nn::gpu::on_gpu(&q) {
+        return crate::nn::gpu::flash_attention(q, k, v);
+    }
     let [b, h, n, _] = q.dims();
     let m = k.dims()[2];
     let rows = (SCORES_CHUNK_BYTES / (b * h * m * 4).max(1)).max(1);
@@ -106,12 +124,10 @@ impl SpatialSelfAttention {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let hs = crate::nn::group_norm_forward(&self.group_norm, x.clone());
-        let hs = hs.reshape([b, c, h * w]).swap_dims(1, 2);
+        let [_, _, h, w] = x.dims();
+        let hs = crate::nn::to_tokens(crate::nn::group_norm_forward(&self.group_norm, x.clone()));
         let out = self.attn.forward(hs, None);
-        let out = out.swap_dims(1, 2).reshape([b, c, h, w]);
-        out + x
+        crate::nn::from_tokens(out, h, w) + x
     }
 }
 

@@ -3,13 +3,13 @@
 //! layer norm. Called as diffusers and ZePo call it: ids only, no padding mask; the output is
 //! `last_hidden_state`.
 
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Int, Tensor};
 use serde::Deserialize;
 
-use crate::nn::{embedding, linear, BlockedEmbedding, LayerNorm};
+use crate::nn::{embedding, linear, BlockedEmbedding, LayerNorm, Linear};
 use crate::weights::{VarBuilder, VarStore};
 use crate::{Error, Result};
 

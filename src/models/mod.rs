@@ -6,10 +6,6 @@ pub mod attention;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bundle;
 pub mod clip;
-#[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
-pub mod cpu_conv;
-#[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
-pub mod cpu_ops;
 pub mod resnet;
 pub mod tokenizer;
 pub mod unet;

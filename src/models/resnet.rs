@@ -1,20 +1,29 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`, shared by the UNet and the VAE.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear, PaddingConfig2d};
+use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::Tensor;
 
-use crate::nn::{conv2d, conv2d_padded, conv_forward, group_norm, group_norm_silu, linear, silu};
+use crate::nn::{conv2d, conv2d_padded, conv_forward, group_norm, group_norm_silu, group_norm_silu_add, linear, Linear};
 use crate::weights::{VarBuilder, WeightsError};
+
+/// A resnet's time embedding: columns `offset..offset + c_out` of the UNet's projection of all
+/// its resnets' at once, `all` `[B, Σ c_out]`.
+#[derive(Clone, Copy)]
+pub struct TimeShare<'a> {
+    pub all: &'a Tensor<2>,
+    pub offset: usize,
+}
 
 /// `ResnetBlock2D` (time_embedding_norm "default", output_scale_factor 1).
 #[derive(burn::module::Module, Debug)]
 pub struct ResnetBlock2D {
     pub norm1: GroupNorm,
     pub conv1: Conv2d,
-    /// Projection of the time embedding (UNet only; the VAE has none).
+    /// Projection of the time embedding (UNet only; the VAE has none). The UNet takes it out at
+    /// load and fuses all its resnets' into one (see `forward`).
     pub time_emb_proj: Option<Linear>,
     pub norm2: GroupNorm,
     pub conv2: Conv2d,
@@ -41,15 +50,16 @@ impl ResnetBlock2D {
         })
     }
 
-    /// `temb`: `[B, temb_channels]` (the UNet's time embedding), or `None` in the VAE.
-    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = conv_forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(silu(temb.clone()));
-            let [b, c] = t.dims();
-            h = h + t.reshape([b, c, 1, 1]);
-        }
-        let h = conv_forward(&self.conv2, group_norm_silu(&self.norm2, h));
+    /// `temb`: the time embedding already projected to this block's width (its
+    /// `time_emb_proj` of `silu(temb)`: the UNet projects all its resnets' at once), or `None`
+    /// in the VAE.
+    pub fn forward(&self, x: Tensor<4>, temb: Option<TimeShare<'_>>) -> Tensor<4> {
+        let h = conv_forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
+        let h = match temb {
+            Some(t) => group_norm_silu_add(&self.norm2, h, t.all, t.offset),
+            None => group_norm_silu(&self.norm2, h),
+        };
+        let h = conv_forward(&self.conv2, h);
         let x = match &self.conv_shortcut {
             Some(conv) => conv_forward(conv, x),
             None => x,

@@ -24,7 +24,7 @@ use crate::weights::manifest::{Manifest, MANIFEST_FILE};
 use crate::weights::{LoadOptions, VarStore};
 use crate::zepo::image::{FloatImage, RgbImage};
 use crate::zepo::noise::SeededNoise;
-use crate::zepo::pipeline::{PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
+use crate::zepo::pipeline::{FeatureKey, PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
 use crate::zepo::progress::Progress;
 use crate::zepo::scheduler::LcmScheduler;
 use crate::zepo::{TomeOptions, ZepoOptions};
@@ -172,6 +172,8 @@ impl Engine {
             let unet_config = cfg;
             vb.finish().map_err(|e| crate_err(e.into()))?;
             settle(&gpu).await?;
+            // The weights live in their own buffers; what streaming them needed goes back.
+            gpu.device.memory_cleanup();
 
             stage("vae");
             let cfg: VaeConfig = part_config(&files, m, "vae").await?;
@@ -183,6 +185,7 @@ impl Engine {
             let max = gpu.max_binding.saturating_sub(BINDING_MARGIN).max(1 << 20) as usize;
             let vae = vae.with_options(VaeOptions { max_buffer_bytes: max });
             settle(&gpu).await?;
+            gpu.device.memory_cleanup();
 
             // The bundle's precomputed prompts: the default prompt needs no text encoder.
             let precomputed = match m {
@@ -196,6 +199,8 @@ impl Engine {
             let zepo = Zepo::new(unet, vae, None, scheduler, gpu.device.clone());
             let info = object(&[
                 ("self_attentions", (zepo.unet.num_self_attentions as f64).into()),
+                ("in_channels", (unet_config.in_channels as f64).into()),
+                ("cross_attention_dim", (unet_config.cross_attention_dim as f64).into()),
                 ("precision", if gpu.dtype == burn::tensor::DType::F16 { "f16" } else { "f32" }.into()),
                 ("layout", if manifest.is_some() { "bundle" } else { "diffusers" }.into()),
                 ("precomputed_prompts", precomputed.keys().map(|k| JsValue::from_str(k)).collect::<js_sys::Array>().into()),
@@ -251,7 +256,13 @@ impl Engine {
             };
             let cancelled =
                 || is_cancelled.as_ref().map(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false)).unwrap_or(false);
-            let check_cancel = || if cancelled() { Err(crate_err(crate::Error::Cancelled)) } else { Ok(()) };
+            let check_cancel = || {
+                if cancelled() {
+                    Err(crate_err(crate::Error::Cancelled))
+                } else {
+                    Ok(())
+                }
+            };
 
             let key = style_key(&style_bytes, &o);
             let cached = model.style.borrow().as_ref().filter(|c| c.key == key).map(|c| c.features.clone());
@@ -263,26 +274,14 @@ impl Engine {
             let prompts = prompt_embeddings(&model, &gpu, &o, &report).await?;
             check_cancel()?;
 
-            // The style's draws come from a stream of their own: cached features give the same
-            // image as a run that computes them.
-            let mut noise = SeededNoise::new(o.seed);
             let style_arg = match (&cached, &style_img) {
                 (Some(f), _) => Style::Features(f),
                 (None, Some(img)) => Style::Image(img),
-                (None, None) => unreachable!("a style image is decoded when no features are cached"),
-            };
-            let mut run = model.zepo.start(&content, style_arg, &o, &prompts, &mut noise).map_err(crate_err)?;
-            loop {
-                let Progress { stage, step, steps, fraction } = run.progress();
-                report(stage.name(), step, steps, fraction);
-                check_cancel()?;
-                let more = run.advance().map_err(crate_err)?;
-                settle(&gpu).await?;
-                if !more {
-                    break;
+                (None, None) => {
+                    unreachable!("a style image is decoded when no features are cached")
                 }
-            }
-            let (decoded, features) = run.finish().map_err(crate_err)?;
+            };
+            let (decoded, features) = drive(&model, &gpu, &content, style_arg, &o, &prompts, &report, &check_cancel).await?;
             let [_, _, h, w] = decoded.dims();
             let data = match decoded.into_data_async().await {
                 Ok(data) => data,
@@ -295,6 +294,43 @@ impl Engine {
             }
             report("done", 1, 1, 1.0);
             Ok(Uint8Array::from(png.as_slice()).into())
+        })
+    }
+
+    /// Runs one stylization of synthetic images with `opts` (one denoising step) and throws it
+    /// away: the GPU pipelines a stylization at this resolution needs are compiled and the
+    /// memory pools sized, so that the first real one costs what later ones do. Nothing is
+    /// cached. Resolves to the seconds it took.
+    pub fn warmup(&self, opts: JsValue, is_cancelled: Option<Function>) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = Busy::take(&inner, "warmup")?;
+            let gpu = inner.gpu.clone();
+            gpu.check()?;
+            let model = inner.model.borrow().clone().ok_or_else(|| err("warmup: no model loaded (call load first)"))?;
+            let mut o = parse_options(&opts)?;
+            // The fewest steps that still denoise once: every kernel of a step runs.
+            o.steps = (1.0 / o.strength.max(1e-3)).ceil().max(1.0) as usize;
+            model.zepo.check_options(&o).map_err(crate_err)?;
+            let started = js_sys::Date::now();
+            let n = o.resolution;
+            let image = |k: usize| RgbImage::new(n, n, (0..n * n * 3).map(|i| ((i * k) % 251) as u8).collect()).map_err(crate_err);
+            let (content, style) = (image(3)?, image(7)?);
+            let cancelled = || is_cancelled.as_ref().is_some_and(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false));
+            let check_cancel = || {
+                if cancelled() {
+                    Err(crate_err(crate::Error::Cancelled))
+                } else {
+                    Ok(())
+                }
+            };
+            let prompts = prompt_embeddings(&model, &gpu, &o, &|_: &str, _, _, _| {}).await?;
+            let (decoded, _) =
+                drive(&model, &gpu, &content, Style::Image(&style), &o, &prompts, &|_: &str, _, _, _| {}, &check_cancel).await?;
+            if let Err(e) = decoded.into_data_async().await {
+                return Err(gpu.failure("reading the warm-up result back", e).await);
+            }
+            Ok(JsValue::from_f64((js_sys::Date::now() - started) / 1000.0))
         })
     }
 
@@ -359,6 +395,37 @@ impl Engine {
         self.inner.gpu.device.memory_cleanup();
         Ok(())
     }
+}
+
+/// Drives a stylization one model call at a time, reporting progress before each and awaiting
+/// the GPU after each (the Worker's event loop turns, a cancellation is seen). Returns the
+/// decoded result (on the GPU) and the style's features.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    model: &Model,
+    gpu: &Gpu,
+    content: &RgbImage,
+    style: Style<'_>,
+    o: &ZepoOptions,
+    prompts: &PromptEmbeddings,
+    report: &impl Fn(&str, usize, usize, f32),
+    check_cancel: &impl Fn() -> Result<(), JsValue>,
+) -> Result<(Tensor<4>, StyleFeatures), JsValue> {
+    // The style's draws come from a stream of their own: cached features give the same image
+    // as a run that computes them.
+    let mut noise = SeededNoise::new(o.seed);
+    let mut run = model.zepo.start(content, style, o, prompts, &mut noise).map_err(crate_err)?;
+    loop {
+        let Progress { stage, step, steps, fraction } = run.progress();
+        report(stage.name(), step, steps, fraction);
+        check_cancel()?;
+        let more = run.advance().map_err(crate_err)?;
+        settle(gpu).await?;
+        if !more {
+            break;
+        }
+    }
+    run.finish().map_err(crate_err)
 }
 
 /// The prompt pair's embeddings: cached, else each from the bundle's precomputed ones or
@@ -449,20 +516,7 @@ async fn load_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> R
 fn style_key(bytes: &[u8], o: &ZepoOptions) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
-    format!(
-        "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{}|{}",
-        o.resolution,
-        o.feature_step,
-        o.start_layer,
-        o.end_layer,
-        o.tome,
-        o.mix_q < 1.0,
-        o.prompt,
-        o.negative_prompt,
-        o.no_cfg,
-        o.seed
-    )
-    .hash(&mut h);
+    FeatureKey::of(o).hash(&mut h);
     h.finish()
 }
 

@@ -105,6 +105,10 @@ impl ModelFiles {
     }
 }
 
+/// Largest piece of a weight that passes through wasm memory at once (its f32 copy is twice
+/// that): the wasm heap never holds a whole weight, let alone a shard.
+const PIECE_BYTES: usize = 4 << 20;
+
 fn werr(e: WeightsError) -> JsValue {
     js_error("WeightsError", e.to_string())
 }
@@ -138,7 +142,7 @@ async fn stream(
     store: &mut VarStore,
     check: impl Fn(&Header) -> Result<(), WeightsError>,
 ) -> Result<(), JsValue> {
-    let mut parser = StreamParser::new(name.to_string());
+    let mut parser = StreamParser::with_max_piece(name.to_string(), PIECE_BYTES);
     let mut checked = false;
     while let Some(chunk) = next_chunk(dl, name).await? {
         let tensors = parser.push(&chunk).map_err(werr)?;
@@ -149,7 +153,7 @@ async fn stream(
             }
         }
         for t in tensors {
-            store.insert(&t.entry, &t.bytes, name).map_err(werr)?;
+            store.insert_piece(&t, &t.bytes, name).map_err(werr)?;
         }
     }
     parser.finish().map_err(werr)?;

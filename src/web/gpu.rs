@@ -31,6 +31,10 @@ impl Precision {
     }
 }
 
+/// Compute dispatches recorded per queue submit (burn's default: 32). A submit costs a round
+/// trip to the browser's GPU process; a UNet call is some 650 dispatches.
+pub const TASKS_PER_SUBMIT: usize = 128;
+
 pub struct Gpu {
     pub device: Device,
     /// The dtype weights and activations use.
@@ -91,17 +95,19 @@ async fn init(precision: Precision) -> Result<Gpu, wasm_bindgen::JsValue> {
         return Err(named_err("WebGpuUnavailable", NO_WEBGPU));
     }
     let (mut device, setup) =
-        Device::wgpu_options().graphics_api(WgpuBackend::WebGpu).init_with_setup_async().await.map_err(|e| match e {
-            WgpuInitError::AdapterUnavailable { .. } | WgpuInitError::UnsupportedGraphicsApi { .. } => named_err(
-                "WebGpuUnavailable",
-                format!(
-                    "This browser has WebGPU but gave no usable GPU adapter: WebGPU may be disabled or blocked for \
+        Device::wgpu_options().graphics_api(WgpuBackend::WebGpu).tasks_max(TASKS_PER_SUBMIT).init_with_setup_async().await.map_err(
+            |e| match e {
+                WgpuInitError::AdapterUnavailable { .. } | WgpuInitError::UnsupportedGraphicsApi { .. } => named_err(
+                    "WebGpuUnavailable",
+                    format!(
+                        "This browser has WebGPU but gave no usable GPU adapter: WebGPU may be disabled or blocked for \
                      this GPU or driver. On Linux enable chrome://flags/#enable-unsafe-webgpu; otherwise update the \
                      graphics driver and check chrome://gpu, then reload. (Details: {e})"
+                    ),
                 ),
-            ),
-            other => err(format!("could not create the WebGPU device: {other}")),
-        })?;
+                other => err(format!("could not create the WebGPU device: {other}")),
+            },
+        )?;
 
     // f16 only where the adapter really computes in it (`shader-f16`): elsewhere f16 weights
     // would be converted on every use or rejected by the shader compiler.

@@ -80,7 +80,7 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String), WeightsError> {
 
 /// A safetensors header for tensors laid out back to back in the given order, padded with
 /// spaces so that the data starts 8-byte aligned (as the Python writer does).
-fn header_bytes(tensors: &[(&str, Dtype, &[usize])]) -> Vec<u8> {
+pub fn header_bytes(tensors: &[(&str, Dtype, &[usize])]) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     map.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0u64;

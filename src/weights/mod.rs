@@ -11,7 +11,7 @@ mod safetensors;
 mod store;
 
 pub use safetensors::{parse_header, Dtype, Header, SafetensorsBytes, StreamParser, StreamedTensor, TensorEntry};
-pub use store::{LoadOptions, VarBuilder, VarStore, MAX_WEIGHT_BUFFER_BYTES};
+pub use store::{random_weight, LoadOptions, Requests, VarBuilder, VarStore, MAX_WEIGHT_BUFFER_BYTES};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use store::{load_dir_part, part_files};

@@ -228,25 +228,56 @@ impl<B: AsRef<[u8]>> SafetensorsBytes<B> {
 }
 
 /// A tensor completed by the [`StreamParser`].
+/// A tensor's bytes as they arrive: the whole tensor, or a run of its rows (its first
+/// dimension) when pieces are bounded ([`StreamParser::with_max_piece`]). Pieces of one tensor
+/// come in order.
 #[derive(Debug)]
 pub struct StreamedTensor {
     pub entry: TensorEntry,
+    /// The first row (index in the first dimension) these bytes start at.
+    pub first_row: usize,
+    /// Rows in these bytes.
+    pub rows: usize,
     pub bytes: Vec<u8>,
 }
 
-/// Incremental parser: feed it chunks as they arrive, take complete tensors out.
-/// Memory held: the header, plus the bytes of the one tensor being received.
+impl StreamedTensor {
+    /// Whether this piece ends its tensor.
+    pub fn is_last(&self) -> bool {
+        self.first_row + self.rows == rows_of(&self.entry)
+    }
+}
+
+/// The rows of a tensor: its first dimension (a scalar is one row).
+pub fn rows_of(entry: &TensorEntry) -> usize {
+    entry.shape.first().copied().unwrap_or(1)
+}
+
+/// Incremental parser: feed it chunks as they arrive, take tensors (or bounded pieces of
+/// them) out. Memory held: the header, plus the bytes of the one piece being received.
 pub struct StreamParser {
     name: String,
     pending: Vec<u8>,
     header: Option<Header>,
     next: usize,
+    /// Rows of tensor `next` already handed out.
+    row: usize,
+    /// Largest piece handed out, in bytes (at least one row).
+    max_piece: usize,
     received: u64,
 }
 
 impl StreamParser {
+    /// A parser that hands out whole tensors.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), pending: Vec::new(), header: None, next: 0, received: 0 }
+        Self::with_max_piece(name, usize::MAX)
+    }
+
+    /// A parser that hands out tensors in pieces of whole rows, each at most `max_piece` bytes
+    /// (or one row, if a row is larger): what the browser uses so that a weight never has to
+    /// be whole in wasm memory.
+    pub fn with_max_piece(name: impl Into<String>, max_piece: usize) -> Self {
+        Self { name: name.into(), pending: Vec::new(), header: None, next: 0, row: 0, max_piece: max_piece.max(1), received: 0 }
     }
 
     /// The header, once it has arrived.
@@ -259,7 +290,7 @@ impl StreamParser {
         self.received
     }
 
-    /// Feeds a chunk; returns the tensors it completed, in file order.
+    /// Feeds a chunk; returns the tensors (or pieces) it completed, in file order.
     pub fn push(&mut self, mut chunk: &[u8]) -> Result<Vec<StreamedTensor>, WeightsError> {
         self.received += chunk.len() as u64;
         let mut done = Vec::new();
@@ -278,16 +309,25 @@ impl StreamParser {
         self.pending.extend_from_slice(chunk);
         let header = self.header.as_ref().unwrap();
         while let Some(t) = header.tensors.get(self.next) {
+            let rows = rows_of(t);
             let len = (t.end - t.start) as usize;
-            if self.pending.len() < len {
-                // Reserve once so that a large tensor arriving in many chunks is not re-allocated.
-                self.pending.reserve(len - self.pending.len());
+            let row_bytes = if rows == 0 { 0 } else { len / rows };
+            let left = rows - self.row;
+            let take = if row_bytes == 0 { left } else { (self.max_piece / row_bytes).clamp(1, left.max(1)).min(left) };
+            let need = take * row_bytes;
+            if self.pending.len() < need {
+                // Reserve once so that a piece arriving in many chunks is not re-allocated.
+                self.pending.reserve(need - self.pending.len());
                 break;
             }
-            let rest = self.pending.split_off(len);
+            let rest = self.pending.split_off(need);
             let bytes = std::mem::replace(&mut self.pending, rest);
-            done.push(StreamedTensor { entry: t.clone(), bytes });
-            self.next += 1;
+            done.push(StreamedTensor { entry: t.clone(), first_row: self.row, rows: take, bytes });
+            self.row += take;
+            if self.row >= rows {
+                self.next += 1;
+                self.row = 0;
+            }
         }
         if self.next == header.tensors.len() && !self.pending.is_empty() {
             return Err(corrupt(&self.name, format!("{} trailing bytes after the last tensor", self.pending.len())));
@@ -374,6 +414,32 @@ mod tests {
             }
             p.finish().unwrap();
             assert_eq!(got, vec![("a".to_string(), 16), ("b".to_string(), 4)], "chunk {chunk}");
+        }
+    }
+
+    /// Pieces of bounded size reassemble to exactly the whole-file parse, for any chunking.
+    #[test]
+    fn stream_parser_pieces_reassemble_to_the_whole_file() {
+        let rows: Vec<u8> = (0..6 * 5 * 4).map(|i| i as u8).collect(); // 6 rows of 5 f32
+        let bytes = file(&[("a", "F32", &[6, 5], rows), ("s", "F32", &[], vec![1, 2, 3, 4]), ("e", "F16", &[0, 3], vec![])]);
+        let whole = SafetensorsBytes::new(bytes.clone(), "w").unwrap();
+        for max_piece in [1, 20, 45, 64, 1 << 20] {
+            for chunk in [1, 5, 13, 1000] {
+                let mut p = StreamParser::with_max_piece("s", max_piece);
+                let mut got: Vec<(String, Vec<u8>)> = Vec::new();
+                for c in bytes.chunks(chunk) {
+                    for t in p.push(c).unwrap() {
+                        assert!(t.bytes.len() <= max_piece.max(20), "piece of {} bytes over {max_piece}", t.bytes.len());
+                        match got.last_mut() {
+                            Some((name, b)) if *name == t.entry.name && t.first_row > 0 => b.extend(t.bytes),
+                            _ => got.push((t.entry.name.clone(), t.bytes)),
+                        }
+                    }
+                }
+                p.finish().unwrap();
+                let want: Vec<(String, Vec<u8>)> = whole.tensors().map(|(t, b)| (t.name.clone(), b.to_vec())).collect();
+                assert_eq!(got, want, "max piece {max_piece}, chunk {chunk}");
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use super::safetensors::{Dtype, TensorEntry};
+use super::safetensors::{rows_of, Dtype, StreamedTensor, TensorEntry};
 use super::WeightsError;
 
 /// How weights are turned into device tensors.
@@ -37,13 +37,35 @@ struct Stored {
     shape: Vec<usize>,
 }
 
+/// Whether a weight of `shape` is stored channels-last on `device`: convolution weights on a
+/// GPU, where burn's convolution reads them so (otherwise it re-lays them out at every call).
+fn stored_channels_last(device: &Device, shape: &[usize]) -> bool {
+    #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+    if shape.len() == 4 {
+        return matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_));
+    }
+    let _ = (device, shape);
+    false
+}
+
+/// The `(inner, k)` of a row's channels-last transposition for `shape`, if it is stored so.
+fn layout_of(device: &Device, shape: &[usize]) -> Option<(usize, usize)> {
+    stored_channels_last(device, shape).then(|| (shape[1], shape[2] * shape[3]))
+}
+
 enum Source {
     Loaded(HashMap<String, Stored>),
     /// Deterministic random weights (benchmarks and memory checks on full-size configs).
     Random {
         seed: u64,
     },
+    /// Zeros of whatever shape is asked: the model's structure without its weights (the keys and
+    /// shapes a checkpoint must have, see [`VarStore::requests`]).
+    Zeros,
 }
+
+/// The keys a model asked a [`VarStore`] for, with their shapes, in the order asked.
+pub type Requests = Rc<RefCell<Vec<(String, Vec<usize>)>>>;
 
 /// The tensors of one model part on one device.
 pub struct VarStore {
@@ -57,6 +79,19 @@ pub struct VarStore {
     ignorable: Vec<String>,
     /// Where each key came from, to report duplicates across shards.
     origin: HashMap<String, String>,
+    /// Every key taken, with its shape.
+    requests: Requests,
+    /// The tensor being received in pieces.
+    partial: Option<Partial>,
+}
+
+/// A tensor being received in pieces: its complete row blocks, and the pieces of the next.
+struct Partial {
+    row_elems: usize,
+    rows_per_block: usize,
+    blocks: Vec<Tensor<1>>,
+    pieces: Vec<Tensor<1>>,
+    rows_done: usize,
 }
 
 impl VarStore {
@@ -71,6 +106,8 @@ impl VarStore {
             used: BTreeSet::new(),
             ignorable: Vec::new(),
             origin: HashMap::new(),
+            requests: Rc::default(),
+            partial: None,
         }
     }
 
@@ -81,11 +118,24 @@ impl VarStore {
         store
     }
 
+    /// A store that hands out zeros of whatever shape is asked: building a model from it lists
+    /// the weights the model needs ([`VarStore::requests`]).
+    pub fn zeros(device: &Device, options: &LoadOptions) -> Self {
+        let mut store = Self::new(device, options, "the model's structure");
+        store.source = Source::Zeros;
+        store
+    }
+
+    /// The keys taken so far (and later), with their shapes: a handle that outlives the store.
+    pub fn requests(&self) -> Requests {
+        self.requests.clone()
+    }
+
     /// Number of tensors held.
     pub fn len(&self) -> usize {
         match &self.source {
             Source::Loaded(m) => m.len(),
-            Source::Random { .. } => 0,
+            Source::Random { .. } | Source::Zeros => 0,
         }
     }
 
@@ -97,30 +147,81 @@ impl VarStore {
     /// Non-float tensors (integer buffers) are kept aside: a module never asks for one, and
     /// they are reported as unexpected only if not declared ignorable.
     pub fn insert(&mut self, entry: &TensorEntry, bytes: &[u8], origin: &str) -> Result<(), WeightsError> {
-        let Source::Loaded(map) = &mut self.source else { return Ok(()) };
-        if let Some(first) = self.origin.get(&entry.name) {
-            return Err(WeightsError::Duplicate { key: entry.name.clone(), first: first.clone(), second: origin.to_string() });
+        self.insert_piece(&StreamedTensor { entry: entry.clone(), first_row: 0, rows: rows_of(entry), bytes: Vec::new() }, bytes, origin)
+    }
+
+    /// Takes a piece of a tensor (`piece`'s rows, whose bytes are `bytes`; pieces of a tensor in
+    /// order, as [`super::StreamParser`] hands them out): each piece is decoded and uploaded on
+    /// its own, so that a weight is never whole in host memory; the pieces of each row block
+    /// are joined on the device once it is complete. The final blocks are allocated outside the
+    /// device's activation pools ([`Device::memory_persistent_allocations`]), one buffer each.
+    pub fn insert_piece(&mut self, piece: &StreamedTensor, bytes: &[u8], origin: &str) -> Result<(), WeightsError> {
+        let Source::Loaded(_) = &self.source else { return Ok(()) };
+        let entry = &piece.entry;
+        if piece.first_row == 0 {
+            if let Some(first) = self.origin.get(&entry.name) {
+                return Err(WeightsError::Duplicate { key: entry.name.clone(), first: first.clone(), second: origin.to_string() });
+            }
+            self.origin.insert(entry.name.clone(), origin.to_string());
+            let rows = rows_of(entry).max(1);
+            let row_elems = entry.shape.iter().product::<usize>() / rows;
+            let rows_per_block = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
+            self.partial = Some(Partial { row_elems, rows_per_block, blocks: Vec::new(), pieces: Vec::new(), rows_done: 0 });
         }
-        self.origin.insert(entry.name.clone(), origin.to_string());
-        let numel: usize = entry.shape.iter().product();
-        if !entry.dtype.is_float() {
-            // Keep a placeholder so that `finish` can report it unless it is ignorable.
-            let flat = Tensor::<1>::from_data(TensorData::new(vec![0f32; 0], [0]), (&self.device, self.dtype));
-            map.insert(entry.name.clone(), Stored { blocks: vec![flat], shape: entry.shape.clone() });
+        let Some(part) = self.partial.as_mut().filter(|p| p.rows_done == piece.first_row) else {
+            return Err(WeightsError::Corrupt {
+                file: origin.to_string(),
+                reason: format!("tensor `{}`: a piece out of order", entry.name),
+            });
+        };
+        if entry.dtype.is_float() {
+            // Split at block boundaries: a block's pieces are joined, blocks are kept apart.
+            let in_row = part.row_elems * entry.dtype.size();
+            let mut row = piece.first_row;
+            let end = piece.first_row + piece.rows;
+            while row < end {
+                let block_end = (row / part.rows_per_block + 1) * part.rows_per_block;
+                let upto = block_end.min(end);
+                let n = (upto - row) * part.row_elems;
+                let from = (row - piece.first_row) * in_row;
+                let data = decode_float(
+                    entry.dtype,
+                    &bytes[from..from + (upto - row) * in_row],
+                    n,
+                    self.dtype,
+                    layout_of(&self.device, &entry.shape),
+                );
+                let whole_block = row % part.rows_per_block == 0 && (upto == block_end || upto == rows_of(entry).max(1));
+                if whole_block {
+                    // A block in one piece goes straight to its final buffer.
+                    let (device, dtype) = (self.device.clone(), self.dtype);
+                    part.blocks
+                        .push(self.device.memory_persistent_allocations(data, move |data| Tensor::<1>::from_data(data, (&device, dtype))));
+                } else {
+                    part.pieces.push(Tensor::<1>::from_data(data, (&self.device, self.dtype)));
+                    if upto == block_end || upto == rows_of(entry).max(1) {
+                        let pieces = std::mem::take(&mut part.pieces);
+                        part.blocks.push(self.device.memory_persistent_allocations(pieces, |pieces| Tensor::cat(pieces, 0)));
+                    }
+                }
+                row = upto;
+            }
+        }
+        part.rows_done = piece.first_row + piece.rows;
+        if !piece.is_last() {
             return Ok(());
         }
-        let rows = entry.shape.first().copied().unwrap_or(1).max(1);
-        let row_elems = numel / rows;
-        let rows_per_block = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
-        let in_row = row_elems * entry.dtype.size();
-        let blocks = (0..rows)
-            .step_by(rows_per_block.max(1))
-            .map(|r| {
-                let n = rows_per_block.min(rows - r);
-                let data = decode_float(entry.dtype, &bytes[r * in_row..(r + n) * in_row], n * row_elems, self.dtype);
-                Tensor::<1>::from_data(data, (&self.device, self.dtype))
-            })
-            .collect();
+        let part = self.partial.take().expect("a tensor in progress");
+        let Source::Loaded(map) = &mut self.source else { unreachable!("checked above") };
+        let blocks = if entry.dtype.is_float() && !part.blocks.is_empty() {
+            part.blocks
+        } else if entry.dtype.is_float() {
+            // No rows: one empty block.
+            vec![Tensor::<1>::from_data(TensorData::new(vec![0f32; 0], [0]), (&self.device, self.dtype))]
+        } else {
+            // Keep a placeholder so that `finish` can report it unless it is ignorable.
+            vec![Tensor::<1>::from_data(TensorData::new(vec![0f32; 0], [0]), (&self.device, self.dtype))]
+        };
         map.insert(entry.name.clone(), Stored { blocks, shape: entry.shape.clone() });
         Ok(())
     }
@@ -138,22 +239,28 @@ impl VarStore {
 
     /// The row blocks of `key`, checked against `shape`, marked used.
     fn take_blocks(&mut self, key: &str, shape: &[usize]) -> Result<Vec<Tensor<1>>, WeightsError> {
+        self.requests.borrow_mut().push((key.to_string(), shape.to_vec()));
+        // Made-up weights are blocked like loaded ones, so full-size random models respect the
+        // buffer limit too.
+        let rows = shape.first().copied().unwrap_or(1).max(1);
+        let row_elems = shape.iter().product::<usize>() / rows;
+        let per = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
+        let layout = layout_of(&self.device, shape);
+        let made_up = |values: &dyn Fn(usize, usize) -> Vec<f32>| -> Vec<Tensor<1>> {
+            (0..rows)
+                .step_by(per)
+                .map(|r| {
+                    let n = per.min(rows - r) * row_elems;
+                    Tensor::<1>::from_data(TensorData::new(in_layout(values(r * row_elems, n), layout), [n]), (&self.device, self.dtype))
+                })
+                .collect()
+        };
         match &self.source {
             Source::Random { seed } => {
-                // Blocked like a loaded tensor, so random full-size models respect the limit too.
-                let rows = shape.first().copied().unwrap_or(1).max(1);
-                let row_elems = shape.iter().product::<usize>() / rows;
-                let per = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
-                let seed = seed.wrapping_add(hash(key));
-                Ok((0..rows)
-                    .step_by(per)
-                    .enumerate()
-                    .map(|(i, r)| {
-                        let n = per.min(rows - r) * row_elems;
-                        random_tensor(key, shape.len(), [n], seed.wrapping_add(i as u64), row_elems, &self.device, self.dtype)
-                    })
-                    .collect())
+                let all = random_weight(key, shape, *seed);
+                Ok(made_up(&|start, n| all[start..start + n].to_vec()))
             }
+            Source::Zeros => Ok(made_up(&|_, n| vec![0.0; n])),
             Source::Loaded(map) => {
                 let stored = map.get(key).ok_or_else(|| WeightsError::Missing {
                     key: key.to_string(),
@@ -177,6 +284,11 @@ impl VarStore {
     fn take<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<D>, WeightsError> {
         let mut blocks = self.take_blocks(key, &shape)?;
         let flat = if blocks.len() == 1 { blocks.remove(0) } else { Tensor::cat(blocks, 0) };
+        if stored_channels_last(&self.device, &shape) {
+            // Stored [O, kh, kw, I]: the same values as [O, I, kh, kw], channels-last.
+            let stored: Tensor<4> = flat.reshape([shape[0], shape[2], shape[3], shape[1]]);
+            return Ok(Tensor::from_dispatch(stored.permute([0, 3, 1, 2]).into_dispatch()));
+        }
         Ok(flat.reshape(shape))
     }
 
@@ -194,7 +306,7 @@ impl VarStore {
     fn contains(&self, key: &str) -> bool {
         match &self.source {
             Source::Loaded(map) => map.contains_key(key),
-            Source::Random { .. } => true,
+            Source::Random { .. } | Source::Zeros => true,
         }
     }
 
@@ -277,7 +389,25 @@ fn block_rows(rows: usize, row_elems: usize, dtype: DType, max_bytes: usize) -> 
     (max_bytes / (row_elems * bytes).max(1)).clamp(1, rows)
 }
 
-fn decode_float(dtype: Dtype, bytes: &[u8], numel: usize, target: DType) -> TensorData {
+/// Each of the rows of `v` (`inner` runs of `k` values) transposed to `k` runs of `inner`: a
+/// convolution weight `[O, I, kh, kw]` row by row to `[O, kh, kw, I]`, channels-last.
+fn rows_to_channels_last<T: Copy>(v: Vec<T>, inner: usize, k: usize) -> Vec<T> {
+    if inner <= 1 || k <= 1 {
+        return v;
+    }
+    let row = inner * k;
+    let mut out = Vec::with_capacity(v.len());
+    for r in v.chunks(row) {
+        for j in 0..k {
+            out.extend((0..inner).map(|i| r[i * k + j]));
+        }
+    }
+    out
+}
+
+/// A weight's values in its device layout: `layout` `Some((inner, k))` stores each row
+/// channels-last (see [`rows_to_channels_last`]).
+fn decode_float(dtype: Dtype, bytes: &[u8], numel: usize, target: DType, layout: Option<(usize, usize)>) -> TensorData {
     use half::{bf16, f16};
     let as_f32 = || -> Vec<f32> {
         match dtype {
@@ -295,9 +425,16 @@ fn decode_float(dtype: Dtype, bytes: &[u8], numel: usize, target: DType) -> Tens
             } else {
                 as_f32().into_iter().map(f16::from_f32).collect()
             };
-            TensorData::new(v, [numel])
+            TensorData::new(in_layout(v, layout), [numel])
         }
-        _ => TensorData::new(as_f32(), [numel]),
+        _ => TensorData::new(in_layout(as_f32(), layout), [numel]),
+    }
+}
+
+fn in_layout<T: Copy>(v: Vec<T>, layout: Option<(usize, usize)>) -> Vec<T> {
+    match layout {
+        Some((inner, k)) => rows_to_channels_last(v, inner, k),
+        None => v,
     }
 }
 
@@ -306,28 +443,26 @@ fn hash(key: &str) -> u64 {
     key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
-/// `n` normal values for a weight of rank `rank` whose rows hold `row_elems` values.
-fn random_tensor(key: &str, rank: usize, n: [usize; 1], seed: u64, row_elems: usize, device: &Device, dtype: DType) -> Tensor<1> {
-    use rand::{rngs::StdRng, Rng, SeedableRng};
-    let mut rng = StdRng::seed_from_u64(seed);
-    // Fan-in scaled weights keep activations finite through a deep random network; 1-D
-    // `weight`s are norm scales, kept near one.
-    let (mean, std) = if rank == 1 && key.ends_with("weight") {
+/// The values of the random weight `key` of `shape` for `seed`: normal, fan-in scaled, so that
+/// activations stay finite through a deep random network; 1-D `weight`s are norm scales, kept
+/// near one. Deterministic across runs and platforms; [`VarStore::random`] hands these out and
+/// `zepo weights random` writes them.
+pub fn random_weight(key: &str, shape: &[usize], seed: u64) -> Vec<f32> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let n: usize = shape.iter().product();
+    let rows = shape.first().copied().unwrap_or(1).max(1);
+    let row_elems = (n / rows).max(1);
+    let (mean, std) = if shape.len() == 1 && key.ends_with("weight") {
         (1.0f32, 0.1f32)
-    } else if rank == 1 {
+    } else if shape.len() == 1 {
         (0.0, 0.02)
     } else {
         (0.0f32, 1.0 / (row_elems as f32).sqrt())
     };
-    let values: Vec<f32> = (0..n[0])
-        .map(|_| {
-            // Box-Muller from two uniforms: rand's normal distribution lives in rand_distr.
-            let u1: f32 = rng.random::<f32>().max(1e-7);
-            let u2: f32 = rng.random::<f32>();
-            mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-        })
-        .collect();
-    Tensor::<1>::from_data(TensorData::new(values, n), (device, dtype))
+    let normal = Normal::new(mean, std).expect("a positive standard deviation");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(hash(key)));
+    (0..n).map(|_| normal.sample(&mut rng)).collect()
 }
 
 /// The safetensors files of one part of a diffusers checkpoint directory:

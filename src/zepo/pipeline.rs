@@ -18,7 +18,7 @@ use super::progress::{Observer, Progress, Stage};
 use super::scheduler::LcmScheduler;
 use crate::models::clip::ClipTextModel;
 use crate::models::tokenizer::ClipTokenizer;
-use crate::models::unet::{guidance_scale_embedding, UNet2DConditionModel};
+use crate::models::unet::{guidance_scale_embedding, UNet2DConditionModel, UNetContext};
 use crate::models::vae::AutoencoderKL;
 use crate::{Error, Result};
 
@@ -53,8 +53,11 @@ pub struct StyleFeatures {
     key: FeatureKey,
 }
 
+/// Everything a style's features depend on besides the image: the options that shape the
+/// style branch, and the seed (its noise and token-merge draws). Native reuse checks it; the
+/// browser engine's style cache keys on it with the image's bytes.
 #[derive(Clone, Debug, PartialEq)]
-struct FeatureKey {
+pub struct FeatureKey {
     resolution: usize,
     feature_step: usize,
     layers: (usize, usize),
@@ -63,10 +66,11 @@ struct FeatureKey {
     prompt: String,
     negative_prompt: String,
     no_cfg: bool,
+    seed: u64,
 }
 
 impl FeatureKey {
-    fn of(o: &ZepoOptions) -> Self {
+    pub fn of(o: &ZepoOptions) -> Self {
         Self {
             resolution: o.resolution,
             feature_step: o.feature_step,
@@ -76,7 +80,15 @@ impl FeatureKey {
             prompt: o.prompt.clone(),
             negative_prompt: o.negative_prompt.clone(),
             no_cfg: o.no_cfg,
+            seed: o.seed,
         }
+    }
+}
+
+impl std::hash::Hash for FeatureKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // Debug covers every field (the token-merge ratio is a float, which has no Hash).
+        format!("{self:?}").hash(h)
     }
 }
 
@@ -154,7 +166,7 @@ impl Zepo {
         &self,
         sample: Tensor<4>,
         t: &[f32],
-        context: &Tensor<3>,
+        context: &UNetContext,
         cond: Option<Tensor<2>>,
         ctrl: &mut dyn crate::models::attention::AttentionController,
     ) -> Tensor<4> {
@@ -162,8 +174,13 @@ impl Zepo {
         self.unet.forward_controlled(sample, t, context, cond, ctrl)
     }
 
-    /// The CFG halves `[uncond, cond]` of a context (just `[cond]` without CFG).
-    fn context(&self, p: &PromptEmbeddings, no_cfg: bool, rows: usize) -> Tensor<3> {
+    /// The UNet's context for the CFG halves `[uncond, cond]` (just `[cond]` without CFG), each
+    /// repeated `rows` times: its cross-attention keys and values, computed once per run.
+    fn context(&self, p: &PromptEmbeddings, no_cfg: bool, rows: usize) -> UNetContext {
+        self.unet.context(&self.context_rows(p, no_cfg, rows))
+    }
+
+    fn context_rows(&self, p: &PromptEmbeddings, no_cfg: bool, rows: usize) -> Tensor<3> {
         let half = |t: &Tensor<3>| {
             let [_, n, d] = t.dims();
             t.clone().expand([rows, n, d])
@@ -220,14 +237,14 @@ impl Zepo {
     }
 
     /// Runs one image's branch at the feature step and records its consistency features.
-    fn record_features(&self, noisy: &Tensor<4>, o: &ZepoOptions, prompts: &PromptEmbeddings) -> ImageFeatures {
+    fn record_features(&self, noisy: &Tensor<4>, o: &ZepoOptions, context: &UNetContext) -> ImageFeatures {
         let spec = self.control_spec(o);
         let mut rec = FeatureRecorder::new(&spec);
         let halves = if o.no_cfg { 1 } else { 2 };
         let [_, c, h, w] = noisy.dims();
         let sample = noisy.clone().expand([halves, c, h, w]);
         let t = vec![o.feature_step as f32; halves];
-        let _ = self.unet(sample, &t, &self.context(prompts, o.no_cfg, 1), self.guidance_cond(o, halves), &mut rec);
+        let _ = self.unet(sample, &t, context, self.guidance_cond(o, halves), &mut rec);
         rec.features
     }
 
@@ -242,7 +259,8 @@ impl Zepo {
     ) -> Result<StyleFeatures> {
         self.check_options(o)?;
         let noisy = self.latents(style, o, &[("style", o.feature_step as i64)], noise)?.remove(0);
-        Ok(StyleFeatures { features: self.record_features(&noisy, o, prompts), key: FeatureKey::of(o) })
+        let context = self.context(prompts, o.no_cfg, 1);
+        Ok(StyleFeatures { features: self.record_features(&noisy, o, &context), key: FeatureKey::of(o) })
     }
 
     /// Starts a stylization of `content` after `style`, to be driven step by step with
@@ -260,7 +278,7 @@ impl Zepo {
         if let Style::Features(f) = &style {
             if f.key != FeatureKey::of(o) {
                 return Err(Error::InvalidOption(
-                    "style features were computed with other options (resolution, prompt, layers, token merging or feature step)".into(),
+                    "style features were computed with other options (resolution, prompt, layers, token merging, feature step or seed)".into(),
                 ));
             }
         }
@@ -270,7 +288,7 @@ impl Zepo {
             zepo: self,
             scheduler,
             o: o.clone(),
-            prompts,
+            context: self.context(prompts, o.no_cfg, 1),
             noise,
             content,
             style_in: style,
@@ -387,7 +405,8 @@ enum Phase {
 pub struct StylizeRun<'a> {
     zepo: &'a Zepo,
     o: ZepoOptions,
-    prompts: &'a PromptEmbeddings,
+    /// The text context of every UNet call of the run.
+    context: UNetContext,
     noise: &'a mut dyn NoiseSource,
     content: &'a RgbImage,
     style_in: Style<'a>,
@@ -454,7 +473,7 @@ impl StylizeRun<'_> {
                 self.style = Some(match &self.style_in {
                     Style::Image(img) => {
                         let noisy = z.latents(img, o, &[("style", o.feature_step as i64)], self.noise)?.remove(0);
-                        StyleFeatures { features: z.record_features(&noisy, o, self.prompts), key: FeatureKey::of(o) }
+                        StyleFeatures { features: z.record_features(&noisy, o, &self.context), key: FeatureKey::of(o) }
                     }
                     Style::Features(f) => (*f).clone(),
                 });
@@ -462,7 +481,7 @@ impl StylizeRun<'_> {
             }
             Phase::ContentFeatures => {
                 let noisy = self.content_noisy.take().expect("encoded");
-                self.content_features = Some(z.record_features(&noisy, o, self.prompts));
+                self.content_features = Some(z.record_features(&noisy, o, &self.context));
                 let post = self.posterior.as_ref().expect("encoded");
                 let shape = post.mean.dims();
                 let sf = z.vae.scaling_factor as f32;
@@ -482,9 +501,13 @@ impl StylizeRun<'_> {
                 let content = self.content_features.as_ref().expect("content features");
                 let mut inject =
                     StyleInjector { spec: &spec, content, style: &style.features, recorded: self.trace.is_some().then(Vec::new) };
-                let context = z.context(self.prompts, o.no_cfg, 1);
-                let out =
-                    z.unet(x.clone().expand([halves, c, h, w]), &vec![t as f32; halves], &context, z.guidance_cond(o, halves), &mut inject);
+                let out = z.unet(
+                    x.clone().expand([halves, c, h, w]),
+                    &vec![t as f32; halves],
+                    &self.context,
+                    z.guidance_cond(o, halves),
+                    &mut inject,
+                );
                 let eps = if o.no_cfg {
                     out
                 } else {

@@ -339,7 +339,7 @@ fn second_tiny_bundle_matches_pytorch() {
         let out = values(u.forward(sample.clone(), &t, &ehs));
         let e = assert_close_rel(&format!("{name} unet_out"), &out, &fx.f32("unet_out"), 1e-4);
         let cond = fx.tensor::<2>("unet_in_timestep_cond", &device);
-        let out = values(u.forward_controlled(sample, &t, &ehs, Some(cond), &mut zepo::models::attention::NoControl));
+        let out = values(u.forward_controlled(sample, &t, &u.context(&ehs), Some(cond), &mut zepo::models::attention::NoControl));
         let c = assert_close_rel(&format!("{name} unet_out_timestep_cond"), &out, &fx.f32("unet_out_timestep_cond"), 1e-4);
         println!("{name} tiny-lcm-2 unet rel err {e:.2e}, with guidance embedding {c:.2e}");
 

@@ -119,6 +119,15 @@ fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
         )
         .unwrap();
     assert!(a.image.values != d.image.values, "another seed, another image");
+    // The style's noise and token-merge draws depend on the seed: its features are not reused
+    // under another one (the browser engine's style cache keys on the same FeatureKey).
+    let o8 = ZepoOptions { seed: 8, ..o.clone() };
+    let err = zepo.stylize(&content, Style::Features(&features), &o8, &prompts, &mut SeededNoise::new(8), &mut Silent, None).err();
+    assert!(
+        matches!(&err, Some(zepo::Error::InvalidOption(m)) if m.contains("seed")),
+        "features of seed 7 reused under seed 8: {err:?}"
+    );
+    assert_ne!(zepo::zepo::pipeline::FeatureKey::of(&o), zepo::zepo::pipeline::FeatureKey::of(&o8));
 }
 
 #[test]

@@ -5,8 +5,9 @@
 use burn::tensor::Tensor;
 
 use super::transformer::Transformer2DModel;
+use super::UNetContext;
 use crate::models::attention::AttentionController;
-use crate::models::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use crate::models::resnet::{Downsample2D, ResnetBlock2D, TimeShare, Upsample2D};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// What every block shares: resnet width settings and the attention shape.
@@ -60,17 +61,18 @@ impl DownBlock {
         Ok(Self { resnets, attentions, downsampler })
     }
 
-    /// Returns the output and pushes every intermediate state onto the skip stack.
+    /// Returns the output and pushes every intermediate state onto the skip stack. `temb`: each
+    /// resnet's projected time embedding.
     pub fn forward(
         &self,
         mut h: Tensor<4>,
-        temb: &Tensor<2>,
-        context: &Tensor<3>,
+        temb: &[TimeShare<'_>],
+        context: &UNetContext,
         skips: &mut Vec<Tensor<4>>,
         ctrl: &mut dyn AttentionController,
     ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
-            h = resnet.forward(h, Some(temb));
+            h = resnet.forward(h, Some(temb[j]));
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(h, context, ctrl);
             }
@@ -101,11 +103,11 @@ impl MidBlock {
         Ok(Self { resnets, attentions })
     }
 
-    pub fn forward(&self, h: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>, ctrl: &mut dyn AttentionController) -> Tensor<4> {
-        let mut h = self.resnets[0].forward(h, Some(temb));
-        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+    pub fn forward(&self, h: Tensor<4>, temb: &[TimeShare<'_>], context: &UNetContext, ctrl: &mut dyn AttentionController) -> Tensor<4> {
+        let mut h = self.resnets[0].forward(h, Some(temb[0]));
+        for (j, (attn, resnet)) in self.attentions.iter().zip(&self.resnets[1..]).enumerate() {
             h = attn.forward(h, context, ctrl);
-            h = resnet.forward(h, Some(temb));
+            h = resnet.forward(h, Some(temb[j + 1]));
         }
         h
     }
@@ -151,14 +153,14 @@ impl UpBlock {
     pub fn forward(
         &self,
         mut h: Tensor<4>,
-        temb: &Tensor<2>,
-        context: &Tensor<3>,
+        temb: &[TimeShare<'_>],
+        context: &UNetContext,
         skips: &mut Vec<Tensor<4>>,
         ctrl: &mut dyn AttentionController,
     ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("one skip per up resnet");
-            h = resnet.forward(Tensor::cat(vec![h, skip], 1), Some(temb));
+            h = resnet.forward(Tensor::cat(vec![h, skip], 1), Some(temb[j]));
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(h, context, ctrl);
             }

@@ -1,9 +1,8 @@
 //! Timestep embeddings: diffusers' `get_timestep_embedding` (sinusoids) and `TimestepEmbedding`.
 
-use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::nn::{linear, silu};
+use crate::nn::{linear, silu, Linear};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// Sinusoidal embedding `[B, dim]` of one timestep per item, computed on the host like

@@ -2,11 +2,12 @@
 //! (the one an [`AttentionController`] may take over), cross-attention, GEGLU feed-forward.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 
+use super::UNetContext;
 use crate::models::attention::{Attention, AttentionController, SelfAttentionCall};
-use crate::nn::{conv2d, conv_forward, geglu, group_norm, group_norm_forward, linear, LayerNorm};
+use crate::nn::{conv2d, conv_forward, from_tokens, group_norm, group_norm_forward, linear, linear_geglu, to_tokens, LayerNorm, Linear};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// Largest feed-forward projection computed at once (f32 bytes).
@@ -43,7 +44,7 @@ impl FeedForward {
     }
 
     fn forward_chunk(&self, x: Tensor<3>) -> Tensor<3> {
-        self.out.forward(geglu(self.proj.forward(x)))
+        self.out.forward(linear_geglu(&self.proj, x))
     }
 }
 
@@ -74,7 +75,8 @@ impl BasicTransformerBlock {
         })
     }
 
-    pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>, hw: [usize; 2], ctrl: &mut dyn AttentionController) -> Tensor<3> {
+    /// `context`: the call's cross-attention keys and values, this block's at its index.
+    pub fn forward(&self, x: Tensor<3>, context: &UNetContext, hw: [usize; 2], ctrl: &mut dyn AttentionController) -> Tensor<3> {
         let hidden = self.norm1.forward(x.clone());
         let call =
             SelfAttentionCall { layer: self.self_attn_index, attn: &self.attn1, hidden: hidden.clone(), height: hw[0], width: hw[1] };
@@ -83,7 +85,8 @@ impl BasicTransformerBlock {
             None => self.attn1.forward(hidden, None),
         };
         let x = attn + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context.clone())) + x;
+        let (k, v) = &context.kv[self.self_attn_index];
+        let x = self.attn2.forward_with_kv(self.norm2.forward(x.clone()), k.clone(), v.clone()) + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
 }
@@ -122,16 +125,14 @@ impl Transformer2DModel {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>, ctrl: &mut dyn AttentionController) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
+    pub fn forward(&self, x: Tensor<4>, context: &UNetContext, ctrl: &mut dyn AttentionController) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
         let residual = x.clone();
-        let hs = conv_forward(&self.proj_in, group_norm_forward(&self.norm, x));
-        let mut hs = hs.reshape([b, c, h * w]).swap_dims(1, 2);
+        let mut hs = to_tokens(conv_forward(&self.proj_in, group_norm_forward(&self.norm, x)));
         for block in &self.transformer_blocks {
             hs = block.forward(hs, context, [h, w], ctrl);
         }
-        let hs = hs.swap_dims(1, 2).reshape([b, c, h, w]);
-        conv_forward(&self.proj_out, hs) + residual
+        conv_forward(&self.proj_out, from_tokens(hs, h, w)) + residual
     }
 }
 

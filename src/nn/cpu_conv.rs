@@ -55,8 +55,12 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
     }
     // Only Flex tensors: anything else goes back untouched (a failed downcast consumes the
     // handle, so try on clones, which are reference-counted).
-    let Ok(xf) = x.clone().try_into_primitive::<Flex>() else { return Err(x) };
-    let Ok(wf) = weight.try_into_primitive::<Flex>() else { return Err(x) };
+    let Ok(xf) = x.clone().try_into_primitive::<Flex>() else {
+        return Err(x);
+    };
+    let Ok(wf) = weight.try_into_primitive::<Flex>() else {
+        return Err(x);
+    };
     let bf = match &conv.bias {
         Some(bias) if bias.val().dtype() == DType::F32 => match bias.val().try_into_primitive::<Flex>() {
             Ok(t) => Some(t),

@@ -1,4 +1,4 @@
-//! CPU backend fast paths besides convolutions ([`crate::models::cpu_conv`]), chosen at run
+//! CPU backend fast paths besides convolutions ([`crate::nn::cpu_conv`]), chosen at run
 //! time like them: float32 tensors on burn's Flex device take them, every other tensor (wgpu /
 //! WebGPU) goes through burn's generic ops unchanged.
 
@@ -83,7 +83,9 @@ pub fn silu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
 /// path does not apply.
 pub fn group_norm<const D: usize>(gn: &GroupNorm, x: &Tensor<D>, silu: bool) -> Option<Tensor<D>> {
     let dims = x.dims();
-    let (Some(gamma), Some(beta)) = (&gn.gamma, &gn.beta) else { return None };
+    let (Some(gamma), Some(beta)) = (&gn.gamma, &gn.beta) else {
+        return None;
+    };
     if D < 3 || x.dtype() != DType::F32 || !gn.affine || gn.num_groups == 0 || dims[1] != gn.num_channels || dims[1] % gn.num_groups != 0 {
         return None;
     }
