@@ -64,6 +64,19 @@ export interface DownloadProgress {
   total: number;
 }
 
+/**
+ * The engine compiling its GPU pipelines (`ZePo.warmup`, `ZePo.load({ warmup })`): one event as
+ * it starts, shaped like a stage (step 0 of 1).
+ */
+export interface WarmupProgress {
+  stage: 'warmup';
+  step: number;
+  steps: number;
+  fraction: number;
+  /** The resolution being prepared. */
+  resolution: number;
+}
+
 /** A part of the model being put on the GPU. */
 export interface LoadProgress {
   stage: 'load';
@@ -81,7 +94,7 @@ export interface StageProgress {
   fraction: number;
 }
 
-export type ProgressEvent = DownloadProgress | LoadProgress | StageProgress;
+export type ProgressEvent = DownloadProgress | LoadProgress | WarmupProgress | StageProgress;
 
 export type ProgressCallback = (event: ProgressEvent) => void;
 
@@ -93,6 +106,12 @@ export interface LoadOptions {
   onProgress?: ProgressCallback;
   /** Another URL for the engine's Worker (a copy of worker.js); rarely needed. */
   workerUrl?: string | URL;
+  /**
+   * Right after loading, compile the GPU's pipelines for stylizations with these options (true:
+   * the defaults, resolution 512), so that the first one costs what later ones do. See
+   * `ZePo.warmup`.
+   */
+  warmup?: boolean | StylizeOptions;
 }
 
 /** Options of one `engine.stylize` call. */
@@ -188,6 +207,12 @@ export class ZePo {
    * the same style and options costs only its own work.
    */
   stylize(content: ImageInput, style: ImageInput, options?: RunOptions): Promise<Blob>;
+  /**
+   * Compiles the GPU's pipelines for stylizations with these options (the resolution is what
+   * matters) by running one on synthetic images, so that the first real one costs what later
+   * ones do. Queued like `stylize`; resolves to the seconds it took.
+   */
+  warmup(options?: StylizeOptions, control?: { onProgress?: ProgressCallback; signal?: AbortSignal }): Promise<number>;
   /** Whether a stylization with this style and options would reuse the kept style features. */
   hasStyle(style: ImageInput, options?: StylizeOptions): Promise<boolean>;
   /** Frees the GPU memory and ends the Worker. */

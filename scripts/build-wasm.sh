@@ -14,6 +14,8 @@ wasm="$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/zepo.wasm"
 
 out="$ZEPO_ROOT/www/engine"
 opt="$ZEPO_ROOT/node_modules/binaryen/bin/wasm-opt"
+# ZEPO_WASM_OPT=0 skips wasm-opt (minutes on 2 cores): for quick local iterations only.
+[ "${ZEPO_WASM_OPT:-1}" = "0" ] && opt=/nonexistent
 # What the package is made from: the wasm, the bindgen version, whether wasm-opt ran.
 stamp="$(sha256sum "$wasm" | cut -c1-64) $(wasm-bindgen --version) opt=$([ -x "$opt" ] && echo 1 || echo 0)"
 if [ -f "$out/zepo_bg.wasm" ] && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then

@@ -69,7 +69,7 @@ function showList(id, entries) {
   $(id).hidden = false;
 }
 
-const STAGES = { download: 'Downloading the model', load: 'Loading', text: 'Encoding the prompt', encode: 'Encoding the images',
+const STAGES = { download: 'Downloading the model', load: 'Loading', warmup: 'Preparing the GPU', text: 'Encoding the prompt', encode: 'Encoding the images',
   features: 'Style and content features', denoise: 'Denoising', decode: 'Decoding', done: 'Done' };
 
 const seen = [];
@@ -146,6 +146,7 @@ for (const button of document.querySelectorAll('button.example')) {
 
 async function run() {
   if (!engine || running) return;
+  stopWarmUp();
   const controller = new AbortController();
   running = controller;
   updateButton();
@@ -168,6 +169,7 @@ async function run() {
     a.href = resultUrl;
     a.hidden = false;
     const seconds = (performance.now() - t0) / 1000;
+    warmed.add(options().resolution);
     window.zepo.result = { width: img.naturalWidth, height: img.naturalHeight, bytes: blob.size, seconds, ...engine.last };
     setState('done', `Done in ${seconds.toFixed(1)} s.`);
     storage.downloaded(engine.last.downloaded);
@@ -211,7 +213,39 @@ async function main() {
   setState('loaded', 'Model loaded. Pick a portrait and a style.');
   updateButton();
   storage.downloaded(engine.info.bytes && engine.info.requests ? engine.info.bytes : 0);
+  warmUp();
 }
+
+// While the visitor picks images, the GPU compiles what a stylization at the chosen size needs,
+// so that the first run is as fast as later ones. Again when the resolution changes. A run
+// started meanwhile stops it (the run compiles what is left itself and waits at most for the
+// model call under way). ?warmup=0 skips it.
+const warmed = new Set();
+let warming = null;
+function stopWarmUp() {
+  warming?.abort();
+  warming = null;
+}
+function warmUp() {
+  const o = options();
+  stopWarmUp();
+  if (!engine || params.get('warmup') === '0' || warmed.has(o.resolution)) return;
+  warmed.add(o.resolution);
+  const note = $('warmup-status');
+  note.textContent = `Preparing the GPU for ${o.resolution}×${o.resolution}…`;
+  note.hidden = false;
+  const controller = new AbortController();
+  warming = controller;
+  engine.warmup(o, { signal: controller.signal }).then((seconds) => {
+    note.textContent = `GPU ready for ${o.resolution}×${o.resolution} (${seconds.toFixed(1)} s).`;
+    window.zepo.warmup = { ...window.zepo.warmup, [o.resolution]: seconds };
+  }, (e) => {
+    warmed.delete(o.resolution);
+    if (!warming || warming === controller) note.hidden = true;
+    if (e.name !== 'AbortError' && e.name !== 'EngineDisposed') console.warn('warm-up:', e);
+  });
+}
+form.elements.namedItem('resolution')?.addEventListener('change', warmUp);
 
 window.zepo = { model: MODEL, progress: seen };
 // The Storage panel and the offline app (www/pwa.js). A page that hands over to a waiting new
@@ -222,6 +256,7 @@ registerServiceWorker();
 window.zepo.ready = started.then(() => true, () => false);
 window.zepo.unetForward = async (...args) => {
   await started;
+  stopWarmUp();
   return engine.unetForward(...args);
 };
 started.catch((e) => {

@@ -91,6 +91,11 @@ const handlers = {
     return { png, seconds: (performance.now() - t0) / 1000, stages: times, downloaded: op.loaded };
   },
 
+  async warmup({ options, id }, post) {
+    post({ stage: 'warmup', step: 0, steps: 1, fraction: 0, resolution: options?.resolution ?? 512 });
+    return { seconds: await engine.warmup(options, () => cancelled.has(id)) };
+  },
+
   hasStyle({ style, options }) {
     return engine?.hasStyle(new Uint8Array(style), options) ?? false;
   },

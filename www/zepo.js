@@ -14,7 +14,8 @@
 // tome (true | false | {ratio, sx, sy, deterministic}), prompt ('face'), negativePrompt (''),
 // seed (0), noCfg (false). Besides: model (base URL of the weights; by default the public
 // LCM_Dreamshaper_v7 repository), precision ('auto' | 'f16' | 'f32'), onProgress({stage,
-// loaded, total, step, steps, fraction}), signal (AbortSignal).
+// loaded, total, step, steps, fraction}), signal (AbortSignal). ZePo.load also takes warmup
+// (true or the options of the stylizations to come): compile the GPU's pipelines right away.
 // Errors are Errors whose name says what happened: WebGpuUnavailable, InvalidOption,
 // ImageError, IntegrityError, DownloadError, NotFound, StorageFull, WeightsError, AbortError, OutOfMemory,
 // DeviceLost, EngineCrashed.
@@ -49,12 +50,13 @@ function noWebGpu() {
 
 /** An engine: a Worker holding the model on the GPU. Make one with `await ZePo.load(...)`. */
 export class ZePo {
-  static async load({ model = DEFAULT_MODEL, precision = 'auto', onProgress, workerUrl } = {}) {
+  static async load({ model = DEFAULT_MODEL, precision = 'auto', onProgress, workerUrl, warmup } = {}) {
     if (!globalThis.navigator?.gpu) throw noWebGpu();
     const engine = new ZePo(new URL(model, globalThis.location?.href).href, workerUrl);
     try {
       engine.device = await engine.call('create', { precision });
       engine.info = await engine.call('load', { model: engine.model }, onProgress);
+      if (warmup) await engine.warmup(warmup === true ? {} : warmup, { onProgress });
     } catch (e) {
       engine.dispose();
       throw e;
@@ -135,6 +137,31 @@ export class ZePo {
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /**
+   * Compiles the GPU's pipelines for stylizations with these options (the resolution is what
+   * matters) by running one on synthetic images, so that the first real one costs what later
+   * ones do. Worth it while the user is still choosing images; `ZePo.load({ warmup })` does it
+   * right after loading. Queued like stylize(); resolves to the seconds it took.
+   */
+  warmup(opts = {}, { onProgress, signal } = {}) {
+    const options = Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
+    const run = this.queue.then(async () => {
+      if (signal?.aborted) throw abortError();
+      let id = null;
+      const onAbort = () => id !== null && this.worker.postMessage({ type: 'cancel', args: { target: id } });
+      signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        const { seconds } = await this.call('warmup', { options }, onProgress, [], (i) => { id = i; });
+        this.warm = { ...this.warm, [options.resolution ?? 512]: seconds };
+        return seconds;
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+      }
+    });
+    this.queue = run.catch(() => {});
+    return run;
   }
 
   /** Whether a stylization with this style and options would reuse the cached style features. */

@@ -54,7 +54,38 @@ export async function launch({ webgpu = true } = {}) {
     await context.close().catch(() => {});
     fs.rmSync(userDataDir, { recursive: true, force: true });
   };
-  return { context, page, logs, close };
+  return { context, page, logs, close, userDataDir };
+}
+
+/**
+ * Samples the resident memory of this browser's processes (Linux /proc: every process whose
+ * command line names `userDataDir`) every `ms`; `stop()` returns the peaks in bytes:
+ * { total, byType: { gpu-process, renderer, … } } (SwiftShader's "GPU" memory is the GPU
+ * process's).
+ */
+export function sampleBrowserRss(userDataDir, ms = 250) {
+  const peak = { total: 0, byType: {} };
+  const sample = () => {
+    let total = 0;
+    const byType = {};
+    let pids = [];
+    try { pids = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)); } catch { return; }
+    for (const pid of pids) {
+      try {
+        const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        if (!cmd.includes(userDataDir)) continue;
+        const rss = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] || 0) * 1024;
+        const type = /--type=([\w-]+)/.exec(cmd)?.[1] || 'browser';
+        total += rss;
+        byType[type] = (byType[type] || 0) + rss;
+      } catch { /* the process ended */ }
+    }
+    peak.total = Math.max(peak.total, total);
+    for (const [k, v] of Object.entries(byType)) peak.byType[k] = Math.max(peak.byType[k] || 0, v);
+  };
+  sample();
+  const timer = setInterval(sample, ms);
+  return { stop: () => { clearInterval(timer); sample(); return peak; }, peek: () => ({ ...peak }) };
 }
 
 /**

@@ -27,7 +27,8 @@ describe('page on WebGPU', () => {
 
   test('loads the tiny UNet and reports the device', { timeout: LOAD_TIMEOUT }, async () => {
     const { page } = browser;
-    await page.goto(`${server.url}/`);
+    // ?warmup=0: the kernels are checked here, not the page's warm-up (a stylization at 512²).
+    await page.goto(`${server.url}/?warmup=0`);
     await page.waitForFunction(() => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state),
       null, { timeout: LOAD_TIMEOUT, polling: 250 });
     const state = await page.evaluate(() => ({
@@ -93,7 +94,8 @@ test('without WebGPU the page says so', { timeout: 120_000 }, async () => {
   const browser = await launch({ webgpu: false });
   try {
     const { page } = browser;
-    await page.goto(`${server.url}/`);
+    // ?warmup=0: the kernels are checked here, not the page's warm-up (a stylization at 512²).
+    await page.goto(`${server.url}/?warmup=0`);
     await page.waitForFunction(() => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state),
       null, { timeout: 100_000, polling: 250 });
     const state = await page.evaluate(() => document.body.dataset.state);
