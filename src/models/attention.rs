@@ -89,12 +89,19 @@ impl Attention {
 /// Largest score matrix a backend without a fused kernel may materialise (f32 bytes).
 const SCORES_CHUNK_BYTES: usize = 256 << 20;
 
+/// Largest head size given to the flash-attention kernel: each of its invocations keeps a row
+/// of q and of the output (head size values each) in registers. SD's UNet heads are 40–160; the
+/// VAE's single 512-wide head crashed SwiftShader's GPU process (full-size VAE encode in
+/// Chromium) and would spill on real GPUs, so it takes the plain path (its maps are small: at
+/// 512² the VAE's scores are 4096², 64 MiB).
+const FLASH_MAX_HEAD_DIM: usize = 160;
+
 /// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]`. On the GPU one flash-attention kernel, which never
 /// materialises the scores; the CPU backend does, so long sequences run in query chunks (exact:
 /// softmax is per query row) — 1024² images would otherwise need a 17 GB score matrix.
 pub fn attend_heads(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
-    if crate::nn::gpu::on_gpu(&q) {
+    if crate::nn::gpu::on_gpu(&q) && q.dims()[3] <= FLASH_MAX_HEAD_DIM {
         return crate::nn::gpu::flash_attention(q, k, v);
     }
     let [b, h, n, _] = q.dims();

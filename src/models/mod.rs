@@ -13,7 +13,11 @@ pub mod vae;
 
 /// Reads a part's `config.json` into its config type.
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> crate::Result<T> {
-    serde_json::from_str(text).map_err(|e| crate::Error::config(name, e))
+    // The error names the key (`prediction_type: unknown variant …`), not only a column.
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| crate::Error::config(name, e))?;
+    de.end().map_err(|e| crate::Error::config(name, e))?;
+    Ok(value)
 }
 
 /// Reads `path` and parses it as a config.

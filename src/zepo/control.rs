@@ -13,7 +13,7 @@ use std::ops::Range;
 use burn::tensor::Tensor;
 
 use super::options::TomeOptions;
-use super::style_attention::{style_attention, StyleKv};
+use super::style_attention::{mix_query, style_attention, StyleKv};
 use super::tome::{merge_count, DstPick, TokenMerge};
 use crate::models::attention::{Attention, AttentionController, SelfAttentionCall};
 
@@ -75,7 +75,7 @@ impl ControlSpec {
     fn stylized(&self, attn: &Attention, hidden: Tensor<3>, content: &LayerFeatures, style: &LayerFeatures) -> Tensor<3> {
         let mut q = attn.to_q.forward(hidden);
         if let Some(qc) = &content.q {
-            q = q.mul_scalar(self.mix_q) + qc.clone().mul_scalar(1.0 - self.mix_q);
+            q = mix_query(q, qc.clone(), self.mix_q).expect("q of the same layer and rows: one shape");
         }
         let kv = StyleKv {
             k_content: attn.split_heads(content.k.clone()),

@@ -278,7 +278,8 @@ impl Zepo {
         if let Style::Features(f) = &style {
             if f.key != FeatureKey::of(o) {
                 return Err(Error::InvalidOption(
-                    "style features were computed with other options (resolution, prompt, layers, token merging, feature step or seed)".into(),
+                    "style features were computed with other options (resolution, prompt, layers, token merging, feature step or seed)"
+                        .into(),
                 ));
             }
         }

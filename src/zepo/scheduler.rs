@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
-/// `scheduler/scheduler_config.json`, with diffusers' `LCMScheduler.__init__` defaults.
+/// `scheduler/scheduler_config.json`, with diffusers' `LCMScheduler.__init__` defaults. Every
+/// key is typed: a value this port does not implement is an error naming the key and the file
+/// (parse_config), never silently ignored. Unknown keys (diffusers' `_class_name`, …) pass.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LcmSchedulerConfig {
     #[serde(default = "d_train_steps")]
@@ -25,8 +27,8 @@ pub struct LcmSchedulerConfig {
     pub beta_start: f64,
     #[serde(default = "d_beta_end")]
     pub beta_end: f64,
-    #[serde(default = "d_beta_schedule")]
-    pub beta_schedule: String,
+    #[serde(default)]
+    pub beta_schedule: BetaSchedule,
     #[serde(default)]
     pub trained_betas: Option<Vec<f64>>,
     #[serde(default = "d_original_steps")]
@@ -37,18 +39,23 @@ pub struct LcmSchedulerConfig {
     pub clip_sample_range: f64,
     #[serde(default = "d_true")]
     pub set_alpha_to_one: bool,
+    /// Unused by LCM's `set_timesteps` (diffusers ignores it there too); typed all the same.
     #[serde(default)]
     pub steps_offset: usize,
-    #[serde(default = "d_prediction_type")]
-    pub prediction_type: String,
+    #[serde(default)]
+    pub prediction_type: Prediction,
+    /// Dynamic thresholding is not implemented: `true` is refused (so its two parameters below
+    /// never take effect; they are still checked to be numbers).
     #[serde(default)]
     pub thresholding: bool,
     #[serde(default = "d_threshold_ratio")]
     pub dynamic_thresholding_ratio: f64,
     #[serde(default = "d_one")]
     pub sample_max_value: f64,
-    #[serde(default = "d_spacing")]
-    pub timestep_spacing: String,
+    /// Unused by LCM's `set_timesteps` (its origin schedule is fixed; diffusers ignores the key
+    /// there too); one of diffusers' three values all the same.
+    #[serde(default)]
+    pub timestep_spacing: TimestepSpacing,
     #[serde(default = "d_timestep_scaling")]
     pub timestep_scaling: f64,
     #[serde(default)]
@@ -64,9 +71,6 @@ fn d_beta_start() -> f64 {
 fn d_beta_end() -> f64 {
     0.012
 }
-fn d_beta_schedule() -> String {
-    "scaled_linear".into()
-}
 fn d_original_steps() -> usize {
     50
 }
@@ -76,14 +80,8 @@ fn d_one() -> f64 {
 fn d_true() -> bool {
     true
 }
-fn d_prediction_type() -> String {
-    "epsilon".into()
-}
 fn d_threshold_ratio() -> f64 {
     0.995
-}
-fn d_spacing() -> String {
-    "leading".into()
 }
 fn d_timestep_scaling() -> f64 {
     10.0
@@ -96,11 +94,35 @@ impl Default for LcmSchedulerConfig {
 }
 
 /// What the model predicts (`prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Prediction {
+    #[default]
     Epsilon,
     Sample,
     VPrediction,
+}
+
+/// How the training betas are spaced (`beta_schedule`), unless `trained_betas` gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum BetaSchedule {
+    #[serde(rename = "linear")]
+    Linear,
+    #[default]
+    #[serde(rename = "scaled_linear")]
+    ScaledLinear,
+    #[serde(rename = "squaredcos_cap_v2")]
+    SquaredcosCapV2,
+}
+
+/// diffusers' `timestep_spacing` values (unused by LCM's schedule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    #[default]
+    Leading,
+    Trailing,
+    Linspace,
 }
 
 /// The boundary-condition scalings of the consistency model at a timestep.
@@ -177,28 +199,27 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 impl LcmScheduler {
     /// Builds the noise schedule; rejects options this port does not implement.
     pub fn new(config: LcmSchedulerConfig) -> Result<Self> {
-        let bad = |m: String| Error::config("scheduler_config.json", m);
+        Self::from_config(config, "scheduler_config.json")
+    }
+
+    /// [`Self::new`], naming `file` (where the config came from) in errors.
+    fn from_config(config: LcmSchedulerConfig, file: &str) -> Result<Self> {
+        let bad = |m: String| Error::config(file, m);
         let n = config.num_train_timesteps;
         if n == 0 {
             return Err(bad("num_train_timesteps must be positive".into()));
         }
         if config.thresholding {
-            return Err(bad("thresholding is not supported".into()));
+            return Err(bad("thresholding: dynamic thresholding is not supported".into()));
         }
-        let prediction = match config.prediction_type.as_str() {
-            "epsilon" => Prediction::Epsilon,
-            "sample" => Prediction::Sample,
-            "v_prediction" => Prediction::VPrediction,
-            other => return Err(bad(format!("prediction_type `{other}` is not supported"))),
-        };
-        let mut betas = match (&config.trained_betas, config.beta_schedule.as_str()) {
+        let prediction = config.prediction_type;
+        let mut betas = match (&config.trained_betas, config.beta_schedule) {
             (Some(b), _) => b.iter().map(|&v| v as f32).collect(),
-            (None, "linear") => torch_linspace_f32(config.beta_start, config.beta_end, n),
-            (None, "scaled_linear") => {
+            (None, BetaSchedule::Linear) => torch_linspace_f32(config.beta_start, config.beta_end, n),
+            (None, BetaSchedule::ScaledLinear) => {
                 torch_linspace_f32(config.beta_start.sqrt(), config.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
             }
-            (None, "squaredcos_cap_v2") => betas_for_alpha_bar(n),
-            (None, other) => return Err(bad(format!("beta_schedule `{other}` is not supported"))),
+            (None, BetaSchedule::SquaredcosCapV2) => betas_for_alpha_bar(n),
         };
         if betas.len() != n {
             return Err(bad(format!("trained_betas has {} values, num_train_timesteps is {n}", betas.len())));
@@ -214,13 +235,14 @@ impl LcmScheduler {
 
     /// Parses `scheduler_config.json` text (`name` is used in errors).
     pub fn from_json(text: &str, name: &str) -> Result<Self> {
-        Self::new(crate::models::parse_config(text, name)?)
+        Self::from_config(crate::models::parse_config(text, name)?, name)
     }
 
     /// Reads `<model_dir>/scheduler/scheduler_config.json`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(model_dir: &std::path::Path) -> Result<Self> {
-        Self::new(crate::models::read_config(&model_dir.join("scheduler/scheduler_config.json"))?)
+        let path = model_dir.join("scheduler/scheduler_config.json");
+        Self::from_config(crate::models::read_config(&path)?, &path.display().to_string())
     }
 
     /// ᾱ for every training timestep.
@@ -402,8 +424,20 @@ mod tests {
 
     #[test]
     fn bad_config_is_an_error() {
-        let cfg = LcmSchedulerConfig { beta_schedule: "nope".into(), ..Default::default() };
-        assert!(LcmScheduler::new(cfg).is_err());
+        // Each unsupported value names its key and the file.
+        let file = "scheduler/scheduler_config.json";
+        for (json, key) in [
+            (r#"{"beta_schedule": "nope"}"#, "beta_schedule"),
+            (r#"{"prediction_type": "x_prediction"}"#, "prediction_type"),
+            (r#"{"timestep_spacing": "uniform"}"#, "timestep_spacing"),
+            (r#"{"steps_offset": -1}"#, "steps_offset"),
+            (r#"{"thresholding": true}"#, "thresholding"),
+        ] {
+            let e = LcmScheduler::from_json(json, file).err().unwrap_or_else(|| panic!("{json} accepted")).to_string();
+            assert!(e.contains(key) && e.contains(file), "{json}: {e}");
+        }
+        let v = LcmScheduler::from_json(r#"{"prediction_type": "v_prediction", "timestep_spacing": "trailing"}"#, file).unwrap();
+        assert_eq!(v.prediction, Prediction::VPrediction);
         let cfg = LcmSchedulerConfig { trained_betas: Some(vec![0.1; 3]), ..Default::default() };
         assert!(LcmScheduler::new(cfg).is_err());
     }

@@ -45,8 +45,9 @@ pub fn style_attention(q: Tensor<4>, kv: &StyleKv, style_guidance: f32, scale: O
     })
 }
 
-/// The optional query mix (`mix_q_scale` < 1): `mix·q_target + (1 − mix)·q_content`.
-pub fn mix_query(q_target: Tensor<4>, q_content: Tensor<4>, mix: f64) -> Result<Tensor<4>> {
+/// The optional query mix (`mix_q_scale` < 1): `mix·q_target + (1 − mix)·q_content`, on
+/// tokens `[B, N, C]` or heads `[B, H, N, d]` (the controlled layers mix before splitting heads).
+pub fn mix_query<const D: usize>(q_target: Tensor<D>, q_content: Tensor<D>, mix: f32) -> Result<Tensor<D>> {
     if q_target.dims() != q_content.dims() {
         return Err(Error::InvalidOption(format!(
             "query mix: target {:?} and content {:?} queries differ in shape",
@@ -54,5 +55,5 @@ pub fn mix_query(q_target: Tensor<4>, q_content: Tensor<4>, mix: f64) -> Result<
             q_content.dims()
         )));
     }
-    Ok(q_target.mul_scalar(mix as f32) + q_content.mul_scalar((1.0 - mix) as f32))
+    Ok(q_target.mul_scalar(mix) + q_content.mul_scalar(1.0 - mix))
 }

@@ -92,6 +92,27 @@ fn cached_path_equals_uncached_and_counts_half_the_work() {
     }
 }
 
+/// The query mix (`mix_q` < 1) as the pipeline runs it (control.rs through
+/// `style_attention::mix_query`): the cached path equals the reference-structured uncached one,
+/// and the mix changes the image (the reference cases all use mix 1).
+#[test]
+fn query_mix_runs_the_same_cached_and_uncached() {
+    let device = burn::tensor::Device::flex();
+    let zepo = model(&device);
+    let case = "tiny_s2_r64";
+    let fx = Fixture::load(&format!("cases/{case}/reference.safetensors"));
+    let (content, style) = (rgb(&fx, "content_rgb_u8"), rgb(&fx, "style_rgb_u8"));
+    let o = ZepoOptions { mix_q: 0.5, ..case_options(case) };
+    let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
+    let uncached = zepo.stylize_uncached(&content, &style, &o, &prompts, &mut replay(&fx)).unwrap();
+    let mixed = zepo.stylize(&content, Style::Image(&style), &o, &prompts, &mut replay(&fx), &mut Silent, None).unwrap();
+    let e = assert_close_abs("mix_q 0.5: cached vs uncached", &mixed.image.values, &uncached.values, 1e-5);
+    let plain = zepo.stylize(&content, Style::Image(&style), &case_options(case), &prompts, &mut replay(&fx), &mut Silent, None).unwrap();
+    let d = mixed.image.values.iter().zip(&plain.image.values).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("mix_q 0.5: cached vs uncached {e:.2e}; vs mix 1: {d:.2e}");
+    assert!(d > 1e-3, "mix_q 0.5 gives the image of mix_q 1 (max diff {d:e}): the mix is not applied");
+}
+
 #[test]
 fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
     let device = burn::tensor::Device::flex();
@@ -123,10 +144,7 @@ fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
     // under another one (the browser engine's style cache keys on the same FeatureKey).
     let o8 = ZepoOptions { seed: 8, ..o.clone() };
     let err = zepo.stylize(&content, Style::Features(&features), &o8, &prompts, &mut SeededNoise::new(8), &mut Silent, None).err();
-    assert!(
-        matches!(&err, Some(zepo::Error::InvalidOption(m)) if m.contains("seed")),
-        "features of seed 7 reused under seed 8: {err:?}"
-    );
+    assert!(matches!(&err, Some(zepo::Error::InvalidOption(m)) if m.contains("seed")), "features of seed 7 reused under seed 8: {err:?}");
     assert_ne!(zepo::zepo::pipeline::FeatureKey::of(&o), zepo::zepo::pipeline::FeatureKey::of(&o8));
 }
 
