@@ -59,8 +59,9 @@ fn normal<const D: usize>(shape: [usize; D], std: f32, seed: u64, device: &Devic
     use rand_distr::Distribution;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
-    let v: Vec<f32> =
-        (0..n).map(|_| half::f16::from_f32(std * Distribution::<f32>::sample(&rand_distr::StandardNormal, &mut rng) + 0.3).to_f32()).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| half::f16::from_f32(std * Distribution::<f32>::sample(&rand_distr::StandardNormal, &mut rng) + 0.3).to_f32())
+        .collect();
     burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(v, shape), (device, dtype))
 }
 
