@@ -59,6 +59,11 @@ for (const size of sizes) {
   const browser = await launch({ webgpu: true });
   await routeWorkerPrelude(browser.context);
   const rss = sampleBrowserRss(browser.userDataDir);
+  // Progress on stderr (a full-size run on a software adapter takes many minutes).
+  const t0 = Date.now();
+  browser.page.on('console', (m) => {
+    if (m.text().startsWith('[bench] ')) console.error(`${size}² +${((Date.now() - t0) / 1000).toFixed(0)} s: ${m.text().slice(8)}`);
+  });
   try {
     await browser.page.goto(`${server.url}/package.json`);
     console.error(`${size}²: loading ${modelDir || model} ...`);
@@ -66,9 +71,10 @@ for (const size of sizes) {
       const gpuStats = (0, eval)(a.reader);
       const [content, style] = await kit.examples();
       const t0 = performance.now();
-      const engine = await api.ZePo.load({ model: a.model, precision: a.precision });
+      const say = (what) => (e) => e.stage !== 'download' && console.log(`[bench] ${what} ${e.stage}${e.part ? ` ${e.part}` : ''}${e.steps && e.stage !== 'done' ? ` ${e.step + 1}/${e.steps}` : ''}`);
+      const engine = await api.ZePo.load({ model: a.model, precision: a.precision, onProgress: say('load') });
       const load = { seconds: (performance.now() - t0) / 1000, info: engine.info, device: engine.device, stats: await gpuStats(engine.worker) };
-      if (a.warmup) load.warmup = await engine.warmup({ resolution: a.size, steps: a.steps[0] });
+      if (a.warmup) load.warmup = await engine.warmup({ resolution: a.size, steps: a.steps[0] }, { onProgress: say('warm-up') });
       const runs = [];
       let seed = 1;
       for (const steps of a.steps) {
@@ -77,7 +83,7 @@ for (const size of sizes) {
         for (const kind of runs.length ? ['warm'] : ['first', 'warm']) {
           engine.worker.postMessage({ type: 'gpu-stats:reset' });
           const t = performance.now();
-          await engine.stylize(content, style, { resolution: a.size, steps, seed: seed++ });
+          await engine.stylize(content, style, { resolution: a.size, steps, seed: seed++, onProgress: say(`${kind} run N=${steps}`) });
           runs.push({ kind, steps, seconds: (performance.now() - t) / 1000, last: engine.last, stats: await gpuStats(engine.worker) });
         }
       }
