@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod image;
+mod libstdcxx_introsort;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod load;
 pub mod noise;
@@ -9,7 +10,6 @@ pub mod options;
 pub mod pipeline;
 pub mod progress;
 pub mod scheduler;
-mod std_sort;
 pub mod style_attention;
 pub mod tome;
 

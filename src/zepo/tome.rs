@@ -53,7 +53,7 @@ pub fn split_indices(h: usize, w: usize, sx: usize, sy: usize, pick: DstPick) ->
     }
     let mut order: Vec<(bool, i64)> = is_dst.iter().enumerate().map(|(i, &d)| (d, i as i64)).collect();
     // key −1 for dst sorts before 0 for src
-    super::std_sort::sort_by(&mut order, |a, b| a.0 && !b.0);
+    super::libstdcxx_introsort::sort_by(&mut order, |a, b| a.0 && !b.0);
     let num_dst = order.iter().filter(|p| p.0).count();
     let src = order[num_dst..].iter().map(|p| p.1).collect();
     let dst = order[..num_dst].iter().map(|p| p.1).collect();
