@@ -254,15 +254,7 @@ impl Engine {
                     let _ = f.call1(&JsValue::NULL, &p);
                 }
             };
-            let cancelled =
-                || is_cancelled.as_ref().map(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false)).unwrap_or(false);
-            let check_cancel = || {
-                if cancelled() {
-                    Err(crate_err(crate::Error::Cancelled))
-                } else {
-                    Ok(())
-                }
-            };
+            let check_cancel = cancel_check(&is_cancelled);
 
             let key = style_key(&style_bytes, &o);
             let cached = model.style.borrow().as_ref().filter(|c| c.key == key).map(|c| c.features.clone());
@@ -316,14 +308,7 @@ impl Engine {
             let n = o.resolution;
             let image = |k: usize| RgbImage::new(n, n, (0..n * n * 3).map(|i| ((i * k) % 251) as u8).collect()).map_err(crate_err);
             let (content, style) = (image(3)?, image(7)?);
-            let cancelled = || is_cancelled.as_ref().is_some_and(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false));
-            let check_cancel = || {
-                if cancelled() {
-                    Err(crate_err(crate::Error::Cancelled))
-                } else {
-                    Ok(())
-                }
-            };
+            let check_cancel = cancel_check(&is_cancelled);
             let prompts = prompt_embeddings(&model, &gpu, &o, &|_: &str, _, _, _| {}).await?;
             let (decoded, _) =
                 drive(&model, &gpu, &content, Style::Image(&style), &o, &prompts, &|_: &str, _, _, _| {}, &check_cancel).await?;
@@ -513,6 +498,18 @@ async fn load_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> R
 
 /// What the style's features depend on: its bytes, and the options that shape them (the seed
 /// among them: the style's noise is drawn from it).
+/// `Err(Cancelled)` once the JS `isCancelled()` callback (if any) says so.
+fn cancel_check(is_cancelled: &Option<Function>) -> impl Fn() -> Result<(), JsValue> + '_ {
+    move || {
+        let cancelled = is_cancelled.as_ref().is_some_and(|f| f.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false));
+        if cancelled {
+            Err(crate_err(crate::Error::Cancelled))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 fn style_key(bytes: &[u8], o: &ZepoOptions) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
