@@ -87,6 +87,7 @@ pub struct VarStore {
 
 /// A tensor being received in pieces: its complete row blocks, and the pieces of the next.
 struct Partial {
+    rows: usize,
     row_elems: usize,
     rows_per_block: usize,
     blocks: Vec<Tensor<1>>,
@@ -166,7 +167,7 @@ impl VarStore {
             let rows = rows_of(entry).max(1);
             let row_elems = entry.shape.iter().product::<usize>() / rows;
             let rows_per_block = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
-            self.partial = Some(Partial { row_elems, rows_per_block, blocks: Vec::new(), pieces: Vec::new(), rows_done: 0 });
+            self.partial = Some(Partial { rows, row_elems, rows_per_block, blocks: Vec::new(), pieces: Vec::new(), rows_done: 0 });
         }
         let Some(part) = self.partial.as_mut().filter(|p| p.rows_done == piece.first_row) else {
             return Err(WeightsError::Corrupt {
@@ -191,7 +192,8 @@ impl VarStore {
                     self.dtype,
                     layout_of(&self.device, &entry.shape),
                 );
-                let whole_block = row % part.rows_per_block == 0 && (upto == block_end || upto == rows_of(entry).max(1));
+                let block_done = upto == block_end || upto == part.rows;
+                let whole_block = row % part.rows_per_block == 0 && block_done;
                 if whole_block {
                     // A block in one piece goes straight to its final buffer.
                     let (device, dtype) = (self.device.clone(), self.dtype);
@@ -199,7 +201,7 @@ impl VarStore {
                         .push(self.device.memory_persistent_allocations(data, move |data| Tensor::<1>::from_data(data, (&device, dtype))));
                 } else {
                     part.pieces.push(Tensor::<1>::from_data(data, (&self.device, self.dtype)));
-                    if upto == block_end || upto == rows_of(entry).max(1) {
+                    if block_done {
                         let pieces = std::mem::take(&mut part.pieces);
                         part.blocks.push(self.device.memory_persistent_allocations(pieces, |pieces| Tensor::cat(pieces, 0)));
                     }
