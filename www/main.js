@@ -7,9 +7,11 @@ import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-// scripts/serve.mjs serves the page's model (weights/tiny-lcm by default) at /model/; ?model=URL
-// overrides. (The API's own default, DEFAULT_MODEL, is the public repository.)
-const MODEL = params.get('model') || new URL('../model', import.meta.url).href;
+// The page's model: ?model=URL, else the one a site build set (`<meta name="zepo-model">`, written
+// by scripts/build-site.mjs: by default the public repository), else what scripts/serve.mjs
+// serves at /model/ (weights/tiny-lcm by default) in a source checkout.
+const MODEL = params.get('model') || document.querySelector('meta[name="zepo-model"]')?.content
+  || new URL('../model', import.meta.url).href;
 const form = $('options-form');
 const images = { content: null, style: null };
 const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MB`;
