@@ -19,8 +19,19 @@ export interface TomeOptions {
 
 /** The pipeline's options; each defaults to the reference implementation's value. */
 export interface StylizeOptions {
-  /** Output width and height in pixels: a multiple of 8, at most 1024 (512). */
+  /** Working size in pixels, a multiple of 8, at most 1024 (512): the output's width and
+   * height, or with `fit` 'cover' or 'contain' the long side of the portrait's shape. */
   resolution?: number;
+  /** An explicit output width (with `height`): a multiple of 8, at most 1024. */
+  width?: number;
+  /** An explicit output height (with `width`): a multiple of 8, at most 1024. */
+  height?: number;
+  /** How the images meet the size ('stretch'): 'stretch' resizes them to it whatever their
+   * shape (the reference); 'cover' fills it, centre-cropped (without width/height the size is
+   * the portrait's shape, long side `resolution`); 'contain' keeps the portrait's whole frame
+   * (the size is its shape, within width×height or resolution²). The style is centre-cropped
+   * with 'cover' and 'contain'. */
+  fit?: 'stretch' | 'cover' | 'contain';
   /** LCM denoising steps (4). */
   steps?: number;
   /** How far the content is noised before denoising, in (0, 1] (0.5). */
@@ -202,7 +213,8 @@ export class ZePo {
   readonly dead: Error | null;
 
   /**
-   * Stylizes `content` (a portrait) after `style`. Resolves to a PNG Blob of `resolution`².
+   * Stylizes `content` (a portrait) after `style`. Resolves to a PNG Blob of the working size (see `fit`), whose
+   * text chunks (`zepo-settings`) hold the settings, seed and model that made it.
    * Calls queue (one runs at a time); the style's features are kept, so a second portrait in
    * the same style and options costs only its own work.
    */
@@ -214,7 +226,7 @@ export class ZePo {
    */
   warmup(options?: StylizeOptions, control?: { onProgress?: ProgressCallback; signal?: AbortSignal }): Promise<number>;
   /** Whether a stylization with this style and options would reuse the kept style features. */
-  hasStyle(style: ImageInput, options?: StylizeOptions): Promise<boolean>;
+  hasStyle(style: ImageInput, options?: StylizeOptions, content?: ImageInput): Promise<boolean>;
   /** Frees the GPU memory and ends the Worker. */
   dispose(): void;
 }

@@ -96,8 +96,8 @@ const handlers = {
     return { seconds: await engine.warmup(options, () => cancelled.has(id)) };
   },
 
-  hasStyle({ style, options }) {
-    return engine?.hasStyle(new Uint8Array(style), options) ?? false;
+  hasStyle({ style, options, content }) {
+    return engine?.hasStyle(new Uint8Array(style), options, content ? new Uint8Array(content) : undefined) ?? false;
   },
 
   async unetForward({ sample, shape, timesteps, context }) {

@@ -9,7 +9,8 @@
 //   const b = await engine.stylize(face2, style);   // a second face costs only its own work
 //   engine.dispose();
 //
-// Options (all optional; the reference's defaults): resolution (512), steps (4), strength (0.5),
+// Options (all optional; the reference's defaults): resolution (512), width, height, fit
+// ('stretch' | 'cover' | 'contain': 'contain' keeps the portrait's shape), steps (4), strength (0.5),
 // cfg (2), styleGuidance (1.2), featureStep (99), startLayer (8), endLayer (16), mixQ (1),
 // tome (true | false | {ratio, sx, sy, deterministic}), prompt ('face'), negativePrompt (''),
 // seed (0), noCfg (false). Besides: model (base URL of the weights; by default the public
@@ -111,7 +112,8 @@ export class ZePo {
 
   /**
    * Stylizes `content` (a portrait) after `style`: Blobs/Files (or bytes) of PNG, JPEG, WebP,
-   * BMP or GIF images. Resolves to a PNG Blob of `resolution`². Calls queue: one runs at a time.
+   * BMP or GIF images. Resolves to a PNG Blob of the working size (see
+   * `fit`), its text chunks holding the settings, seed and model. Calls queue: one runs at a time.
    */
   stylize(content, style, opts = {}) {
     const run = this.queue.then(() => this.run(content, style, opts));
@@ -164,11 +166,15 @@ export class ZePo {
     return run;
   }
 
-  /** Whether a stylization with this style and options would reuse the cached style features. */
-  async hasStyle(style, opts = {}) {
+  /**
+   * Whether a stylization with this style and options would reuse the cached style features;
+   * `content` is needed where the size follows the portrait's shape (`fit`).
+   */
+  async hasStyle(style, opts = {}, content) {
     const options = Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
     const s = await bytesOf(style, 'style');
-    return this.call('hasStyle', { style: s.buffer, options }, null, [s.buffer]);
+    const c = content === undefined ? null : await bytesOf(content, 'content');
+    return this.call('hasStyle', { style: s.buffer, options, content: c?.buffer }, null, c ? [s.buffer, c.buffer] : [s.buffer]);
   }
 
   /** The UNet alone (kernel checks): { output: Float32Array, seconds }. */

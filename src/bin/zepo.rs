@@ -10,7 +10,7 @@ use zepo::zepo::load::{embed_prompts, load_dir, WeightSource};
 use zepo::zepo::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use zepo::zepo::pipeline::Style;
 use zepo::zepo::progress::{Observer, Progress};
-use zepo::zepo::{TomeOptions, ZepoOptions};
+use zepo::zepo::{Fit, TomeOptions, ZepoOptions};
 use zepo::{Error, Result};
 
 mod bench;
@@ -53,8 +53,19 @@ struct StylizeArgs {
     /// Output PNG (or folder, for a folder of contents).
     #[arg(long, required_unless_present_any = ["replay", "save_tensor"])]
     out: Option<PathBuf>,
+    /// Working size: the square's side, or with --fit cover/contain the long side.
     #[arg(long, default_value_t = 512)]
     resolution: usize,
+    /// Explicit working width (with --height; multiples of 8).
+    #[arg(long, requires = "height")]
+    width: Option<usize>,
+    #[arg(long, requires = "width")]
+    height: Option<usize>,
+    /// stretch (the reference: resized to the size whatever its shape), cover (fill the size,
+    /// centre-cropped; without --width/--height the portrait's shape), contain (the
+    /// portrait's shape, within the size).
+    #[arg(long, default_value = "stretch", value_parser = ["stretch", "cover", "contain"])]
+    fit: String,
     #[arg(long, default_value_t = 4)]
     steps: usize,
     #[arg(long, default_value_t = 0.5)]
@@ -110,6 +121,9 @@ impl StylizeArgs {
     fn options(&self) -> ZepoOptions {
         ZepoOptions {
             resolution: self.resolution,
+            width: self.width,
+            height: self.height,
+            fit: Fit::parse(&self.fit).expect("clap checks the value"),
             steps: self.steps,
             strength: self.strength,
             cfg: self.cfg,
@@ -166,8 +180,8 @@ fn read_image(path: &Path) -> Result<RgbImage> {
     RgbImage::decode(&bytes, &path.display().to_string())
 }
 
-fn write_png(img: &FloatImage, path: &Path) -> Result<()> {
-    let png = img.to_rgb8().to_png()?;
+fn write_png(img: &FloatImage, path: &Path, text: &[(&str, String)]) -> Result<()> {
+    let png = img.to_rgb8().to_png_with_text(text)?;
     std::fs::write(path, png).map_err(|e| Error::io(path, e))
 }
 
@@ -233,6 +247,7 @@ fn stylize(args: StylizeArgs) -> Result<()> {
         }
     }
     let device = zepo::device::device(backend)?;
+    let model_name = args.model.display().to_string();
     let model = load_dir(&args.model, &device, &Default::default(), WeightSource::Checkpoint)?;
     model.check_options(&opts)?;
     // A bundle's precomputed prompts are used as the browser uses them.
@@ -245,7 +260,8 @@ fn stylize(args: StylizeArgs) -> Result<()> {
         if r.noise.remaining() != 0 {
             eprintln!("warning: {} recorded draws were not used (options differ from the case?)", r.noise.remaining());
         }
-        return save(&out.image, args.out.as_deref(), args.save_tensor.as_deref());
+        let text = opts.png_text(opts.size_for(r.content.width, r.content.height), &model_name);
+        return save(&out.image, args.out.as_deref(), args.save_tensor.as_deref(), &text);
     }
 
     let content = args.content.as_deref().expect("clap requires it");
@@ -263,16 +279,27 @@ fn stylize(args: StylizeArgs) -> Result<()> {
         if files.is_empty() {
             return Err(Error::InvalidOption(format!("{}: no images (png, jpg, webp, bmp, gif)", content.display())));
         }
-        // The style's features are computed once and reused for every content.
-        let features = model.style_features(&style, &opts, &prompts, &mut SeededNoise::new(opts.seed))?;
+        // The style's features are computed once per working size and reused.
+        let mut features = std::collections::HashMap::new();
         for file in files {
             let img = read_image(&file)?;
+            let size = opts.size_for(img.width, img.height);
+            if !features.contains_key(&size) {
+                features.insert(size, model.style_features(&style, &opts, size, &prompts, &mut SeededNoise::new(opts.seed))?);
+            }
             let mut bar = Bar::new(args.quiet, &file.file_name().unwrap_or_default().to_string_lossy());
-            let result =
-                model.stylize(&img, Style::Features(&features), &opts, &prompts, &mut SeededNoise::new(opts.seed), &mut bar, None)?;
+            let result = model.stylize(
+                &img,
+                Style::Features(&features[&size]),
+                &opts,
+                &prompts,
+                &mut SeededNoise::new(opts.seed),
+                &mut bar,
+                None,
+            )?;
             drop(bar);
             let target = out.join(file.with_extension("png").file_name().unwrap());
-            write_png(&result.image, &target)?;
+            write_png(&result.image, &target, &opts.png_text(size, &model_name))?;
             println!("{}", target.display());
         }
         return Ok(());
@@ -282,12 +309,13 @@ fn stylize(args: StylizeArgs) -> Result<()> {
     let noise: &mut dyn NoiseSource = &mut SeededNoise::new(opts.seed);
     let result = model.stylize(&img, Style::Image(&style), &opts, &prompts, noise, &mut bar, None)?;
     drop(bar);
-    save(&result.image, out, args.save_tensor.as_deref())
+    let text = opts.png_text(opts.size_for(img.width, img.height), &model_name);
+    save(&result.image, out, args.save_tensor.as_deref(), &text)
 }
 
-fn save(img: &FloatImage, png: Option<&Path>, tensor: Option<&Path>) -> Result<()> {
+fn save(img: &FloatImage, png: Option<&Path>, tensor: Option<&Path>, text: &[(&str, String)]) -> Result<()> {
     if let Some(p) = png {
-        write_png(img, p)?;
+        write_png(img, p, text)?;
         println!("{}", p.display());
     }
     if let Some(p) = tensor {

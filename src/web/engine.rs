@@ -27,7 +27,7 @@ use crate::zepo::noise::SeededNoise;
 use crate::zepo::pipeline::{FeatureKey, PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
 use crate::zepo::progress::Progress;
 use crate::zepo::scheduler::LcmScheduler;
-use crate::zepo::{TomeOptions, ZepoOptions};
+use crate::zepo::{Fit, Size, TomeOptions, ZepoOptions};
 
 /// WebGPU's buffers may not reach the binding limit; what the crate plans for stays this far below
 /// it (allocation alignment, a backend's own padded copies).
@@ -256,7 +256,8 @@ impl Engine {
             };
             let check_cancel = cancel_check(&is_cancelled);
 
-            let key = style_key(&style_bytes, &o);
+            let size = o.size_for(content.width, content.height);
+            let key = style_key(&style_bytes, &o, size);
             let cached = model.style.borrow().as_ref().filter(|c| c.key == key).map(|c| c.features.clone());
             let style_img = match cached {
                 Some(_) => None,
@@ -280,7 +281,10 @@ impl Engine {
                 Err(e) => return Err(gpu.failure("reading the result back", e).await),
             };
             let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("result: {e:?}")))?;
-            let png = FloatImage::from_decoded(&values, h, w).to_rgb8().to_png().map_err(crate_err)?;
+            let png = FloatImage::from_decoded(&values, h, w)
+                .to_rgb8()
+                .to_png_with_text(&o.png_text(size, &model.files.base()))
+                .map_err(crate_err)?;
             if cached.is_none() {
                 *model.style.borrow_mut() = Some(CachedStyle { key, features: Rc::new(features) });
             }
@@ -305,8 +309,9 @@ impl Engine {
             o.steps = (1.0 / o.strength.max(1e-3)).ceil().max(1.0) as usize;
             model.zepo.check_options(&o).map_err(crate_err)?;
             let started = js_sys::Date::now();
-            let n = o.resolution;
-            let image = |k: usize| RgbImage::new(n, n, (0..n * n * 3).map(|i| ((i * k) % 251) as u8).collect()).map_err(crate_err);
+            // Images of the working size: explicit, else the resolution's square.
+            let Size { width: w, height: h } = o.size_for(o.width.unwrap_or(o.resolution), o.height.unwrap_or(o.resolution));
+            let image = |k: usize| RgbImage::new(w, h, (0..w * h * 3).map(|i| ((i * k) % 251) as u8).collect()).map_err(crate_err);
             let (content, style) = (image(3)?, image(7)?);
             let check_cancel = cancel_check(&is_cancelled);
             let prompts = prompt_embeddings(&model, &gpu, &o, &|_: &str, _, _, _| {}).await?;
@@ -320,10 +325,24 @@ impl Engine {
     }
 
     /// Whether the next `stylize` with this style and these options reuses cached features.
+    /// `content` (its bytes) is needed where the working size follows its shape (`fit`).
     #[wasm_bindgen(js_name = hasStyle)]
-    pub fn has_style(&self, style: Uint8Array, opts: JsValue) -> Result<bool, JsValue> {
+    pub fn has_style(&self, style: Uint8Array, opts: JsValue, content: Option<Uint8Array>) -> Result<bool, JsValue> {
         let o = parse_options(&opts)?;
-        let key = style_key(&style.to_vec(), &o);
+        let size = match content {
+            Some(bytes) => {
+                let (w, h) = RgbImage::dimensions(&bytes.to_vec(), "content image").map_err(crate_err)?;
+                o.size_for(w, h)
+            }
+            None if o.follows_content() => {
+                return Err(named_err(
+                    "InvalidOption",
+                    format!("hasStyle: with fit `{}` the size follows the portrait's shape: pass the portrait too", o.fit.name()),
+                ))
+            }
+            None => o.size_for(o.resolution, o.resolution),
+        };
+        let key = style_key(&style.to_vec(), &o, size);
         let model = self.inner.model.borrow().clone();
         Ok(model.is_some_and(|m| m.style.borrow().as_ref().is_some_and(|c| c.key == key)))
     }
@@ -510,10 +529,10 @@ fn cancel_check(is_cancelled: &Option<Function>) -> impl Fn() -> Result<(), JsVa
     }
 }
 
-fn style_key(bytes: &[u8], o: &ZepoOptions) -> u64 {
+fn style_key(bytes: &[u8], o: &ZepoOptions, size: Size) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
-    FeatureKey::of(o).hash(&mut h);
+    FeatureKey::of(o, size).hash(&mut h);
     h.finish()
 }
 
@@ -545,6 +564,9 @@ pub fn parse_options(opts: &JsValue) -> Result<ZepoOptions, JsValue> {
         }
         match k.as_str() {
             "resolution" => o.resolution = uint(&k, &v)? as usize,
+            "width" => o.width = Some(uint(&k, &v)? as usize),
+            "height" => o.height = Some(uint(&k, &v)? as usize),
+            "fit" => o.fit = Fit::parse(&text(&k, &v)?).map_err(|_| bad(&k, "'stretch', 'cover' or 'contain'"))?,
             "steps" => o.steps = uint(&k, &v)? as usize,
             "strength" => o.strength = num(&k, &v)?,
             "cfg" => o.cfg = num(&k, &v)? as f32,
@@ -581,15 +603,13 @@ pub fn parse_options(opts: &JsValue) -> Result<ZepoOptions, JsValue> {
                     return Err(bad(&k, "true, false or { ratio, sx, sy, deterministic }"));
                 };
             }
-            _ => {
-                return Err(named_err(
-                    "InvalidOption",
-                    format!(
-                        "unknown option `{k}` (resolution, steps, strength, cfg, styleGuidance, featureStep, startLayer, \
+            _ => return Err(named_err(
+                "InvalidOption",
+                format!(
+                    "unknown option `{k}` (resolution, width, height, fit, steps, strength, cfg, styleGuidance, featureStep, startLayer, \
                          endLayer, mixQ, tome, prompt, negativePrompt, seed, noCfg)"
-                    ),
-                ))
-            }
+                ),
+            )),
         }
     }
     Ok(o)

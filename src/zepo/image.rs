@@ -1,8 +1,9 @@
 //! Images in and out: decoding any format the `image` crate reads, the reference's resize
-//! (square, bicubic) and scaling to [-1, 1], and the result back to PNG.
+//! (bicubic, to any size; a centre crop for `fit: cover`) and scaling to [-1, 1], and the result back to PNG.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::options::Size;
 use crate::{Error, Result};
 
 /// An RGB image, 8 bits per channel, row-major HWC.
@@ -39,15 +40,42 @@ impl RgbImage {
         Ok(Self { width: w as usize, height: h as usize, pixels: rgb.into_raw() })
     }
 
-    /// Resized to `size`×`size` with a bicubic filter (the reference uses PIL's bicubic).
-    pub fn resize_square(&self, size: usize) -> Self {
-        if self.width == size && self.height == size {
+    /// The width and height of encoded image bytes, from the header alone.
+    pub fn dimensions(bytes: &[u8], name: &str) -> Result<(usize, usize)> {
+        let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| Error::Image { name: name.to_string(), reason: e.to_string() })?;
+        let (w, h) =
+            reader.into_dimensions().map_err(|e| Error::Image { name: name.to_string(), reason: format!("cannot read its size: {e}") })?;
+        Ok((w as usize, h as usize))
+    }
+
+    /// Resized to `size` with a bicubic filter (the reference uses PIL's bicubic), whatever
+    /// the shape.
+    pub fn resize(&self, size: Size) -> Self {
+        if self.width == size.width && self.height == size.height {
             return self.clone();
         }
-        let img =
-            image::RgbImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone()).expect("length checked on construction");
-        let out = image::imageops::resize(&img, size as u32, size as u32, image::imageops::FilterType::CatmullRom);
-        Self { width: size, height: size, pixels: out.into_raw() }
+        let out = image::imageops::resize(&self.as_image(), size.width as u32, size.height as u32, image::imageops::FilterType::CatmullRom);
+        Self { width: size.width, height: size.height, pixels: out.into_raw() }
+    }
+
+    /// The centre of the image with `size`'s shape (as large as fits), resized to `size`.
+    pub fn cover(&self, size: Size) -> Self {
+        let (w, h) = (self.width as u64, self.height as u64);
+        let (tw, th) = (size.width as u64, size.height as u64);
+        // Integer arithmetic: the crop is the same on every platform.
+        let (cw, ch) = if w * th > h * tw { (((h * tw + th / 2) / th).clamp(1, w), h) } else { (w, ((w * th + tw / 2) / tw).clamp(1, h)) };
+        if (cw, ch) == (w, h) {
+            return self.resize(size);
+        }
+        let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
+        let crop = image::imageops::crop_imm(&self.as_image(), x0 as u32, y0 as u32, cw as u32, ch as u32).to_image();
+        Self { width: cw as usize, height: ch as usize, pixels: crop.into_raw() }.resize(size)
+    }
+
+    fn as_image(&self) -> image::RgbImage {
+        image::RgbImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone()).expect("length checked on construction")
     }
 
     /// `[1, 3, H, W]` in [-1, 1], as diffusers' `VaeImageProcessor.preprocess` makes it.
@@ -64,17 +92,24 @@ impl RgbImage {
 
     /// PNG bytes.
     pub fn to_png(&self) -> Result<Vec<u8>> {
-        let mut out = std::io::Cursor::new(Vec::new());
-        image::write_buffer_with_format(
-            &mut out,
-            &self.pixels,
-            self.width as u32,
-            self.height as u32,
-            image::ExtendedColorType::Rgb8,
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| Error::Image { name: "result".into(), reason: e.to_string() })?;
-        Ok(out.into_inner())
+        self.to_png_with_text(&[])
+    }
+
+    /// PNG bytes carrying `text` as UTF-8 text chunks (iTXt: keyword, value), e.g. the run's
+    /// settings, which image viewers and `exiftool` show.
+    pub fn to_png_with_text(&self, text: &[(&str, String)]) -> Result<Vec<u8>> {
+        let err = |e: png::EncodingError| Error::Image { name: "result".into(), reason: e.to_string() };
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        for (keyword, value) in text {
+            encoder.add_itxt_chunk(keyword.to_string(), value.clone()).map_err(err)?;
+        }
+        let mut writer = encoder.write_header().map_err(err)?;
+        writer.write_image_data(&self.pixels).map_err(err)?;
+        writer.finish().map_err(err)?;
+        Ok(out)
     }
 }
 

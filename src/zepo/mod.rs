@@ -13,4 +13,4 @@ pub mod scheduler;
 pub mod style_attention;
 pub mod tome;
 
-pub use options::{TomeOptions, ZepoOptions};
+pub use options::{Fit, Size, TomeOptions, ZepoOptions};

@@ -20,11 +20,57 @@ impl Default for TomeOptions {
     }
 }
 
+/// How an image is mapped onto the working size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Fit {
+    /// Both images resized to the size, whatever their shape (the reference; square by default).
+    #[default]
+    Stretch,
+    /// The size is filled: the content (and the style) scaled to cover it, centre-cropped.
+    /// Without `width`/`height` the size follows the content's shape (long side `resolution`).
+    Cover,
+    /// The content keeps its whole frame: the size is the largest of the content's shape that
+    /// fits in `width`×`height` (or `resolution`²), each side a multiple of 8. The style is
+    /// centre-cropped to that shape.
+    Contain,
+}
+
+impl Fit {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "stretch" => Ok(Self::Stretch),
+            "cover" => Ok(Self::Cover),
+            "contain" => Ok(Self::Contain),
+            _ => Err(Error::InvalidOption(format!("fit `{s}` must be stretch, cover or contain"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stretch => "stretch",
+            Self::Cover => "cover",
+            Self::Contain => "contain",
+        }
+    }
+}
+
+/// A working size in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Size {
+    pub width: usize,
+    pub height: usize,
+}
+
 /// Everything a stylization takes besides the two images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZepoOptions {
-    /// Square working resolution in pixels (multiple of 8).
+    /// Working resolution in pixels (multiple of 8): the square's side, or with `fit` cover or
+    /// contain (and no `width`/`height`), the long side of the content's shape.
     pub resolution: usize,
+    /// An explicit working size (both or neither; multiples of 8): overrides `resolution`.
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub fit: Fit,
     /// LCM steps actually run (the reference's `num_inference_steps`).
     pub steps: usize,
     pub strength: f64,
@@ -53,6 +99,9 @@ impl Default for ZepoOptions {
     fn default() -> Self {
         Self {
             resolution: 512,
+            width: None,
+            height: None,
+            fit: Fit::Stretch,
             steps: 4,
             strength: 0.5,
             cfg: 2.0,
@@ -78,8 +127,20 @@ impl ZepoOptions {
     /// Checks every option; `num_self_attentions` and `train_steps` come from the model.
     pub fn validate(&self, num_self_attentions: usize, train_steps: usize) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOption(m));
-        if self.resolution == 0 || self.resolution % 8 != 0 || self.resolution > MAX_RESOLUTION {
-            return bad(format!("resolution {} must be a multiple of 8 between 8 and {MAX_RESOLUTION}", self.resolution));
+        let side = |name: &str, v: usize| -> Result<()> {
+            if v == 0 || v % 8 != 0 || v > MAX_RESOLUTION {
+                return Err(Error::InvalidOption(format!("{name} {v} must be a multiple of 8 between 8 and {MAX_RESOLUTION}")));
+            }
+            Ok(())
+        };
+        side("resolution", self.resolution)?;
+        match (self.width, self.height) {
+            (Some(w), Some(h)) => {
+                side("width", w)?;
+                side("height", h)?;
+            }
+            (None, None) => {}
+            _ => return bad("width and height go together: give both or neither".into()),
         }
         if self.steps == 0 {
             return bad("steps must be at least 1".into());
@@ -119,6 +180,68 @@ impl ZepoOptions {
         Ok(())
     }
 
+    /// The box the size is fitted in: `width`×`height`, else `resolution`².
+    fn bounds(&self) -> Size {
+        match (self.width, self.height) {
+            (Some(width), Some(height)) => Size { width, height },
+            _ => Size { width: self.resolution, height: self.resolution },
+        }
+    }
+
+    /// Whether the working size depends on the content image's shape.
+    pub fn follows_content(&self) -> bool {
+        match self.fit {
+            Fit::Stretch => false,
+            Fit::Cover => self.width.is_none(),
+            Fit::Contain => true,
+        }
+    }
+
+    /// The working size for a content image of `width`×`height` pixels.
+    pub fn size_for(&self, width: usize, height: usize) -> Size {
+        let bounds = self.bounds();
+        if !self.follows_content() {
+            return bounds;
+        }
+        // The largest size of the content's shape within the bounds, sides rounded to 8.
+        let scale = (bounds.width as f64 / width.max(1) as f64).min(bounds.height as f64 / height.max(1) as f64);
+        let round8 = |v: f64, max: usize| (((v / 8.0).round() as usize) * 8).clamp(8, max);
+        Size { width: round8(width as f64 * scale, bounds.width), height: round8(height as f64 * scale, bounds.height) }
+    }
+
+    /// The settings of a run at `size`, under the JS API's option names (stored in the result
+    /// PNG's metadata, shown by the page): enough to repeat the run.
+    pub fn settings(&self, size: Size) -> serde_json::Value {
+        serde_json::json!({
+            "width": size.width,
+            "height": size.height,
+            "fit": self.fit.name(),
+            "steps": self.steps,
+            "strength": self.strength,
+            "cfg": self.cfg,
+            "styleGuidance": self.style_guidance,
+            "featureStep": self.feature_step,
+            "startLayer": self.start_layer,
+            "endLayer": self.end_layer,
+            "mixQ": self.mix_q,
+            "tome": self.tome.as_ref().map_or(serde_json::Value::Bool(false), |t| serde_json::json!({
+                "ratio": t.ratio, "sx": t.sx, "sy": t.sy, "deterministic": t.deterministic,
+            })),
+            "prompt": self.prompt,
+            "negativePrompt": self.negative_prompt,
+            "seed": self.seed,
+            "noCfg": self.no_cfg,
+        })
+    }
+
+    /// The result PNG's text chunks: what made it, and the settings (with the model) that
+    /// repeat it.
+    pub fn png_text(&self, size: Size, model: &str) -> Vec<(&'static str, String)> {
+        let mut settings = self.settings(size);
+        settings["model"] = model.into();
+        vec![("Software", format!("zepo-web {}", env!("CARGO_PKG_VERSION"))), ("zepo-settings", settings.to_string())]
+    }
+
     /// The reference's `int(steps / strength)`: the length of the full LCM schedule.
     pub fn effective_steps(&self) -> usize {
         (self.steps as f64 / self.strength) as usize
@@ -153,6 +276,32 @@ mod tests {
             let err = o.validate(16, 1000).unwrap_err().to_string();
             assert!(err.contains(word), "{err} should mention {word}");
         }
+    }
+
+    #[test]
+    fn sizes_follow_the_fit() {
+        let size = |width, height| Size { width, height };
+        let square = ZepoOptions::default();
+        assert_eq!(square.size_for(300, 400), size(512, 512), "stretch: the reference's square");
+        assert!(!square.follows_content());
+        let contain = ZepoOptions { fit: Fit::Contain, ..Default::default() };
+        assert_eq!(contain.size_for(300, 400), size(384, 512), "a 3:4 photo gives 3:4, long side = resolution");
+        assert_eq!(contain.size_for(4000, 3000), size(512, 384));
+        assert_eq!(contain.size_for(1000, 1000), size(512, 512));
+        assert_eq!(contain.size_for(10, 4000), size(8, 512), "never below 8");
+        let cover = ZepoOptions { fit: Fit::Cover, ..Default::default() };
+        assert_eq!(cover.size_for(300, 400), size(384, 512));
+        let boxed = |fit| ZepoOptions { fit, width: Some(256), height: Some(512), ..Default::default() };
+        assert_eq!(boxed(Fit::Cover).size_for(400, 400), size(256, 512), "cover fills the box");
+        assert!(!boxed(Fit::Cover).follows_content());
+        assert_eq!(boxed(Fit::Contain).size_for(400, 400), size(256, 256), "contain fits inside it");
+        assert_eq!(boxed(Fit::Stretch).size_for(400, 400), size(256, 512));
+        let err = ZepoOptions { width: Some(256), ..Default::default() }.validate(16, 1000).unwrap_err().to_string();
+        assert!(err.contains("width and height"), "{err}");
+        let err = ZepoOptions { width: Some(250), height: Some(256), ..Default::default() }.validate(16, 1000).unwrap_err().to_string();
+        assert!(err.contains("width 250"), "{err}");
+        assert_eq!(Fit::parse("cover").unwrap(), Fit::Cover);
+        assert!(Fit::parse("fill").unwrap_err().to_string().contains("stretch, cover or contain"));
     }
 
     #[test]

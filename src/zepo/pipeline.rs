@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::control::{ControlSpec, FeatureRecorder, ImageFeatures, ReferenceControl, StyleInjector};
 use super::image::{FloatImage, RgbImage};
 use super::noise::NoiseSource;
-use super::options::ZepoOptions;
+use super::options::{Fit, Size, ZepoOptions};
 use super::progress::{Observer, Progress, Stage};
 use super::scheduler::LcmScheduler;
 use crate::models::clip::ClipTextModel;
@@ -58,7 +58,9 @@ pub struct StyleFeatures {
 /// browser engine's style cache keys on it with the image's bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeatureKey {
-    resolution: usize,
+    size: Size,
+    /// The style is centre-cropped (any fit but stretch) rather than resized whole.
+    style_cropped: bool,
     feature_step: usize,
     layers: (usize, usize),
     tome: Option<super::options::TomeOptions>,
@@ -70,9 +72,11 @@ pub struct FeatureKey {
 }
 
 impl FeatureKey {
-    pub fn of(o: &ZepoOptions) -> Self {
+    /// The key of a style run at `size` (see [`ZepoOptions::size_for`]) with `o`.
+    pub fn of(o: &ZepoOptions, size: Size) -> Self {
         Self {
-            resolution: o.resolution,
+            size,
+            style_cropped: o.fit != Fit::Stretch,
             feature_step: o.feature_step,
             layers: (o.start_layer, o.end_layer),
             tome: o.tome.clone(),
@@ -216,15 +220,31 @@ impl Zepo {
         Ok(())
     }
 
-    fn image_tensor(&self, img: &RgbImage, o: &ZepoOptions) -> Tensor<4> {
-        img.resize_square(o.resolution).to_tensor(&self.device)
+    /// An image at the working size, as a `[1, 3, H, W]` tensor: resized whole (the
+    /// reference), or centre-cropped to the size's shape first (`fit` cover; a style with any
+    /// fit but stretch, which keeps its texture unstretched whatever the content's shape).
+    fn image_tensor(&self, img: &RgbImage, size: Size, fit: Fit, role: Role) -> Tensor<4> {
+        let placed = match (fit, role) {
+            (Fit::Stretch, _) | (Fit::Contain, Role::Content) => img.resize(size),
+            (Fit::Cover, _) | (Fit::Contain, Role::Style) => img.cover(size),
+        };
+        placed.to_tensor(&self.device)
     }
 
     /// Encodes an image and draws `samples` posterior samples, each followed by its noise draw:
     /// the reference's `prepare_latents` (posterior noise, then the noise added at `t`).
-    fn latents(&self, img: &RgbImage, o: &ZepoOptions, labels: &[(&str, i64)], noise: &mut dyn NoiseSource) -> Result<Vec<Tensor<4>>> {
+    #[allow(clippy::too_many_arguments)]
+    fn latents(
+        &self,
+        img: &RgbImage,
+        role: Role,
+        o: &ZepoOptions,
+        size: Size,
+        labels: &[(&str, i64)],
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Vec<Tensor<4>>> {
         self.count(|c| c.vae_encodes += 1);
-        let post = self.vae.encode(self.image_tensor(img, o));
+        let post = self.vae.encode(self.image_tensor(img, size, o.fit, role));
         let shape = post.mean.dims();
         let sf = self.vae.scaling_factor as f32;
         let mut out = Vec::new();
@@ -248,19 +268,21 @@ impl Zepo {
         rec.features
     }
 
-    /// A style's consistency features, to reuse across contents. Draws the style's two noise
-    /// tensors from `noise`.
+    /// A style's consistency features at working size `size` ([`ZepoOptions::size_for`] the
+    /// contents), to reuse across contents of that size. Draws the style's two noise tensors
+    /// from `noise`.
     pub fn style_features(
         &self,
         style: &RgbImage,
         o: &ZepoOptions,
+        size: Size,
         prompts: &PromptEmbeddings,
         noise: &mut dyn NoiseSource,
     ) -> Result<StyleFeatures> {
         self.check_options(o)?;
-        let noisy = self.latents(style, o, &[("style", o.feature_step as i64)], noise)?.remove(0);
+        let noisy = self.latents(style, Role::Style, o, size, &[("style", o.feature_step as i64)], noise)?.remove(0);
         let context = self.context(prompts, o.no_cfg, 1);
-        Ok(StyleFeatures { features: self.record_features(&noisy, o, &context), key: FeatureKey::of(o) })
+        Ok(StyleFeatures { features: self.record_features(&noisy, o, &context), key: FeatureKey::of(o, size) })
     }
 
     /// Starts a stylization of `content` after `style`, to be driven step by step with
@@ -275,10 +297,11 @@ impl Zepo {
         noise: &'a mut dyn NoiseSource,
     ) -> Result<StylizeRun<'a>> {
         self.check_options(o)?;
+        let size = o.size_for(content.width, content.height);
         if let Style::Features(f) = &style {
-            if f.key != FeatureKey::of(o) {
+            if f.key != FeatureKey::of(o, size) {
                 return Err(Error::InvalidOption(
-                    "style features were computed with other options (resolution, prompt, layers, token merging, feature step or seed)"
+                    "style features were computed with other options (size, fit, prompt, layers, token merging, feature step or seed)"
                         .into(),
                 ));
             }
@@ -289,6 +312,7 @@ impl Zepo {
             zepo: self,
             scheduler,
             o: o.clone(),
+            size,
             context: self.context(prompts, o.no_cfg, 1),
             noise,
             content,
@@ -360,9 +384,10 @@ impl Zepo {
         let mut scheduler = self.scheduler.clone();
         let run = scheduler.zepo_timesteps(o.steps, o.strength)?;
         let fs = o.feature_step as i64;
-        let c_lat = self.latents(content, o, &[("content", fs)], noise)?.remove(0);
-        let s_lat = self.latents(style, o, &[("style", fs)], noise)?.remove(0);
-        let mut x = self.latents(content, o, &[("mutual", run[0])], noise)?.remove(0);
+        let size = o.size_for(content.width, content.height);
+        let c_lat = self.latents(content, Role::Content, o, size, &[("content", fs)], noise)?.remove(0);
+        let s_lat = self.latents(style, Role::Style, o, size, &[("style", fs)], noise)?.remove(0);
+        let mut x = self.latents(content, Role::Content, o, size, &[("mutual", run[0])], noise)?.remove(0);
         let shape = x.dims();
         let spec = self.control_spec(o);
         let context = self.context(prompts, false, 3);
@@ -389,6 +414,13 @@ impl Zepo {
     }
 }
 
+/// Which image of a run: they are placed differently with `fit` contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Content,
+    Style,
+}
+
 /// Where a [`StylizeRun`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -406,6 +438,8 @@ enum Phase {
 pub struct StylizeRun<'a> {
     zepo: &'a Zepo,
     o: ZepoOptions,
+    /// The working size (the content's shape with `fit` cover or contain).
+    size: Size,
     /// The text context of every UNet call of the run.
     context: UNetContext,
     noise: &'a mut dyn NoiseSource,
@@ -461,7 +495,7 @@ impl StylizeRun<'_> {
             Phase::EncodeContent => {
                 // One encoding serves both content samples (the reference encodes twice).
                 z.count(|c| c.vae_encodes += 1);
-                let post = z.vae.encode(z.image_tensor(self.content, o));
+                let post = z.vae.encode(z.image_tensor(self.content, self.size, o.fit, Role::Content));
                 let shape = post.mean.dims();
                 let sf = z.vae.scaling_factor as f32;
                 let clean = post.sample(self.noise.draw("content_vae_posterior", shape, device)?).mul_scalar(sf);
@@ -473,8 +507,8 @@ impl StylizeRun<'_> {
             Phase::Style => {
                 self.style = Some(match &self.style_in {
                     Style::Image(img) => {
-                        let noisy = z.latents(img, o, &[("style", o.feature_step as i64)], self.noise)?.remove(0);
-                        StyleFeatures { features: z.record_features(&noisy, o, &self.context), key: FeatureKey::of(o) }
+                        let noisy = z.latents(img, Role::Style, o, self.size, &[("style", o.feature_step as i64)], self.noise)?.remove(0);
+                        StyleFeatures { features: z.record_features(&noisy, o, &self.context), key: FeatureKey::of(o, self.size) }
                     }
                     Style::Features(f) => (*f).clone(),
                 });

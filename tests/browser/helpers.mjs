@@ -156,6 +156,27 @@ export function decodePng(buf) {
   return { width, height, channels, data: out };
 }
 
+/** A PNG's text chunks (tEXt and uncompressed iTXt) as { keyword: text }. */
+export function pngText(buf) {
+  const bytes = Buffer.from(buf);
+  const out = {};
+  for (let pos = 8; pos + 8 <= bytes.length;) {
+    const len = bytes.readUInt32BE(pos);
+    const type = bytes.toString('latin1', pos + 4, pos + 8);
+    const data = bytes.subarray(pos + 8, pos + 8 + len);
+    const nul = data.indexOf(0);
+    if (type === 'tEXt') out[data.toString('latin1', 0, nul)] = data.toString('latin1', nul + 1);
+    if (type === 'iTXt' && data[nul + 1] === 0) {
+      // keyword \0 compression-flag method language \0 translated-keyword \0 text
+      const lang = data.indexOf(0, nul + 3);
+      const translated = data.indexOf(0, lang + 1);
+      out[data.toString('latin1', 0, nul)] = data.toString('utf8', translated + 1);
+    }
+    pos += 12 + len;
+  }
+  return out;
+}
+
 /** Every tensor of a safetensors file, as { shape, dtype, values: number[] }. */
 export function readSafetensors(file) {
   const bytes = fs.readFileSync(file);

@@ -9,13 +9,15 @@
 // - the page flow (upload, progress, result, download); no request carries image bytes.
 // SwiftShader is slow: 64² images (8×8 latents) and 2 steps.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, assertEngineBuilt, assertMatchesNative, decodePng, inPage, launch, readSafetensors, screenshot, serve } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, assertMatchesNative, decodePng, inPage, launch, pngText, readSafetensors, screenshot, serve } from './helpers.mjs';
+import { zepoCli } from './fullsize-model.mjs';
 import { createServer } from '../../scripts/serve.mjs';
 
 const T = 10 * 60_000;
@@ -87,6 +89,41 @@ describe('the JS API on WebGPU', () => {
     assertMatchesNative(png, readSafetensors(REF).image, `stylize() (reference: ${REF_COMMAND})`);
     for (const r of server.requests) {
       assert.ok(['GET', 'HEAD'].includes(r.method) && r.bodyBytes === 0, `request without a body: ${JSON.stringify(r)}`);
+    }
+  });
+
+  test('a 3:4 portrait keeps its shape (fit contain), matches the native CLI, and its PNG carries the settings', { timeout: T }, async () => {
+    const { page } = browser;
+    await apiPage(page);
+    const out = await inPage(page, async (api, opts, _weights, kit) => {
+      const [content, style] = await kit.examples();
+      // The middle 3:4 of the example portrait (pixels copied, not resampled).
+      const bmp = await createImageBitmap(content);
+      const h = bmp.height;
+      const w = Math.round((h * 3) / 4);
+      const canvas = new OffscreenCanvas(w, h);
+      canvas.getContext('2d').drawImage(bmp, Math.floor((bmp.width - w) / 2), 0, w, h, 0, 0, w, h);
+      const portrait = await canvas.convertToBlob({ type: 'image/png' });
+      const blob = await api.stylize(portrait, style, { ...opts, fit: 'contain' });
+      return { portrait: await kit.bytes(portrait), result: await kit.bytes(blob) };
+    }, OPTS);
+    assert.ok(!out.error, JSON.stringify(out.error));
+    const png = decodePng(Buffer.from(out.result));
+    assert.deepEqual([png.width, png.height], [48, 64], '3:4 in, 3:4 out (long side = resolution)');
+    const settings = JSON.parse(pngText(out.result)['zepo-settings']);
+    assert.deepEqual([settings.width, settings.height, settings.fit, settings.seed, settings.steps], [48, 64, 'contain', 7, 2]);
+    assert.match(settings.model, /\/model$/);
+
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zepo-fit-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'portrait.png'), Buffer.from(out.portrait));
+      const ref = path.join(dir, 'ref.safetensors');
+      execFileSync(zepoCli(), ['stylize', '--quiet', '--model', TINY, '--content', path.join(dir, 'portrait.png'),
+        '--style', path.join(ROOT, 'www/examples/style.png'), '--resolution', '64', '--steps', '2', '--seed', '7',
+        '--fit', 'contain', '--save-tensor', ref], { stdio: ['ignore', 'pipe', 'pipe'] });
+      assertMatchesNative(png, readSafetensors(ref).image, 'fit contain, 48×64 (native: zepo stylize --fit contain)');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
@@ -356,7 +393,7 @@ test('the page: upload, progress, result, download; no image leaves the page', {
     console.log(`page: stylize ${result.result.seconds.toFixed(1)} s, stages ${JSON.stringify(result.result.stages)}`);
 
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
-    assert.equal(download.suggestedFilename(), 'zepo.png');
+    assert.equal(download.suggestedFilename(), 'zepo-portrait-style-seed7-64x64.png', 'the file name says what was made');
     const file = path.join(browser.dir || os.tmpdir(), `zepo-download-${process.pid}.png`);
     await download.saveAs(file);
     const png = decodePng(fs.readFileSync(file));

@@ -193,6 +193,7 @@ pub fn case_options(case: &str) -> ZepoOptions {
         negative_prompt: p["neg_prompt"].as_str().unwrap().into(),
         seed: u("seed") as u64,
         no_cfg: false,
+        ..Default::default()
     }
 }
 

@@ -9,7 +9,7 @@ use zepo::zepo::load::{load_dir, WeightSource};
 use zepo::zepo::noise::SeededNoise;
 use zepo::zepo::pipeline::{Style, Trace, Zepo};
 use zepo::zepo::progress::Silent;
-use zepo::zepo::ZepoOptions;
+use zepo::zepo::{Fit, ZepoOptions};
 
 fn model(device: &burn::tensor::Device) -> Zepo {
     load_dir(&tiny_model(), device, &Default::default(), WeightSource::Checkpoint).unwrap()
@@ -113,6 +113,49 @@ fn query_mix_runs_the_same_cached_and_uncached() {
     assert!(d > 1e-3, "mix_q 0.5 gives the image of mix_q 1 (max diff {d:e}): the mix is not applied");
 }
 
+/// A portrait that is not square keeps its shape: with `fit` contain the working size follows
+/// it, and the cached path equals the reference-structured uncached one at that size (the
+/// reference cases are all square; the UNet and the VAE are checked on non-square latents
+/// against PyTorch in unet.rs and vae.rs). Square inputs give the square path's bits.
+#[test]
+fn a_portrait_keeps_its_shape() {
+    let device = burn::tensor::Device::flex();
+    let zepo = model(&device);
+    let fx = Fixture::load("cases/tiny_s2_r64/reference.safetensors");
+    let (square, style) = (rgb(&fx, "content_rgb_u8"), rgb(&fx, "style_rgb_u8"));
+    // A 3:4 portrait: the middle 48 columns of the 64² content.
+    let rows: Vec<u8> = square.pixels.chunks_exact(64 * 3).flat_map(|row| row[8 * 3..56 * 3].to_vec()).collect();
+    let portrait = RgbImage::new(48, 64, rows).unwrap();
+    let o = ZepoOptions { resolution: 96, steps: 2, fit: Fit::Contain, ..Default::default() };
+    let prompts = zepo.embed_prompts(&o.prompt, &o.negative_prompt).unwrap();
+    let uncached = zepo.stylize_uncached(&portrait, &style, &o, &prompts, &mut SeededNoise::new(5)).unwrap();
+    let cached = zepo.stylize(&portrait, Style::Image(&style), &o, &prompts, &mut SeededNoise::new(5), &mut Silent, None).unwrap();
+    assert_eq!((cached.image.width, cached.image.height), (72, 96), "3:4 in, 3:4 out, long side = resolution");
+    let e = assert_close_abs("3:4 cached vs uncached", &cached.image.values, &uncached.values, 1e-5);
+    println!("72×96 (latent 9×12): cached vs uncached max abs diff {e:.2e}");
+    // Its style features serve the next portrait of that shape, not a square one.
+    let size = o.size_for(48, 64);
+    let features = zepo.style_features(&style, &o, size, &prompts, &mut SeededNoise::new(5)).unwrap();
+    let again = zepo.stylize(&portrait, Style::Features(&features), &o, &prompts, &mut SeededNoise::new(5), &mut Silent, None).unwrap();
+    assert!(again.image.values == cached.image.values, "reused features, same bits");
+    let err = zepo.stylize(&square, Style::Features(&features), &o, &prompts, &mut SeededNoise::new(5), &mut Silent, None).err();
+    assert!(matches!(&err, Some(zepo::Error::InvalidOption(m)) if m.contains("size")), "{err:?}");
+
+    // Cover with an explicit landscape size crops the portrait's middle.
+    let cover = ZepoOptions { width: Some(64), height: Some(40), fit: Fit::Cover, ..o.clone() };
+    let out = zepo.stylize(&portrait, Style::Image(&style), &cover, &prompts, &mut SeededNoise::new(5), &mut Silent, None).unwrap();
+    assert_eq!((out.image.width, out.image.height), (64, 40));
+
+    // A square portrait: contain and cover change nothing.
+    let plain = ZepoOptions { resolution: 64, steps: 2, ..Default::default() };
+    let run =
+        |o: &ZepoOptions| zepo.stylize(&square, Style::Image(&style), o, &prompts, &mut SeededNoise::new(5), &mut Silent, None).unwrap();
+    let reference = run(&plain).image.values;
+    for fit in [Fit::Contain, Fit::Cover] {
+        assert!(run(&ZepoOptions { fit, ..plain.clone() }).image.values == reference, "{fit:?} on a square image");
+    }
+}
+
 #[test]
 fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
     let device = burn::tensor::Device::flex();
@@ -125,7 +168,8 @@ fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
     let a = run(Style::Image(&style));
     let b = run(Style::Image(&style));
     assert!(a.image.values == b.image.values, "same seed, same bits");
-    let features = zepo.style_features(&style, &o, &prompts, &mut SeededNoise::new(o.seed)).unwrap();
+    let size = o.size_for(content.width, content.height);
+    let features = zepo.style_features(&style, &o, size, &prompts, &mut SeededNoise::new(o.seed)).unwrap();
     let c = run(Style::Features(&features));
     assert!(a.image.values == c.image.values, "precomputed style features give the same bits");
     let d = zepo
@@ -145,7 +189,7 @@ fn seeded_runs_are_bitwise_reproducible_and_style_reuse_changes_nothing() {
     let o8 = ZepoOptions { seed: 8, ..o.clone() };
     let err = zepo.stylize(&content, Style::Features(&features), &o8, &prompts, &mut SeededNoise::new(8), &mut Silent, None).err();
     assert!(matches!(&err, Some(zepo::Error::InvalidOption(m)) if m.contains("seed")), "features of seed 7 reused under seed 8: {err:?}");
-    assert_ne!(zepo::zepo::pipeline::FeatureKey::of(&o), zepo::zepo::pipeline::FeatureKey::of(&o8));
+    assert_ne!(zepo::zepo::pipeline::FeatureKey::of(&o, size), zepo::zepo::pipeline::FeatureKey::of(&o8, size));
 }
 
 #[test]
