@@ -12,8 +12,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const OUTPUT = 'www/shell-manifest.js';
 
-// Folder → which of its files are shell (not recursive). The engine is required.
-const GROUPS = [
+// Folder → which of its files are shell (not recursive). The engine is required. A site build
+// (scripts/build-site.mjs) copies exactly these files, sw.js and the shell manifest.
+export const GROUPS = [
   ['.', /^(index\.html|manifest\.webmanifest)$/],
   ['www', /\.(js|css)$/],
   ['www/engine', /\.(js|wasm)$/],
