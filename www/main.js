@@ -1,8 +1,12 @@
-// The page: pick or drop a portrait and a style image (or take the examples), press Stylize,
-// watch the progress, get the result with a download link. The engine runs in a Worker through
-// the JS API (www/zepo.js); no image leaves the page. `window.zepo` is the page's handle for
-// the browser tests.
+// The page: pick, drop or paste a portrait and a style image (or take the examples), press
+// Stylize, watch the progress, get the result: a before/after slider over it, the run's settings
+// beside it and a download link named after them. The engine runs in a Worker through the JS API
+// (www/zepo.js); no image leaves the page. Before the first download of a large model the page
+// says its size and waits for "Download model" (with a choice of precision); a stored or small
+// model (under 64 MB: the tiny test models) loads at once, unless ?confirm=1. `window.zepo` is
+// the page's handle for the browser tests.
 import { ZePo } from './zepo.js';
+import { modelSize } from './model-size.js';
 import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
 
 const $ = (id) => document.getElementById(id);
@@ -14,10 +18,19 @@ const MODEL = params.get('model') || document.querySelector('meta[name="zepo-mod
   || new URL('../model', import.meta.url).href;
 const form = $('options-form');
 const images = { content: null, style: null };
+// The picked files' names (null: an example or a pasted image), for the download's file name.
+const names = { content: null, style: null };
+const LABELS = { content: 'Portrait', style: 'Style' };
 const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MB`;
+/** A size for people: MB, or GB from 1 GiB (binary units, as the Storage panel). */
+const size = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GB` : mib(n));
+// A model whose first download is smaller loads without asking (the tiny test models).
+const ASK_ABOVE = 64 * 2 ** 20;
+const PRECISION_KEY = 'zepo-precision';
 let engine = null;
 let running = null;
 let resultUrl = null;
+let beforeUrl = null;
 
 // Options may be preset from the URL: ?resolution=64&steps=2&seed=3
 for (const [k, v] of params) {
@@ -113,22 +126,41 @@ function updateButton() {
   $('stylize').disabled = !(engine && images.content && images.style) || !!running;
 }
 
-function setImage(which, blob) {
+function setImage(which, blob, name = null) {
   if (!blob.type.startsWith('image/') && blob.type !== '') {
     showError(Object.assign(new Error(`${blob.name || which}: not an image (${blob.type})`), { name: 'ImageError' }));
     return;
   }
   images[which] = blob;
+  names[which] = name;
   const img = $(`${which}-preview`);
   if (img.src) URL.revokeObjectURL(img.src);
   img.src = URL.createObjectURL(blob);
   img.hidden = false;
-  img.parentElement.querySelector('.hint').hidden = true;
+  $(`${which}-drop`).classList.add('filled');
+  $(`${which}-zone`).setAttribute('aria-label', `${LABELS[which]}: ${name ? `${name}; ` : ''}choose another image file`);
   updateButton();
 }
 
+/** A file's name without its extension, as a file-name part: lower case, [a-z0-9-], ≤ 40 chars. */
+function fileStem(name) {
+  const stem = String(name || '').replace(/\.[^./\\]*$/, '').normalize('NFKD').replace(/[\u0300-\u036f]/g, '')
+    .toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
+  return stem.slice(0, 40).replace(/-+$/, '');
+}
+
+/** zepo-<content>-<style>-seed<seed>-<w>x<h>.png */
+function downloadName({ content, style, seed, width, height }) {
+  return `zepo-${fileStem(content) || 'portrait'}-${fileStem(style) || 'style'}-seed${seed}-${width}x${height}.png`;
+}
+
 for (const which of ['content', 'style']) {
-  $(`${which}-file`).addEventListener('change', (e) => e.target.files[0] && setImage(which, e.target.files[0]));
+  const input = $(`${which}-file`);
+  input.addEventListener('change', (e) => {
+    const file = e.target.files[0];
+    if (file) setImage(which, file, file.name);
+    input.value = ''; // the same file again is a change too
+  });
   const drop = $(`${which}-drop`);
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('dragover'); });
   drop.addEventListener('dragleave', () => drop.classList.remove('dragover'));
@@ -136,7 +168,15 @@ for (const which of ['content', 'style']) {
     e.preventDefault();
     drop.classList.remove('dragover');
     const file = e.dataTransfer.files[0];
-    if (file) setImage(which, file);
+    if (file) setImage(which, file, file.name);
+  });
+  // The zone is a button: a click, Enter or Space opens the file picker.
+  const zone = $(`${which}-zone`);
+  zone.addEventListener('click', () => input.click());
+  zone.addEventListener('keydown', (e) => {
+    if (e.target !== zone || (e.key !== 'Enter' && e.key !== ' ')) return;
+    e.preventDefault();
+    input.click();
   });
 }
 for (const button of document.querySelectorAll('button.example')) {
@@ -145,6 +185,61 @@ for (const button of document.querySelectorAll('button.example')) {
     setImage(button.dataset.for, await r.blob());
   });
 }
+
+// Paste (Ctrl+V / Cmd+V) an image: into the focused drop zone, else the first empty one, else
+// the portrait. A text field keeps its paste.
+document.addEventListener('paste', (e) => {
+  const data = e.clipboardData;
+  const file = [...(data?.files || [])].find((f) => f.type.startsWith('image/'))
+    || [...(data?.items || [])].find((i) => i.kind === 'file' && i.type.startsWith('image/'))?.getAsFile();
+  if (!file) return;
+  const active = document.activeElement;
+  if (active?.matches?.('input:not([type=range]):not([type=checkbox]):not([type=radio]):not([type=file]), textarea, [contenteditable]')) return;
+  const zone = active?.closest?.('figure.drop');
+  const which = zone?.dataset.which || (!images.content ? 'content' : !images.style ? 'style' : 'content');
+  e.preventDefault();
+  setImage(which, file);
+  $('status').textContent = `Pasted the ${which === 'content' ? 'portrait' : 'style image'}.`;
+});
+
+// The before/after slider: the portrait, as the engine saw it, over the result, revealed from
+// the left up to the handle.
+const compare = $('compare');
+function reveal() {
+  const v = Number($('compare-slider').value);
+  compare.style.setProperty('--reveal', `${v}%`);
+  compare.dataset.reveal = String(v);
+  $('compare-slider').setAttribute('aria-valuetext', `${v}% original portrait, ${100 - v}% result`);
+}
+$('compare-slider').addEventListener('input', reveal);
+reveal();
+
+/**
+ * The content image at the result's size, as the engine maps it there (the `fit` option: cover
+ * crops the centre to the result's shape; otherwise the whole image is scaled): a PNG Blob.
+ */
+async function beforeImage(blob, width, height, fit) {
+  const bitmap = await createImageBitmap(blob);
+  const canvas = document.createElement('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext('2d');
+  ctx.imageSmoothingQuality = 'high';
+  let [sx, sy, sw, sh] = [0, 0, bitmap.width, bitmap.height];
+  if (fit === 'cover') {
+    const scale = Math.min(bitmap.width / width, bitmap.height / height);
+    sw = Math.round(width * scale);
+    sh = Math.round(height * scale);
+    sx = Math.floor((bitmap.width - sw) / 2);
+    sy = Math.floor((bitmap.height - sh) / 2);
+  }
+  ctx.drawImage(bitmap, sx, sy, sw, sh, 0, 0, width, height);
+  bitmap.close();
+  return new Promise((resolve, reject) => canvas.toBlob((b) => (b ? resolve(b) : reject(new Error('toBlob failed'))), 'image/png'));
+}
+
+/** What a settings list shows of a value. */
+const shown = (v) => (typeof v === 'string' ? JSON.stringify(v) : String(v));
 
 async function run() {
   if (!engine || running) return;
@@ -155,24 +250,59 @@ async function run() {
   $('cancel').hidden = false;
   $('error').hidden = true;
   setState('running', 'Stylizing…');
+  // What this run is made of, as it starts (the inputs may change meanwhile).
+  const o = options();
+  const content = images.content;
+  const named = { content: names.content, style: names.style };
   const t0 = performance.now();
   try {
-    const blob = await engine.stylize(images.content, images.style, {
-      ...options(), onProgress: showProgress, signal: controller.signal,
+    const blob = await engine.stylize(content, images.style, {
+      ...o, onProgress: showProgress, signal: controller.signal,
     });
+    const seconds = (performance.now() - t0) / 1000;
     if (resultUrl) URL.revokeObjectURL(resultUrl);
     resultUrl = URL.createObjectURL(blob);
     const img = $('result');
     img.src = resultUrl;
     await img.decode();
+    const [width, height] = [img.naturalWidth, img.naturalHeight];
+    // The portrait under the slider, at the result's size.
+    let before = null;
+    try {
+      before = await beforeImage(content, width, height, o.fit);
+    } catch (e) {
+      console.warn(`before/after: ${e.message}`);
+    }
+    if (beforeUrl) URL.revokeObjectURL(beforeUrl);
+    beforeUrl = before && URL.createObjectURL(before);
+    if (beforeUrl) $('compare-before').src = beforeUrl;
+    $('compare-before').hidden = !beforeUrl;
+    $('compare-slider').hidden = !beforeUrl;
+    compare.classList.toggle('single', !beforeUrl);
+    compare.style.setProperty('--aspect', `${width} / ${height}`);
     img.hidden = false;
+    compare.hidden = false;
     $('result-hint').hidden = true;
+
+    // The run's settings: every option sent to the engine, the model, the precision, the time.
+    const settings = [
+      ...Object.entries(o).map(([k, v]) => [k, shown(v)]),
+      ['model', MODEL],
+      ['precision', engine.info?.precision ?? engine.device?.precision ?? 'auto'],
+      ['size', `${width}×${height}`],
+      ['time', `${seconds.toFixed(1)} s`],
+    ];
+    showList('run-settings', settings);
+    $('run-info').hidden = false;
+
     const a = $('download');
     a.href = resultUrl;
+    a.download = downloadName({ ...named, seed: o.seed ?? 0, width, height });
+    a.setAttribute('aria-label', `Download the result as PNG (${a.download})`);
     a.hidden = false;
-    const seconds = (performance.now() - t0) / 1000;
-    warmed.add(options().resolution);
-    window.zepo.result = { width: img.naturalWidth, height: img.naturalHeight, bytes: blob.size, seconds, ...engine.last };
+    warmed.add(o.resolution);
+    window.zepo.result = { width, height, bytes: blob.size, seconds, ...engine.last,
+      settings: Object.fromEntries(settings), fileName: a.download };
     setState('done', `Done in ${seconds.toFixed(1)} s.`);
     storage.downloaded(engine.last.downloaded);
   } catch (e) {
@@ -190,6 +320,80 @@ async function run() {
 $('stylize').addEventListener('click', run);
 $('cancel').addEventListener('click', () => running?.abort());
 
+/** The precision remembered from an earlier choice ('auto' | 'f16' | 'f32'). */
+function rememberedPrecision() {
+  try {
+    const p = localStorage.getItem(PRECISION_KEY);
+    return ['auto', 'f16', 'f32'].includes(p) ? p : 'auto';
+  } catch {
+    return 'auto';
+  }
+}
+
+/** Whether the GPU can compute in f16 (WebGPU's `shader-f16`). */
+async function hasF16() {
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    return !!adapter?.features.has('shader-f16');
+  } catch {
+    return false;
+  }
+}
+
+/** The model's download size, as the Engine panel and the confirmation say it. */
+function describeSize(s) {
+  if (s.bytes == null) return `unknown (the server did not say${s.unknown?.length ? ` for ${s.unknown.join(', ')}` : ''})`;
+  if (s.layout === 'diffusers') {
+    return s.textEncoderBytes != null ? `${size(s.bytes + s.textEncoderBytes)} (UNet and VAE ${size(s.bytes)}, text encoder ${size(s.textEncoderBytes)})`
+      : `${size(s.bytes)} (UNet and VAE; the text encoder's size is unknown)`;
+  }
+  return s.textEncoderBytes != null ? `${size(s.bytes)} (+ ${size(s.textEncoderBytes)} for a custom prompt)` : size(s.bytes);
+}
+
+/** What the first run downloads: the load, and the text encoder where every prompt needs it. */
+function firstDownload(s) {
+  if (s.bytes == null) return null;
+  return s.bytes + (s.textEncoderAlways ? (s.textEncoderBytes ?? 0) : 0);
+}
+
+/**
+ * Before the first download of a large model: says how much it downloads and waits for the
+ * "Download model" button, with the choice of precision. Resolves to the chosen precision.
+ */
+async function confirmDownload(s) {
+  const total = firstDownload(s);
+  const extra = !s.textEncoderAlways && s.textEncoderBytes != null ? ` (${size(s.textEncoderBytes)} more for a custom prompt)` : '';
+  const partly = s.storedBytes > 0 ? ` ${size(s.storedBytes)} of it is already stored: only the rest is downloaded.` : '';
+  $('confirm-text').textContent = total == null
+    ? `This model's download size could not be determined; it downloads once, then works offline.${partly}`
+    : `This model downloads ${size(total)} once${extra}, then works offline.${partly}`;
+  $('confirm').dataset.bytes = String(total ?? '');
+  $('confirm').dataset.textEncoderBytes = String(s.textEncoderBytes ?? '');
+  const f16 = await hasF16();
+  const f16Input = document.querySelector('input[name="precision"][value="f16"]');
+  f16Input.disabled = !f16;
+  $('precision-f16-label').hidden = !f16;
+  $('precision-note').textContent = f16
+    ? 'auto: f16 where the model is an fp16 bundle and the GPU supports it (faster, half the memory); f32 is the exact reference.'
+    : 'This GPU has no f16 support (shader-f16): f32 is used.';
+  let chosen = rememberedPrecision();
+  if (chosen === 'f16' && !f16) chosen = 'auto';
+  document.querySelector(`input[name="precision"][value="${chosen}"]`).checked = true;
+  $('confirm').hidden = false;
+  setState('confirm', 'The model is not downloaded yet.');
+  document.body.dataset.f16 = String(f16);
+  return new Promise((resolve) => {
+    $('confirm-download').addEventListener('click', () => {
+      const precision = document.querySelector('input[name="precision"]:checked')?.value || 'auto';
+      try {
+        localStorage.setItem(PRECISION_KEY, precision);
+      } catch { /* storage disabled */ }
+      $('confirm').hidden = true;
+      resolve(precision);
+    }, { once: true });
+  });
+}
+
 async function main() {
   $('model-url').textContent = MODEL;
   if (!('gpu' in navigator)) {
@@ -199,12 +403,24 @@ async function main() {
       'on Linux, enable chrome://flags/#enable-unsafe-webgpu. The page must be served from localhost ' +
       'or over https.'), { name: 'WebGpuUnavailable' });
   }
+  setState('sizing', 'Checking the model…');
+  // A network failure here (offline, before the model is stored) is the load's error.
+  const s = await modelSize(MODEL);
+  window.zepo.size = s;
+  const sizeRows = [['model size', describeSize(s)], ['layout', s.layout === 'fp16-bundle' ? 'fp16 bundle' : 'diffusers'],
+    ['stored', s.stored ? 'yes (downloads nothing)' : s.storedBytes ? `partly (${size(s.storedBytes)})` : 'no']];
+  showList('model-info', sizeRows);
+  const total = firstDownload(s);
+  const ask = params.get('confirm') === '1' || (!s.stored && (total == null || total >= ASK_ABOVE));
+  let precision = rememberedPrecision();
+  if (ask) precision = await confirmDownload(s);
   setState('loading', 'Loading the model…');
   const t0 = performance.now();
-  engine = await ZePo.load({ model: MODEL, onProgress: showProgress });
+  engine = await ZePo.load({ model: MODEL, precision, onProgress: showProgress });
   const seconds = (performance.now() - t0) / 1000;
   showList('device-info', Object.entries(engine.device));
   showList('model-info', [
+    ...sizeRows.slice(0, 2),
     ['downloaded', mib(engine.info.bytes)],
     ['requests', engine.info.requests],
     ['load time', `${seconds.toFixed(2)} s`],

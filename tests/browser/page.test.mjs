@@ -1,0 +1,271 @@
+// The page's own features, in headless Chromium on WebGPU (SwiftShader), one browser, one
+// stylization (tiny model, 64², 2 steps, no warm-up):
+// - www/model-size.js: an fp16 bundle's sizes from its manifest (no other request), a diffusers
+//   layout's from HEAD requests, the Range fallback when HEAD says nothing, `stored` after a load;
+// - ?confirm=1: the page says the download size (the tiny model's real file sizes) and the
+//   precision choice, and downloads nothing until "Download model" is pressed; the choice is
+//   remembered (localStorage) and passed to the engine;
+// - input: a style picked from the keyboard (Tab to its drop zone, Enter opens the file picker),
+//   a portrait pasted (a paste event with an image file goes to the first empty zone), Stylize
+//   pressed with Enter;
+// - the result: the before/after slider moves with the keyboard and changes what is revealed; the
+//   run's settings list the seed; the download's file name says what was made;
+// - screenshots at desktop (1280×900) and phone (390×844) width: nothing overflows horizontally on
+//   the phone, and the result, the slider and the download link are visible.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { ROOT, assertEngineBuilt, decodePng, launch, screenshot, serve } from './helpers.mjs';
+
+const T = 10 * 60_000;
+const TINY = path.join(ROOT, 'weights/tiny-lcm');
+const BUNDLE = path.join(ROOT, 'weights/tiny-lcm-bundle');
+const QUERY = '?resolution=64&steps=2&warmup=0&seed=7';
+const STYLE_NAME = 'Van Gogh — Starry Night (1).PNG';
+const EXPECTED_FILE = 'zepo-portrait-van-gogh-starry-night-1-seed7-64x64.png';
+
+const fileSize = (dir, rel) => fs.statSync(path.join(dir, rel)).size;
+const MB = (n) => `${(n / 2 ** 20).toFixed(1)} MB`;
+// The tiny diffusers model: its load (UNet, VAE) and its text encoder (every first run needs it).
+const LOAD = fileSize(TINY, 'unet/diffusion_pytorch_model.safetensors') + fileSize(TINY, 'vae/diffusion_pytorch_model.safetensors');
+const TEXT = fileSize(TINY, 'text_encoder/model.safetensors');
+
+let server;
+let bundleServer;
+let browser;
+before(async () => {
+  assertEngineBuilt();
+  server = await serve();
+  bundleServer = await serve({ model: BUNDLE });
+  browser = await launch({ webgpu: true });
+});
+after(async () => {
+  if (browser?.logs.length) console.log(browser.logs.slice(-30).join('\n'));
+  await browser?.close();
+  await server?.close();
+  await bundleServer?.close();
+});
+
+const modelRequests = (srv) => srv.requests.filter((r) => r.url.startsWith('/model/'));
+
+test('model-size.js: bundle sizes from the manifest, diffusers sizes from HEAD (or a Range GET)', { timeout: T }, async () => {
+  const { page } = browser;
+  await page.goto(`${server.url}/package.json`);
+  server.requests.length = 0;
+  bundleServer.requests.length = 0;
+  const out = await page.evaluate(async (bundleUrl) => {
+    const { modelSize } = await import('/www/model-size.js');
+    const bundle = await modelSize(bundleUrl);
+    const diffusers = await modelSize('/model');
+    // A server whose HEAD answers carry no length: the one-byte Range GET tells the total.
+    const noHeadLength = (url, init = {}) => (init.method === 'HEAD' ? Promise.resolve(new Response(null, { status: 200 })) : fetch(url, init));
+    const ranged = await modelSize('/model', { fetch: noHeadLength });
+    let missing;
+    try {
+      await modelSize('/nowhere');
+    } catch (e) {
+      missing = { name: e.name, message: e.message };
+    }
+    return { bundle, diffusers, ranged, missing };
+  }, `${bundleServer.url}/model/`);
+
+  const m = JSON.parse(fs.readFileSync(path.join(BUNDLE, 'manifest.json'), 'utf8'));
+  const part = (p) => p.config.size + p.shards.reduce((a, s) => a + s.size, 0);
+  const bundleLoad = m.scheduler.size + part(m.parts.unet) + part(m.parts.vae) + m.prompt_embeddings.size;
+  const bundleText = part(m.parts.text_encoder) + m.tokenizer.reduce((a, t) => a + t.size, 0);
+  assert.deepEqual(
+    { layout: out.bundle.layout, bytes: out.bundle.bytes, text: out.bundle.textEncoderBytes, always: out.bundle.textEncoderAlways, stored: out.bundle.stored },
+    { layout: 'fp16-bundle', bytes: bundleLoad, text: bundleText, always: false, stored: false });
+  assert.deepEqual(modelRequests(bundleServer).map((r) => `${r.method} ${r.url}`), ['GET /model/manifest.json'],
+    'a bundle\'s sizes cost one request: its manifest');
+
+  assert.deepEqual(
+    { layout: out.diffusers.layout, bytes: out.diffusers.bytes, text: out.diffusers.textEncoderBytes, always: out.diffusers.textEncoderAlways, stored: out.diffusers.stored },
+    { layout: 'diffusers', bytes: LOAD, text: TEXT, always: true, stored: false });
+  assert.deepEqual([out.ranged.bytes, out.ranged.textEncoderBytes], [LOAD, TEXT], 'the Range fallback gives the same sizes');
+  const ranges = modelRequests(server).filter((r) => r.range);
+  assert.equal(ranges.length, 3, 'one Range GET per weight file');
+  assert.ok(ranges.every((r) => r.range === 'bytes=0-0' && r.status === 206), JSON.stringify(ranges));
+  assert.equal(out.missing?.name, 'NotFound', JSON.stringify(out.missing));
+  console.log(`model-size: bundle ${bundleLoad} + ${bundleText} bytes (text encoder), diffusers ${LOAD} + ${TEXT}; missing: ${out.missing.message}`);
+});
+
+test('the page: size before the download, paste and keyboard input, before/after, settings, file name, phone layout', { timeout: T }, async () => {
+  const t0 = Date.now();
+  const { page } = browser;
+  await page.setViewportSize({ width: 1280, height: 900 });
+  const requests = [];
+  page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), body: r.postDataBuffer()?.length || 0 }));
+  server.requests.length = 0;
+  await page.goto(`${server.url}/${QUERY}&confirm=1`);
+
+  // The confirmation step: the size, the precision, nothing downloaded yet.
+  await page.waitForFunction(() => ['confirm', 'loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'confirm', await page.textContent('#error'));
+  assert.ok(await page.isVisible('#confirm-download'));
+  const confirm = await page.evaluate(() => ({
+    text: document.getElementById('confirm-text').textContent,
+    bytes: Number(document.getElementById('confirm').dataset.bytes),
+    note: document.getElementById('precision-note').textContent,
+    f16: document.body.dataset.f16,
+    f16Shown: !document.getElementById('precision-f16-label').hidden,
+    engine: document.getElementById('model-info').textContent,
+  }));
+  assert.equal(confirm.bytes, LOAD + TEXT, 'the first download: UNet, VAE and text encoder (a diffusers model encodes every prompt)');
+  assert.ok(confirm.text.includes(`This model downloads ${MB(LOAD + TEXT)} once`) && /then works offline/.test(confirm.text), confirm.text);
+  // SwiftShader has no shader-f16: f16 is not offered, and the page says f32 is used.
+  assert.equal(confirm.f16, 'false');
+  assert.equal(confirm.f16Shown, false);
+  assert.match(confirm.note, /f32 is used/);
+  assert.ok(confirm.engine.includes(MB(LOAD + TEXT)), `the Engine panel says the size: ${confirm.engine}`);
+  await screenshot(page, 'page-confirm.png');
+  await page.waitForTimeout(1000);
+  const early = modelRequests(server);
+  assert.ok(early.every((r) => r.method === 'HEAD' || r.url === '/model/manifest.json'),
+    `before the button only manifest.json and HEAD requests: ${early.map((r) => `${r.method} ${r.url}`)}`);
+  assert.ok(!early.some((r) => r.method === 'GET' && r.url.endsWith('.safetensors')), 'no weights downloaded');
+
+  // Keyboard: from auto, ArrowDown to f32 (f16 is not offered), Tab to the button, Enter.
+  await page.focus('input[name="precision"]:checked');
+  await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'confirm-download');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => ['loaded', 'error'].includes(document.body.dataset.state), null, { timeout: T, polling: 250 });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#error'));
+  const loaded = await page.evaluate(() => ({ stored: localStorage.getItem('zepo-precision'), precision: window.zepo.info.precision }));
+  assert.deepEqual(loaded, { stored: 'f32', precision: 'f32' }, 'the chosen precision is remembered and used');
+  assert.ok(modelRequests(server).some((r) => r.method === 'GET' && r.url.endsWith('.safetensors')), 'the weights came after the button');
+
+  // The style from the keyboard: Tab from the portrait's zone (past its example button) to the
+  // style's zone, Enter opens the file picker.
+  await page.focus('#content-zone');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'style-zone');
+  const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.keyboard.press('Enter')]);
+  await chooser.setFiles({ name: STYLE_NAME, mimeType: 'image/png', buffer: fs.readFileSync(path.join(ROOT, 'www/examples/style.png')) });
+  await page.waitForFunction(() => !document.getElementById('style-preview').hidden);
+
+  // The portrait pasted (nothing focused: the first empty zone).
+  await page.evaluate(async () => {
+    document.activeElement?.blur();
+    const bytes = await (await fetch('/www/examples/portrait.png')).arrayBuffer();
+    const data = new DataTransfer();
+    data.items.add(new File([bytes], 'image.png', { type: 'image/png' }));
+    document.body.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+  });
+  await page.waitForFunction(() => !document.getElementById('content-preview').hidden);
+  assert.match(await page.textContent('#status'), /Pasted the portrait/);
+
+  // Stylize from the keyboard: Tab until it has the focus, Enter.
+  let focused = null;
+  for (let i = 0; i < 20 && focused !== 'stylize'; i++) {
+    await page.keyboard.press('Tab');
+    focused = await page.evaluate(() => document.activeElement?.id);
+  }
+  assert.equal(focused, 'stylize', 'Tab reaches the Stylize button');
+  const focusStyle = await page.evaluate(() => {
+    const s = getComputedStyle(document.activeElement);
+    return { outline: s.outlineStyle, width: s.outlineWidth, shadow: s.boxShadow };
+  });
+  assert.ok(focusStyle.outline !== 'none' || focusStyle.shadow !== 'none', `a visible focus style: ${JSON.stringify(focusStyle)}`);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state), null, { timeout: T, polling: 250 });
+  const result = await page.evaluate(() => ({
+    state: document.body.dataset.state,
+    error: document.getElementById('error').textContent,
+    result: window.zepo.result,
+    before: [document.getElementById('compare-before').naturalWidth, document.getElementById('compare-before').naturalHeight],
+  }));
+  assert.equal(result.state, 'done', result.error);
+  assert.deepEqual([result.result.width, result.result.height], [64, 64]);
+  assert.deepEqual(result.before, [64, 64], 'the portrait under the slider is at the result\'s size');
+  console.log(`page: stylize ${result.result.seconds.toFixed(1)} s`);
+
+  // The slider: the keyboard moves it, and what is revealed follows.
+  const revealed = () => page.evaluate(() => ({
+    value: document.getElementById('compare').dataset.reveal,
+    clip: getComputedStyle(document.getElementById('compare-before')).clipPath,
+  }));
+  const start = await revealed();
+  await page.focus('#compare-slider');
+  await page.keyboard.press('Home');
+  const left = await revealed();
+  for (let i = 0; i < 3; i++) await page.keyboard.press('ArrowRight');
+  const moved = await revealed();
+  assert.equal(start.value, '50');
+  assert.deepEqual([left.value, moved.value], ['0', '3']);
+  assert.notEqual(left.clip, start.clip);
+  assert.notEqual(moved.clip, left.clip);
+  await page.keyboard.press('End');
+  await page.keyboard.press('PageDown');
+  const end = await revealed();
+  assert.ok(Number(end.value) < 100 && Number(end.value) >= 80, `PageDown from the end: ${end.value}`);
+  await page.evaluate(() => {
+    const slider = document.getElementById('compare-slider');
+    slider.value = '50';
+    slider.dispatchEvent(new Event('input', { bubbles: true }));
+  });
+
+  // The settings list: every option, the seed, the model, the time.
+  const settings = await page.evaluate(() => {
+    const dl = document.getElementById('run-settings');
+    const out = {};
+    for (const dt of dl.querySelectorAll('dt')) out[dt.textContent] = dt.nextElementSibling.textContent;
+    return { out, visible: !document.getElementById('run-info').hidden };
+  });
+  assert.ok(settings.visible);
+  assert.equal(settings.out.seed, '7');
+  for (const k of ['resolution', 'steps', 'strength', 'cfg', 'styleGuidance', 'startLayer', 'endLayer', 'tome', 'prompt', 'negativePrompt', 'model', 'time', 'precision']) {
+    assert.ok(k in settings.out, `settings list ${k}: ${JSON.stringify(settings.out)}`);
+  }
+  assert.equal(settings.out.model, `${server.url}/model`);
+
+  // The download, from the keyboard: its file name says what was made.
+  await page.focus('#download');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.keyboard.press('Enter')]);
+  assert.equal(download.suggestedFilename(), EXPECTED_FILE);
+  const file = path.join(os.tmpdir(), `zepo-page-${process.pid}.png`);
+  await download.saveAs(file);
+  const png = decodePng(fs.readFileSync(file));
+  fs.rmSync(file, { force: true });
+  assert.deepEqual([png.width, png.height], [64, 64]);
+
+  // A loaded model is stored: its size is known without the network.
+  const stored = await page.evaluate(async () => (await import('/www/model-size.js')).modelSize(window.zepo.model));
+  assert.equal(stored.stored, true);
+
+  // Desktop and phone widths.
+  await page.evaluate(() => document.activeElement?.blur());
+  await screenshot(page, 'page-desktop.png');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(200);
+  const phone = await page.evaluate(() => {
+    const box = (id) => {
+      const r = document.getElementById(id).getBoundingClientRect();
+      return { left: r.left, right: r.right, width: r.width, height: r.height };
+    };
+    const wide = [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > innerWidth + 0.5)
+      .map((e) => e.id || e.className || e.tagName).slice(0, 5);
+    return { scrollWidth: document.documentElement.scrollWidth, innerWidth, wide,
+      result: box('result'), slider: box('compare-slider'), download: box('download') };
+  });
+  await screenshot(page, 'page-phone.png');
+  assert.ok(phone.scrollWidth <= phone.innerWidth, `nothing overflows at phone width: scrollWidth ${phone.scrollWidth} > ${phone.innerWidth} (${phone.wide})`);
+  for (const id of ['result', 'compare-slider', 'download']) {
+    assert.ok(await page.isVisible(`#${id}`), `#${id} is visible at phone width`);
+    const b = phone[id === 'compare-slider' ? 'slider' : id];
+    assert.ok(b.width > 0 && b.height > 0 && b.left >= 0 && b.right <= phone.innerWidth, `#${id} within the width: ${JSON.stringify(b)}`);
+  }
+  assert.ok(phone.result.width >= 250, `the result is large on a phone: ${phone.result.width}px`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // No request carries image bytes: only bodiless GETs/HEADs, to the page's own server.
+  for (const r of [...requests, ...server.requests]) assert.ok(!r.body && !r.bodyBytes, `a request with a body: ${JSON.stringify(r)}`);
+  assert.ok(requests.every((r) => r.url.startsWith(server.url) || r.url.startsWith('blob:') || r.url.startsWith('data:')),
+    `no other host: ${requests.map((r) => r.url).filter((u) => !u.startsWith(server.url))}`);
+  console.log(`page test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+});
