@@ -12,8 +12,10 @@
 // - diffusers layout (no manifest, or one with only `files`): `bytes` = the UNet's and the VAE's
 //   weights, `textEncoderBytes` = the text encoder's, from the manifest's `files` sizes where it
 //   lists them, else from HEAD requests (Content-Length), else from a `Range: bytes=0-0` GET
-//   (the total of its Content-Range). Such a model has no precomputed prompts: its text encoder
-//   is fetched at the first run, whatever the prompt (`textEncoderAlways`).
+//   (the total of its Content-Range). With `variant` ('fp16', as ZePo.load's default) the
+//   variant's file (`unet/diffusion_pytorch_model.fp16.safetensors`) is asked first and the full
+//   one where the server has none (404). Such a model has no precomputed prompts: its text
+//   encoder is fetched at the first run, whatever the prompt (`textEncoderAlways`).
 // - `stored`: whether the model is completely in this browser's storage (www/weights.js's
 //   storedModels(): then the load downloads nothing). Sizes of a stored model are read from the
 //   cache where possible, so this asks the network nothing for a stored bundle.
@@ -31,6 +33,9 @@ export const DIFFUSERS_FILES = {
   vae: 'vae/diffusion_pytorch_model.safetensors',
   textEncoder: 'text_encoder/model.safetensors',
 };
+
+/** A weight file's name in a diffusers variant: `x.safetensors` → `x.fp16.safetensors`. */
+const variantPath = (path, variant) => path.replace(/\.safetensors$/, `.${variant}.safetensors`);
 
 function named(name, message) {
   return Object.assign(new Error(message), { name });
@@ -119,9 +124,10 @@ function bundleSizes(m) {
 /**
  * What the first load of the model at `base` downloads:
  * `{ layout: 'fp16-bundle' | 'diffusers', bytes, textEncoderBytes, textEncoderAlways, stored,
- *    storedBytes, unknown }` (see the top of this file). `fetch`: a fetch function (tests).
+ *    storedBytes, unknown }` (see the top of this file). `variant`: a diffusers layout's weight
+ * variant to prefer ('fp16', as ZePo.load; null: the full files). `fetch`: a fetch function (tests).
  */
-export async function modelSize(base, { fetch: fetchFn, cacheName = CACHE_NAME } = {}) {
+export async function modelSize(base, { variant = 'fp16', fetch: fetchFn, cacheName = CACHE_NAME } = {}) {
   const root = new URL(String(base), globalThis.location?.href).href.replace(/\/+$/, '');
   let cache = null;
   try {
@@ -141,14 +147,27 @@ export async function modelSize(base, { fetch: fetchFn, cacheName = CACHE_NAME }
   }
   // A diffusers layout: its optional manifest's sizes, else the server's.
   const listed = manifest?.files || {};
-  const sizeOf = async (path) => {
-    if (listed[path]?.size > 0) return listed[path].size;
-    try {
-      return await remoteSize(files, path);
-    } catch (e) {
-      if (stored.stored) return null; // A stored model never needs the network (offline).
-      throw e;
+  const sizeOf = async (full) => {
+    const candidates = variant ? [variantPath(full, variant), full] : [full];
+    // What is stored answers first: a stored model needs no network (offline).
+    for (const path of candidates) {
+      const n = Number((await files.cached(path).catch(() => null))?.headers.get('x-zepo-size'));
+      if (n > 0) return n;
     }
+    for (const [i, path] of candidates.entries()) {
+      const last = i === candidates.length - 1;
+      if (listed[path]?.size > 0) return listed[path].size;
+      // A variant the engine found missing before (weights.js remembers the 404).
+      if (!last && (await cachedEntry(files, path))?.headers.get('x-zepo-absent') === '1') continue;
+      try {
+        return await remoteSize(files, path);
+      } catch (e) {
+        if (e.name === 'NotFound' && !last) continue;
+        if (stored.stored) return null; // A stored model never needs the network (offline).
+        throw e;
+      }
+    }
+    return null;
   };
   const [unet, vae, text] = await Promise.all(Object.values(DIFFUSERS_FILES).map(sizeOf));
   const unknown = Object.values(DIFFUSERS_FILES).filter((_, i) => [unet, vae, text][i] == null);
