@@ -109,10 +109,26 @@ export type ProgressEvent = DownloadProgress | LoadProgress | WarmupProgress | S
 
 export type ProgressCallback = (event: ProgressEvent) => void;
 
-/** Options of an engine: which model, in which precision, with which progress callback. */
-export interface LoadOptions {
-  /** Base URL of a diffusers-layout model or fp16 bundle (default: DEFAULT_MODEL). */
+/** Which model: where it is, which revision and weight files. */
+export interface ModelOptions {
+  /**
+   * Base URL of a diffusers-layout model or fp16 bundle, or a hub repository id
+   * ('SimianLuo/LCM_Dreamshaper_v7', fetched from `env.remoteHost`; a relative path of that
+   * shape is written './owner/name'). Default: DEFAULT_MODEL.
+   */
   model?: string | URL;
+  /** The revision of a hub repository id: branch, tag or commit ('main'). */
+  revision?: string;
+  /**
+   * A diffusers layout's weight variant to prefer: 'fp16' (default) takes
+   * `*.fp16.safetensors` (or its shards) where the repository has them, half the download,
+   * else the full files; null takes the full files.
+   */
+  variant?: string | null;
+}
+
+/** Options of an engine: which model, in which precision, with which progress callback. */
+export interface LoadOptions extends ModelOptions {
   precision?: Precision;
   onProgress?: ProgressCallback;
   /** Another URL for the engine's Worker (a copy of worker.js); rarely needed. */
@@ -133,8 +149,7 @@ export interface RunOptions extends StylizeOptions {
 }
 
 /** Options of the `stylize` function: the run's, plus the shared engine's. */
-export interface SharedStylizeOptions extends RunOptions {
-  model?: string | URL;
+export interface SharedStylizeOptions extends RunOptions, ModelOptions {
   precision?: Precision;
 }
 
@@ -194,12 +209,18 @@ export type ZePoErrorName =
 /** The model used when none is given: the public LCM_Dreamshaper_v7 diffusers repository. */
 export const DEFAULT_MODEL: string;
 
+/** Where hub repository ids resolve: `remoteHost` + `remotePathTemplate` ({model}, {revision}). */
+export const env: { remoteHost: string; remotePathTemplate: string };
+
+/** A model's base URL: a URL or path as given, or a hub repository id resolved with `env`. */
+export function resolveModel(model?: string, options?: { revision?: string }): string;
+
 /** An engine: a Worker holding the model on the GPU. Make one with `await ZePo.load(...)`. */
 export class ZePo {
   /** Starts the Worker, acquires the GPU and loads the model (downloaded once, then cached). */
   static load(options?: LoadOptions): Promise<ZePo>;
   /** Deletes the stored files of `model` (of every model without one); resolves to how many. */
-  static clearCache(model?: string | URL): Promise<number>;
+  static clearCache(model?: string | URL, options?: { revision?: string }): Promise<number>;
 
   private constructor();
 

@@ -163,8 +163,10 @@ async function removePartial(dir, name) {
  * (from the network or the cache), `onOpen(path, size)` each file opened.
  */
 export class ModelFiles {
-  static async open(base, { cacheName = CACHE_NAME, onBytes = () => {}, onOpen = () => {}, fetch: fetchFn } = {}) {
+  static async open(base, { cacheName = CACHE_NAME, onBytes = () => {}, onOpen = () => {}, fetch: fetchFn, variant = null } = {}) {
     const files = new ModelFiles(base, await openCache(cacheName), { onBytes, onOpen, fetchFn });
+    /** The diffusers weight variant to prefer ('fp16'), read by the engine. */
+    files.variant = variant || null;
     const text = await files.text('manifest.json', true);
     if (text !== null) {
       let json;
@@ -273,7 +275,7 @@ export class ModelFiles {
     const r = await this.request(path);
     if (r.status === 404 && optional) {
       // Remember the absence too, so that a second visit asks nothing.
-      await this.store(path, new Response('', { headers: { 'x-zepo-absent': '1', 'x-zepo-base': this.baseUrl, 'x-zepo-size': '0' } }), 0);
+      await this.markAbsent(path);
       return null;
     }
     if (!r.ok) throw named(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url(path)}: HTTP ${r.status} ${r.statusText}`);
@@ -299,12 +301,43 @@ export class ModelFiles {
     return Number(r.headers.get('content-length')) || null;
   }
 
-  /** A large file, read chunk by chunk: see Download. */
-  async open(path) {
-    const d = new Download(this, path);
+  /**
+   * A large file, read chunk by chunk: see Download. With `optional`, null when the server
+   * answers 404 (remembered, like text()'s: a second visit asks nothing).
+   */
+  async open(path, optional = false) {
+    if (optional && (await this.absent(path))) return null;
+    const d = new Download(this, path, optional);
     await d.start();
+    if (d.absent) {
+      await this.markAbsent(path);
+      return null;
+    }
     this.onOpen(path, d.size, d.fromCache);
     return d;
+  }
+
+  async absent(path) {
+    const hit = await this.cache?.match(this.url(path));
+    return !!hit && hit.headers.get('x-zepo-absent') === '1';
+  }
+
+  /** Remembers that the server has no `path` (a probe for an optional file). */
+  markAbsent(path) {
+    return this.store(path, new Response('', { headers: { 'x-zepo-absent': '1', 'x-zepo-base': this.baseUrl, 'x-zepo-size': '0' } }), 0);
+  }
+
+  /** Bytes the engine derived from the model and stored with it (prompt embeddings), or null. */
+  async derived(path) {
+    const hit = await this.cached(path);
+    return hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+  }
+
+  /** Stores bytes derived from the model with it; false if storage refused them. */
+  async storeDerived(path, bytes) {
+    return this.store(path, new Response(bytes, {
+      headers: { 'x-zepo-complete': '1', 'x-zepo-base': this.baseUrl, 'x-zepo-size': String(bytes.length) },
+    }), bytes.length).catch(() => false);
   }
 }
 
@@ -313,9 +346,11 @@ export class ModelFiles {
  * stored, when there is one). `read()` gives chunks from byte 0 either way.
  */
 class Download {
-  constructor(files, path) {
+  constructor(files, path, optional = false) {
     this.files = files;
     this.path = path;
+    /** A 404 sets `absent` instead of failing. */
+    this.optional = optional;
     this.url = files.url(path);
     this.received = 0;
     this.resumes = 0;
@@ -338,6 +373,7 @@ class Download {
     this.hash = this.expected?.sha256 ? new Sha256() : null;
     try {
       await this.resumeOrConnect();
+      if (this.absent) return;
     } catch (e) {
       if (!this.closed) {
         this.keepPartial = e.name === 'DownloadError';
@@ -386,6 +422,7 @@ class Download {
     // Nothing (usable) stored: start over; begin() empties the old prefix and records the new.
     this.etag = null;
     await this.connect();
+    if (this.absent) return;
     this.partial?.begin({ url: this.url, base: this.files.base, sha256: this.expected?.sha256 || null, etag: this.etag, size: this.size });
   }
 
@@ -402,6 +439,11 @@ class Download {
         throw this.fail('DownloadError', `${this.url}: the download broke off at ${from} bytes and the server did not resume it (HTTP ${r.status}${r.status === 200 ? ': the file changed or Range is not supported' : ''})`);
       }
     } else {
+      if (r.status === 404 && this.optional) {
+        await r.body?.cancel();
+        this.absent = true;
+        return;
+      }
       if (!r.ok) throw this.fail(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url}: HTTP ${r.status} ${r.statusText}`);
       const length = Number(r.headers.get('content-length'));
       // Content-Length is the transfer size: only an uncompressed body's is the file's.

@@ -20,7 +20,6 @@ let crashed = null;
 const cancelled = new Set();
 
 // The weights of the model parts loaded up front (the text encoder comes on demand).
-const LOAD_FILES = ['unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors'];
 
 /** Byte counters of the request in progress, reported as {stage: 'download', loaded, total}. */
 let op = null;
@@ -63,14 +62,14 @@ const handlers = {
     return info;
   },
 
-  async load({ model }, post) {
+  async load({ model, variant }, post) {
     const t0 = performance.now();
-    files = await ModelFiles.open(model, { onBytes, onOpen });
-    op = { loaded: 0, total: 0, counted: new Set(), post };
-    // Totals up front (from the cache, the manifest or HEAD), so the bar knows where it goes;
-    // a bundle's files are declared by the engine from its manifest (files.expect).
-    if (!files.bundle) for (const path of LOAD_FILES) onOpen(path, await files.size(path));
+    files = await ModelFiles.open(model, { onBytes, onOpen, variant });
     const requests0 = files.requests;
+    op = { loaded: 0, total: 0, counted: new Set(), post };
+    // The total grows as each file opens (a bundle's files are declared up front by the engine
+    // from its manifest, with files.expect); which files a diffusers layout has (a variant,
+    // shards) the engine finds out as it goes.
     const info = await engine.load(files, (part) => post({ stage: 'load', part }));
     await files.markComplete();
     return { ...info, seconds: (performance.now() - t0) / 1000, bytes: op.loaded, requests: files.requests - requests0 };

@@ -13,8 +13,10 @@
 // ('stretch' | 'cover' | 'contain': 'contain' keeps the portrait's shape), steps (4), strength (0.5),
 // cfg (2), styleGuidance (1.2), featureStep (99), startLayer (8), endLayer (16), mixQ (1),
 // tome (true | false | {ratio, sx, sy, deterministic}), prompt ('face'), negativePrompt (''),
-// seed (0), noCfg (false). Besides: model (base URL of the weights; by default the public
-// LCM_Dreamshaper_v7 repository), precision ('auto' | 'f16' | 'f32'), onProgress({stage,
+// seed (0), noCfg (false). Besides: model (base URL of the weights, or a hub repository id
+// 'owner/name' resolved with `env`; by default the public LCM_Dreamshaper_v7 repository),
+// revision ('main'), variant ('fp16': a diffusers repository's .fp16 weight files where it has
+// them, else the full ones; null: the full ones), precision ('auto' | 'f16' | 'f32'), onProgress({stage,
 // loaded, total, step, steps, fraction}), signal (AbortSignal). ZePo.load also takes warmup
 // (true or the options of the stylizations to come): compile the GPU's pipelines right away.
 // Errors are Errors whose name says what happened: WebGpuUnavailable, InvalidOption,
@@ -24,7 +26,33 @@
 /** The public diffusers repository of LCM Dreamshaper v7 (fp32, 4.3 GB; streamed, then cached). */
 export const DEFAULT_MODEL = 'https://huggingface.co/SimianLuo/LCM_Dreamshaper_v7/resolve/main';
 
-const ENGINE_KEYS = new Set(['model', 'precision', 'onProgress', 'signal']);
+/**
+ * Where a hub repository id (`model: 'owner/name'`) is fetched from, as transformers.js's `env`:
+ * `remoteHost` + `remotePathTemplate` with `{model}` and `{revision}` filled in. Point it at a
+ * mirror to serve models from elsewhere.
+ */
+export const env = {
+  remoteHost: 'https://huggingface.co/',
+  remotePathTemplate: '{model}/resolve/{revision}/',
+};
+
+// `owner/name` and nothing else: a relative path of that shape is written './owner/name'.
+const REPO_ID = /^[A-Za-z0-9][\w.-]*\/[A-Za-z0-9][\w.-]*$/;
+
+/**
+ * A model's base URL: a URL or path as given (relative to the page), or for a hub repository id
+ * ('SimianLuo/LCM_Dreamshaper_v7') its files at `revision` (a branch, tag or commit; 'main')
+ * under `env.remoteHost`.
+ */
+export function resolveModel(model = DEFAULT_MODEL, { revision = 'main' } = {}) {
+  if (REPO_ID.test(model)) {
+    const path = env.remotePathTemplate.replaceAll('{model}', model).replaceAll('{revision}', encodeURIComponent(revision || 'main'));
+    return new URL(path, env.remoteHost.replace(/\/*$/, '/')).href.replace(/\/+$/, '');
+  }
+  return new URL(model, globalThis.location?.href).href;
+}
+
+const ENGINE_KEYS = new Set(['model', 'revision', 'variant', 'precision', 'onProgress', 'signal']);
 // After these the Worker's engine is unusable (a failed GPU read leaves it in an unknown state):
 // the next call starts a new one.
 const FATAL = new Set(['DeviceLost', 'DeviceError', 'OutOfMemory', 'EngineCrashed', 'EngineMissing']);
@@ -51,12 +79,12 @@ function noWebGpu() {
 
 /** An engine: a Worker holding the model on the GPU. Make one with `await ZePo.load(...)`. */
 export class ZePo {
-  static async load({ model = DEFAULT_MODEL, precision = 'auto', onProgress, workerUrl, warmup } = {}) {
+  static async load({ model = DEFAULT_MODEL, revision = 'main', variant = 'fp16', precision = 'auto', onProgress, workerUrl, warmup } = {}) {
     if (!globalThis.navigator?.gpu) throw noWebGpu();
-    const engine = new ZePo(new URL(model, globalThis.location?.href).href, workerUrl);
+    const engine = new ZePo(resolveModel(model, { revision }), workerUrl);
     try {
       engine.device = await engine.call('create', { precision });
-      engine.info = await engine.call('load', { model: engine.model }, onProgress);
+      engine.info = await engine.call('load', { model: engine.model, variant }, onProgress);
       if (warmup) await engine.warmup(warmup === true ? {} : warmup, { onProgress });
     } catch (e) {
       engine.dispose();
@@ -189,10 +217,10 @@ export class ZePo {
     if (!this.dead) this.kill(Object.assign(new Error('this engine was disposed'), { name: 'EngineDisposed' }));
   }
 
-  /** Deletes the stored files of `model` (every model's without one). */
-  static async clearCache(model) {
+  /** Deletes the stored files of `model` (a URL or hub id; every model's without one). */
+  static async clearCache(model, { revision } = {}) {
     const { clearCache } = await import('./weights.js');
-    return clearCache(model && new URL(model, globalThis.location?.href).href);
+    return clearCache(model && resolveModel(model, { revision }));
   }
 }
 
@@ -203,13 +231,14 @@ let shared = null;
  * `precision` change, or after a fatal error). Resolves to a PNG Blob.
  */
 export async function stylize(content, style, opts = {}) {
-  const model = new URL(opts.model || DEFAULT_MODEL, globalThis.location?.href).href;
+  const model = resolveModel(opts.model || DEFAULT_MODEL, { revision: opts.revision });
   const precision = opts.precision || 'auto';
+  const variant = opts.variant === undefined ? 'fp16' : opts.variant;
   if (opts.signal?.aborted) throw abortError();
-  if (!shared || shared.model !== model || shared.precision !== precision) {
+  if (!shared || shared.model !== model || shared.precision !== precision || shared.variant !== variant) {
     const previous = shared;
-    const promise = ZePo.load({ model, precision, onProgress: opts.onProgress });
-    shared = { model, precision, promise };
+    const promise = ZePo.load({ model, precision, variant, onProgress: opts.onProgress });
+    shared = { model, precision, variant, promise };
     previous?.promise.then((e) => e.dispose(), () => {});
     promise.catch(() => { if (shared?.promise === promise) shared = null; });
   }

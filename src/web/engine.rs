@@ -20,8 +20,9 @@ use crate::models::parse_config;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig, VaeOptions};
+use crate::weights::diffusers::{self, ShardIndex};
 use crate::weights::manifest::{Manifest, MANIFEST_FILE};
-use crate::weights::{LoadOptions, VarStore};
+use crate::weights::{Dtype, LoadOptions, SafetensorsBytes, VarStore};
 use crate::zepo::image::{FloatImage, RgbImage};
 use crate::zepo::noise::SeededNoise;
 use crate::zepo::pipeline::{FeatureKey, PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
@@ -450,6 +451,15 @@ async fn prompt_embeddings(
             pair.push(t.clone());
             continue;
         }
+        // A diffusers layout keeps the embeddings it computed with the model: the next visit
+        // needs no text encoder for them.
+        let stored = model.bundle.is_none().then(|| stored_prompt_path(prompt, gpu.dtype));
+        if let Some(path) = &stored {
+            if let Some(t) = stored_prompt(&model.files, path, model.unet_config.cross_attention_dim, gpu).await? {
+                pair.push(t);
+                continue;
+            }
+        }
         report("text", 0, 1, 0.0);
         let loaded = model.text.borrow().clone();
         let text = match loaded {
@@ -467,13 +477,58 @@ async fn prompt_embeddings(
         };
         let ids = text.tokenizer.encode(prompt);
         let n = ids.len();
-        pair.push(text.encoder.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &gpu.device)));
+        let embedding = text.encoder.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &gpu.device));
+        if let Some(path) = &stored {
+            store_prompt(&model.files, path, &embedding, gpu).await?;
+        }
+        pair.push(embedding);
     }
     let uncond = pair.pop().expect("two prompts");
     let p = PromptEmbeddings { cond: pair.pop().expect("two prompts"), uncond };
     settle(gpu).await?;
     model.prompts.borrow_mut().insert(key, p.clone());
     Ok(p)
+}
+
+/// Where a prompt's embedding is stored with a diffusers-layout model: by the prompt's sha256
+/// and the precision it was computed in (an f16 embedding is not an f32 one).
+fn stored_prompt_path(prompt: &str, dtype: burn::tensor::DType) -> String {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(prompt.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    format!(".zepo-derived/prompt-{}-{hash}.safetensors", if dtype == burn::tensor::DType::F16 { "f16" } else { "f32" })
+}
+
+const EMBEDDING: &str = "embedding";
+
+/// A stored prompt embedding `[1, L, width]`; `None` if absent, or unusable (then it is
+/// computed again and replaced).
+async fn stored_prompt(files: &ModelFiles, path: &str, width: usize, gpu: &Gpu) -> Result<Option<Tensor<3>>, JsValue> {
+    let Some(bytes) = files.get_derived(path).await? else { return Ok(None) };
+    let parsed = SafetensorsBytes::new(bytes, path.to_string()).ok().and_then(|st| {
+        let (entry, data) = st.tensors().find(|(e, _)| e.name == EMBEDDING)?;
+        let [1, l, d] = entry.shape[..] else { return None };
+        (d == width && entry.dtype == Dtype::F32 && data.len() == l * d * 4).then(|| {
+            let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            Tensor::<3>::from_data(TensorData::new(values, [1, l, d]), (&gpu.device, gpu.dtype))
+        })
+    });
+    Ok(parsed)
+}
+
+/// Stores a computed prompt embedding with the model (f32 values: the exact ones, whatever the
+/// precision, which is part of the path).
+async fn store_prompt(files: &ModelFiles, path: &str, embedding: &Tensor<3>, gpu: &Gpu) -> Result<(), JsValue> {
+    let shape = embedding.dims().to_vec();
+    let data = match embedding.clone().into_data_async().await {
+        Ok(d) => d,
+        Err(e) => return Err(gpu.failure("reading the prompt embedding back", e).await),
+    };
+    let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("prompt embedding: {e:?}")))?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes).map_err(|e| err(format!("{e:?}")))?;
+    let file = safetensors::serialize([(EMBEDDING, view)], &None).map_err(|e| err(format!("{e:?}")))?;
+    files.put_derived(path, &file).await;
+    Ok(())
 }
 
 /// A model part's config (`unet`, `vae`): from the bundle's manifest, or `<part>/config.json`
@@ -497,8 +552,33 @@ async fn part_store(
 ) -> Result<VarStore, JsValue> {
     match m {
         Some(m) => bundle::load_part(files, m, part, device, opts).await,
-        None => files.load_store(&format!("{part}/diffusion_pytorch_model.safetensors"), device, opts).await,
+        None => diffusers_part(files, part, "diffusion_pytorch_model", device, opts).await,
     }
+}
+
+/// A diffusers part's weights: the preferred variant's file (`.fp16`, half the download) or
+/// shards when the server has them, else the plain ones (see `weights::diffusers`).
+async fn diffusers_part(files: &ModelFiles, part: &str, stem: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore, JsValue> {
+    let variant = files.weight_variant()?;
+    let tried = diffusers::candidates(stem, variant.as_deref(), None);
+    for c in &tried {
+        let path = format!("{part}/{}", c.file);
+        let mut store = VarStore::new(device, opts, files.name(part));
+        if !c.sharded {
+            if files.stream_optional(&path, &mut store).await? {
+                return Ok(store);
+            }
+            continue;
+        }
+        let Some(text) = files.get_optional_text(&path).await? else { continue };
+        let index = ShardIndex::parse(&text, &files.name(&path)).map_err(|e| js_error("WeightsError", e.to_string()))?;
+        for shard in index.shards() {
+            files.stream_into(&format!("{part}/{shard}"), &mut store, |h| index.check_shard(shard, h)).await?;
+        }
+        return Ok(store);
+    }
+    let names: Vec<String> = tried.iter().map(|c| c.file.clone()).collect();
+    Err(js_error("NotFound", format!("{}: no weights found (looked for {})", files.name(part), names.join(", "))))
 }
 
 async fn load_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> Result<TextStack, JsValue> {
@@ -510,7 +590,7 @@ async fn load_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> R
     let path = "text_encoder/config.json";
     let cfg: ClipTextConfig = parse_config(&files.get_text(path).await?, path).map_err(crate_err)?;
     cfg.validate().map_err(crate_err)?;
-    let store = files.load_store("text_encoder/model.safetensors", device, opts).await?;
+    let store = diffusers_part(files, "text_encoder", "model", device, opts).await?;
     let encoder = ClipTextModel::from_store(store, &cfg).map_err(crate_err)?;
     Ok(TextStack { tokenizer, encoder })
 }
@@ -603,13 +683,15 @@ pub fn parse_options(opts: &JsValue) -> Result<ZepoOptions, JsValue> {
                     return Err(bad(&k, "true, false or { ratio, sx, sy, deterministic }"));
                 };
             }
-            _ => return Err(named_err(
-                "InvalidOption",
-                format!(
+            _ => {
+                return Err(named_err(
+                    "InvalidOption",
+                    format!(
                     "unknown option `{k}` (resolution, width, height, fit, steps, strength, cfg, styleGuidance, featureStep, startLayer, \
                          endLayer, mixQ, tome, prompt, negativePrompt, seed, noCfg)"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(o)

@@ -3,13 +3,12 @@
 //! a checkpoint is never whole in memory, and each tensor goes to the GPU as soon as its bytes
 //! are in.
 
-use burn::tensor::Device;
 use js_sys::Uint8Array;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::{js_error, js_message};
-use crate::weights::{Header, LoadOptions, SafetensorsBytes, StreamParser, VarStore, WeightsError};
+use crate::weights::{Header, SafetensorsBytes, StreamParser, VarStore, WeightsError};
 
 #[wasm_bindgen]
 extern "C" {
@@ -17,8 +16,18 @@ extern "C" {
     pub type ModelFiles;
     #[wasm_bindgen(method, catch)]
     async fn text(this: &ModelFiles, path: &str, optional: bool) -> Result<JsValue, JsValue>;
+    /// With `optional`, `null` when the server answers 404 (the absence is remembered).
     #[wasm_bindgen(method, catch)]
-    async fn open(this: &ModelFiles, path: &str) -> Result<JsValue, JsValue>;
+    async fn open(this: &ModelFiles, path: &str, optional: bool) -> Result<JsValue, JsValue>;
+    /// The diffusers weight variant to prefer (`fp16`), if any.
+    #[wasm_bindgen(method, getter)]
+    fn variant(this: &ModelFiles) -> Option<String>;
+    /// Bytes the engine derived from the model and stored with it (`null` if none).
+    #[wasm_bindgen(method, catch)]
+    async fn derived(this: &ModelFiles, path: &str) -> Result<JsValue, JsValue>;
+    /// Stores derived bytes with the model (best effort: storage may refuse).
+    #[wasm_bindgen(method, catch, js_name = storeDerived)]
+    async fn store_derived(this: &ModelFiles, path: &str, bytes: Uint8Array) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(method, getter)]
     pub fn base(this: &ModelFiles) -> String;
     /// Declares a bundle file's size and sha256 (from `manifest.json`), checked before it is
@@ -68,13 +77,6 @@ impl ModelFiles {
         self.expect(path, size as f64, sha256, now);
     }
 
-    /// Streams the safetensors file `path` into a store on `device`, tensor by tensor.
-    pub async fn load_store(&self, path: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore, JsValue> {
-        let mut store = VarStore::new(device, opts, self.name(path));
-        self.stream_into(path, &mut store, |_| Ok(())).await?;
-        Ok(store)
-    }
-
     /// Streams the safetensors file `path` into `store`; `check` sees its header before any of
     /// its tensors is uploaded. The file is stored (committed) only once parsed to its last byte.
     pub async fn stream_into(
@@ -84,15 +86,46 @@ impl ModelFiles {
         check: impl Fn(&Header) -> Result<(), WeightsError>,
     ) -> Result<(), JsValue> {
         let name = self.name(path);
-        let dl: Download = self.open(path).await?.unchecked_into();
+        let dl: Download = self.open(path, false).await?.unchecked_into();
         let result = stream(&dl, &name, store, check).await;
         finish(&dl, result).await
+    }
+
+    /// Like [`ModelFiles::stream_into`], but `Ok(false)` when the server has no such file.
+    pub async fn stream_optional(&self, path: &str, store: &mut VarStore) -> Result<bool, JsValue> {
+        let dl = self.open(path, true).await?;
+        if dl.is_null() || dl.is_undefined() {
+            return Ok(false);
+        }
+        let dl: Download = dl.unchecked_into();
+        let result = stream(&dl, &self.name(path), store, |_| Ok(())).await;
+        finish(&dl, result).await.map(|_| true)
+    }
+
+    /// The preferred diffusers weight variant (`ZePo.load({ variant })`), checked.
+    pub fn weight_variant(&self) -> Result<Option<String>, JsValue> {
+        let v = self.variant().filter(|v| !v.is_empty());
+        if let Some(v) = &v {
+            crate::weights::diffusers::check_variant(v).map_err(|e| js_error("InvalidOption", e))?;
+        }
+        Ok(v)
+    }
+
+    /// Bytes derived from the model and stored with it, if any (never from the network).
+    pub async fn get_derived(&self, path: &str) -> Result<Option<Vec<u8>>, JsValue> {
+        let v = self.derived(path).await?;
+        Ok(v.dyn_into::<Uint8Array>().ok().map(|a| a.to_vec()))
+    }
+
+    /// Stores bytes derived from the model with it; a refusal only costs recomputing them.
+    pub async fn put_derived(&self, path: &str, bytes: &[u8]) {
+        let _ = self.store_derived(path, Uint8Array::from(bytes)).await;
     }
 
     /// A small binary file whole (the prompt embeddings), parsed as safetensors.
     pub async fn get_safetensors(&self, path: &str) -> Result<SafetensorsBytes<Vec<u8>>, JsValue> {
         let name = self.name(path);
-        let dl: Download = self.open(path).await?.unchecked_into();
+        let dl: Download = self.open(path, false).await?.unchecked_into();
         let result = async {
             let mut bytes = Vec::new();
             while let Some(chunk) = next_chunk(&dl, &name).await? {

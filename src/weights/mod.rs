@@ -6,6 +6,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bundle;
+pub mod diffusers;
 pub mod manifest;
 mod safetensors;
 mod store;

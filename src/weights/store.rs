@@ -467,40 +467,34 @@ pub fn random_weight(key: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     (0..n).map(|_| normal.sample(&mut rng)).collect()
 }
 
-/// The safetensors files of one part of a diffusers checkpoint directory:
-/// `dir/<part>/<stem>.safetensors`, or the shards of its `.safetensors.index.json`, or the
-/// `.fp16` variant.
+/// The safetensors files of one part of a diffusers checkpoint directory: the first of
+/// [`super::diffusers::candidates`] present — `<stem>.safetensors` or its sharded index, else the
+/// `fp16` variant (single or sharded). Full precision first: natively there is no download to save.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn part_files(dir: &std::path::Path, part: &str, stem: &str) -> Result<Vec<std::path::PathBuf>, WeightsError> {
     let part_dir = dir.join(part);
-    let single = part_dir.join(format!("{stem}.safetensors"));
-    let index = part_dir.join(format!("{stem}.safetensors.index.json"));
-    let fp16 = part_dir.join(format!("{stem}.fp16.safetensors"));
     let io = |file: &std::path::Path, source| WeightsError::Io { file: file.display().to_string(), source };
-
-    Ok(if single.exists() {
-        vec![single]
-    } else if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| io(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| WeightsError::Corrupt { file: index.display().to_string(), reason: format!("not JSON: {e}") })?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| WeightsError::Corrupt { file: index.display().to_string(), reason: "no `weight_map` object".into() })?;
-        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        shards.into_iter().map(|s| part_dir.join(s)).collect()
-    } else if fp16.exists() {
-        vec![fp16]
-    } else {
-        return Err(io(
-            &single,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no {stem}.safetensors (or sharded index) in {}", part_dir.display()),
-            ),
-        ));
-    })
+    let tried = super::diffusers::candidates(stem, None, Some("fp16"));
+    for c in &tried {
+        let path = part_dir.join(&c.file);
+        if !path.exists() {
+            continue;
+        }
+        if !c.sharded {
+            return Ok(vec![path]);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let index = super::diffusers::ShardIndex::parse(&text, &path.display().to_string())?;
+        return Ok(index.shards().iter().map(|s| part_dir.join(s)).collect());
+    }
+    let names: Vec<&str> = tried.iter().map(|c| c.file.as_str()).collect();
+    Err(io(
+        &part_dir,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no weights in {} (looked for {})", part_dir.display(), names.join(", ")),
+        ),
+    ))
 }
 
 /// Memory-maps a safetensors file read-only.
