@@ -181,6 +181,20 @@ function parseArgs(argv) {
   return o;
 }
 
+/** Likely mistakes in --model (a URL, relative to the page, never copied into the site). */
+function modelWarnings(model, cwd) {
+  const out = [];
+  const absolute = /^[a-z][a-z0-9+.-]*:/i.test(model);
+  if (!absolute && fs.existsSync(path.resolve(cwd, model))) {
+    out.push(`--model ${model}: a local folder of that name exists, but --model is a URL (relative to the page) ` +
+      'and the model is not copied into the site: host it and give its URL');
+  }
+  if (/^http:/i.test(model) && !/^http:\/\/(localhost|127\.0\.0\.1|\[::1\])(:|\/|$)/i.test(model)) {
+    out.push(`--model ${model}: a page served over https cannot load an http:// model (mixed content)`);
+  }
+  return out;
+}
+
 const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
@@ -195,11 +209,13 @@ if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.ar
     // The default model is the JS API's: read from www/zepo.js, not repeated here.
     const model = args.model ?? (await import(pathToFileURL(path.join(ROOT, 'www/zepo.js')).href)).DEFAULT_MODEL;
     const site = buildSite({ ...args, model, out: args.out === undefined ? undefined : path.resolve(cwd, args.out) });
-    const shown = path.relative(cwd, site.out) || '.';
+    const rel = path.relative(cwd, site.out);
+    const shown = !rel ? '.' : rel.startsWith('..') ? site.out : rel;
     for (const f of site.files) console.log(`  ${f.path.padEnd(36)} ${f.size.toLocaleString('en').padStart(14)} bytes`);
     console.log(`build-site: wrote ${shown}/: ${site.files.length} files, ${mib(site.bytes)} (shell version ${site.version})`);
     console.log(`  default model: ${site.model}`);
     console.log(`  deploy: upload the contents of ${shown}/ to any static host (any sub-path; https, or localhost)`);
+    for (const w of modelWarnings(site.model, cwd)) console.warn(`build-site: warning: ${w}`);
   } catch (e) {
     console.error(`build-site: ${e.message}`);
     if (!(e instanceof BuildError)) console.error(e.stack);
