@@ -322,6 +322,39 @@ fn no_cfg_mode_halves_the_unet_work() {
     assert!(cfg.image.values != out.image.values, "no-CFG is a different mode, never the default");
 }
 
+/// A photo cut short in transfer is refused by name, not stylized from its readable part.
+#[test]
+fn cli_refuses_a_truncated_jpeg_by_name() {
+    let exe = env!("CARGO_BIN_EXE_zepo");
+    let dir = Scratch::new("truncated");
+    let fx = Fixture::load("cases/tiny_s2_r64/reference.safetensors");
+    let (content, style) = (rgb(&fx, "content_rgb_u8"), rgb(&fx, "style_rgb_u8"));
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_raw(content.width as u32, content.height as u32, content.pixels.clone())
+        .unwrap()
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let jpeg = jpeg.into_inner();
+    let photo = dir.join("photo.jpg");
+    std::fs::write(&photo, &jpeg[..jpeg.len() / 4]).unwrap();
+    std::fs::write(dir.join("style.png"), style.to_png().unwrap()).unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["stylize", "--quiet", "--resolution", "64", "--steps", "2", "--model"])
+        .arg(tiny_model())
+        .arg("--content")
+        .arg(&photo)
+        .arg("--style")
+        .arg(dir.join("style.png"))
+        .arg("--out")
+        .arg(dir.join("out.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("photo.jpg") && stderr.contains("truncated JPEG"), "{stderr}");
+    assert!(!dir.join("out.png").exists());
+}
+
 #[test]
 fn cli_stylizes_a_folder_with_one_style() {
     let exe = env!("CARGO_BIN_EXE_zepo");
