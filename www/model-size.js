@@ -10,12 +10,14 @@
 //   `textEncoderBytes`: the text encoder's config and shards and the tokenizer, fetched only for
 //   another prompt (null when the bundle left them out).
 // - diffusers layout (no manifest, or one with only `files`): `bytes` = the UNet's and the VAE's
-//   weights, `textEncoderBytes` = the text encoder's, from the manifest's `files` sizes where it
-//   lists them, else from HEAD requests (Content-Length), else from a `Range: bytes=0-0` GET
-//   (the total of its Content-Range). With `variant` ('fp16', as ZePo.load's default) the
-//   variant's file (`unet/diffusion_pytorch_model.fp16.safetensors`) is asked first and the full
-//   one where the server has none (404). Such a model has no precomputed prompts: its text
-//   encoder is fetched at the first run, whatever the prompt (`textEncoderAlways`).
+//   weights, `textEncoderBytes` = the text encoder's. Each part's weights are looked for as the
+//   engine does (src/weights/diffusers.rs): with `variant` ('fp16', ZePo.load's default) first
+//   `<stem>.fp16.safetensors`, then its shards (`<stem>.fp16.safetensors.index.json`), then the
+//   plain file and its shards; the first the server has counts. A file's size comes from the
+//   manifest's `files` where it lists it, else a HEAD request (Content-Length), else a
+//   `Range: bytes=0-0` GET (the total of its Content-Range). Such a model has no precomputed
+//   prompts: its text encoder is fetched at the first run, whatever the prompt
+//   (`textEncoderAlways`).
 // - `stored`: whether the model is completely in this browser's storage (www/weights.js's
 //   storedModels(): then the load downloads nothing). Sizes of a stored model are read from the
 //   cache where possible, so this asks the network nothing for a stored bundle.
@@ -27,15 +29,15 @@ import { CACHE_NAME, ModelFiles, storedModels } from './weights.js';
 
 export const BUNDLE_FORMAT = 'zepo-fp16-bundle';
 
-/** The diffusers layout's weight files (as on the model hub), by what they hold. */
-export const DIFFUSERS_FILES = {
-  unet: 'unet/diffusion_pytorch_model.safetensors',
-  vae: 'vae/diffusion_pytorch_model.safetensors',
-  textEncoder: 'text_encoder/model.safetensors',
-};
+/** The diffusers layout's parts whose weights the first run downloads: [folder, file stem]. */
+export const DIFFUSERS_PARTS = { unet: ['unet', 'diffusion_pytorch_model'], vae: ['vae', 'diffusion_pytorch_model'],
+  textEncoder: ['text_encoder', 'model'] };
 
-/** A weight file's name in a diffusers variant: `x.safetensors` → `x.fp16.safetensors`. */
-const variantPath = (path, variant) => path.replace(/\.safetensors$/, `.${variant}.safetensors`);
+/** Where a part's weights may be, in the engine's order (src/weights/diffusers.rs `candidates`). */
+function candidates(folder, stem, variant) {
+  const names = variant ? [`${stem}.${variant}.safetensors`, `${stem}.safetensors`] : [`${stem}.safetensors`];
+  return names.flatMap((n) => [{ path: `${folder}/${n}`, sharded: false }, { path: `${folder}/${n}.index.json`, sharded: true }]);
+}
 
 function named(name, message) {
   return Object.assign(new Error(message), { name });
@@ -121,6 +123,77 @@ function bundleSizes(m) {
   return { bytes, textEncoderBytes, textEncoderAlways: !m.prompt_embeddings, unknown: [] };
 }
 
+/** The shard files a sharded checkpoint's index names (`weight_map` values), each once. */
+function shardNames(text, url) {
+  let map;
+  try {
+    map = JSON.parse(text).weight_map;
+  } catch (e) {
+    throw named('WeightsError', `${url}: not JSON (${e.message})`);
+  }
+  if (!map || typeof map !== 'object') throw named('WeightsError', `${url}: no \`weight_map\` object`);
+  return [...new Set(Object.values(map))].sort();
+}
+
+/** A small text file from the model cache (complete) or the network; null when it is not there (404). */
+async function optionalText(files, path) {
+  const hit = await cachedEntry(files, path);
+  if (hit?.headers.get('x-zepo-absent') === '1') return null;
+  if (hit?.headers.get('x-zepo-complete') === '1') return hit.text();
+  const r = await files.request(path);
+  if (r.status === 404) return null;
+  if (!r.ok) throw named('DownloadError', `${files.url(path)}: HTTP ${r.status} ${r.statusText}`);
+  return r.text();
+}
+
+/** The size of a stored file (weights.js's complete entries), or null. */
+async function storedSize(files, path) {
+  const n = Number((await files.cached(path).catch(() => null))?.headers.get('x-zepo-size'));
+  return n > 0 ? n : null;
+}
+
+/**
+ * A diffusers part's weight bytes: the first of its candidates the cache or the server has (a
+ * sharded one: the sum of its shards). Null when a size cannot be told; NotFound when the server
+ * has none of them.
+ */
+async function partSize(files, [folder, stem], variant, listed, offlineOk) {
+  const list = candidates(folder, stem, variant);
+  // What is stored answers first: a stored model needs no network (offline).
+  for (const c of list) {
+    if (!c.sharded) {
+      const n = await storedSize(files, c.path);
+      if (n) return n;
+      continue;
+    }
+    const hit = await files.cached(c.path).catch(() => null);
+    if (!hit) continue;
+    const sizes = await Promise.all(shardNames(await hit.text(), files.url(c.path)).map((s) => storedSize(files, `${folder}/${s}`)));
+    if (sizes.every((n) => n)) return sum(sizes);
+  }
+  const sizeOf = async (path) => (listed[path]?.size > 0 ? listed[path].size : remoteSize(files, path));
+  for (const c of list) {
+    try {
+      if (!c.sharded) {
+        if (listed[c.path]?.size > 0) return listed[c.path].size;
+        // A file the engine found missing before (weights.js remembers the 404).
+        if ((await cachedEntry(files, c.path))?.headers.get('x-zepo-absent') === '1') continue;
+        return await remoteSize(files, c.path);
+      }
+      const text = await optionalText(files, c.path);
+      if (text === null) continue;
+      const sizes = await Promise.all(shardNames(text, files.url(c.path)).map((s) => sizeOf(`${folder}/${s}`)));
+      return sizes.some((n) => n == null) ? null : sum(sizes);
+    } catch (e) {
+      if (e.name === 'NotFound' && !c.sharded) continue; // try the next candidate
+      if (offlineOk) return null; // A stored model never needs the network (offline).
+      throw e;
+    }
+  }
+  if (offlineOk) return null;
+  throw named('NotFound', `${files.url(folder)}: no weights found (looked for ${list.map((c) => c.path.slice(folder.length + 1)).join(', ')})`);
+}
+
 /**
  * What the first load of the model at `base` downloads:
  * `{ layout: 'fp16-bundle' | 'diffusers', bytes, textEncoderBytes, textEncoderAlways, stored,
@@ -147,30 +220,9 @@ export async function modelSize(base, { variant = 'fp16', fetch: fetchFn, cacheN
   }
   // A diffusers layout: its optional manifest's sizes, else the server's.
   const listed = manifest?.files || {};
-  const sizeOf = async (full) => {
-    const candidates = variant ? [variantPath(full, variant), full] : [full];
-    // What is stored answers first: a stored model needs no network (offline).
-    for (const path of candidates) {
-      const n = Number((await files.cached(path).catch(() => null))?.headers.get('x-zepo-size'));
-      if (n > 0) return n;
-    }
-    for (const [i, path] of candidates.entries()) {
-      const last = i === candidates.length - 1;
-      if (listed[path]?.size > 0) return listed[path].size;
-      // A variant the engine found missing before (weights.js remembers the 404).
-      if (!last && (await cachedEntry(files, path))?.headers.get('x-zepo-absent') === '1') continue;
-      try {
-        return await remoteSize(files, path);
-      } catch (e) {
-        if (e.name === 'NotFound' && !last) continue;
-        if (stored.stored) return null; // A stored model never needs the network (offline).
-        throw e;
-      }
-    }
-    return null;
-  };
-  const [unet, vae, text] = await Promise.all(Object.values(DIFFUSERS_FILES).map(sizeOf));
-  const unknown = Object.values(DIFFUSERS_FILES).filter((_, i) => [unet, vae, text][i] == null);
+  const parts = Object.values(DIFFUSERS_PARTS);
+  const [unet, vae, text] = await Promise.all(parts.map((p) => partSize(files, p, variant, listed, stored.stored)));
+  const unknown = parts.filter((_, i) => [unet, vae, text][i] == null).map(([folder]) => folder);
   return {
     layout: 'diffusers',
     bytes: unet != null && vae != null ? unet + vae : null,

@@ -1,7 +1,8 @@
 // The page's own features, in headless Chromium on WebGPU (SwiftShader), one browser, one
 // stylization (tiny model, 64², 2 steps, no warm-up):
 // - www/model-size.js: an fp16 bundle's sizes from its manifest (no other request), a diffusers
-//   layout's from HEAD requests, the Range fallback when HEAD says nothing, `stored` after a load;
+//   layout's from HEAD requests in the engine's order (fp16 variant, its shards, plain files), the
+//   Range fallback when HEAD says nothing, `stored` after a load;
 // - ?confirm=1: the page says the download size (the tiny model's real file sizes) and the
 //   precision choice, and downloads nothing until "Download model" is pressed; the choice is
 //   remembered (localStorage) and passed to the engine;
@@ -32,13 +33,33 @@ const MB = (n) => `${(n / 2 ** 20).toFixed(1)} MB`;
 const LOAD = fileSize(TINY, 'unet/diffusion_pytorch_model.safetensors') + fileSize(TINY, 'vae/diffusion_pytorch_model.safetensors');
 const TEXT = fileSize(TINY, 'text_encoder/model.safetensors');
 
+// A hub-style layout, for sizes only (the bytes are never parsed): the UNet as fp16 shards with
+// an index, the VAE as one plain file, the text encoder in both forms (the fp16 one counts).
+const HUB_FILES = {
+  'unet/diffusion_pytorch_model.fp16.safetensors.index.json': JSON.stringify({ metadata: {}, weight_map: { a: 'u1.safetensors', b: 'u2.safetensors', c: 'u1.safetensors' } }),
+  'unet/u1.safetensors': 1000,
+  'unet/u2.safetensors': 2345,
+  'unet/diffusion_pytorch_model.safetensors': 9999,
+  'vae/diffusion_pytorch_model.safetensors': 500,
+  'text_encoder/model.fp16.safetensors': 300,
+  'text_encoder/model.safetensors': 600,
+};
+
 let server;
 let bundleServer;
+let hubServer;
+let hubDir;
 let browser;
 before(async () => {
   assertEngineBuilt();
+  hubDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zepo-hub-sizes-'));
+  for (const [rel, content] of Object.entries(HUB_FILES)) {
+    fs.mkdirSync(path.dirname(path.join(hubDir, rel)), { recursive: true });
+    fs.writeFileSync(path.join(hubDir, rel), typeof content === 'number' ? Buffer.alloc(content) : content);
+  }
   server = await serve();
   bundleServer = await serve({ model: BUNDLE });
+  hubServer = await serve({ model: hubDir });
   browser = await launch({ webgpu: true });
 });
 after(async () => {
@@ -46,6 +67,8 @@ after(async () => {
   await browser?.close();
   await server?.close();
   await bundleServer?.close();
+  await hubServer?.close();
+  if (hubDir) fs.rmSync(hubDir, { recursive: true, force: true });
 });
 
 const modelRequests = (srv) => srv.requests.filter((r) => r.url.startsWith('/model/'));
@@ -55,21 +78,23 @@ test('model-size.js: bundle sizes from the manifest, diffusers sizes from HEAD (
   await page.goto(`${server.url}/package.json`);
   server.requests.length = 0;
   bundleServer.requests.length = 0;
-  const out = await page.evaluate(async (bundleUrl) => {
+  const out = await page.evaluate(async ([bundleUrl, hubUrl]) => {
     const { modelSize } = await import('/www/model-size.js');
     const bundle = await modelSize(bundleUrl);
     const diffusers = await modelSize('/model');
     // A server whose HEAD answers carry no length: the one-byte Range GET tells the total.
     const noHeadLength = (url, init = {}) => (init.method === 'HEAD' ? Promise.resolve(new Response(null, { status: 200 })) : fetch(url, init));
     const ranged = await modelSize('/model', { fetch: noHeadLength });
+    const hub = await modelSize(hubUrl);
+    const hubPlain = await modelSize(hubUrl, { variant: null });
     let missing;
     try {
       await modelSize('/nowhere');
     } catch (e) {
       missing = { name: e.name, message: e.message };
     }
-    return { bundle, diffusers, ranged, missing };
-  }, `${bundleServer.url}/model/`);
+    return { bundle, diffusers, ranged, hub, hubPlain, missing };
+  }, [`${bundleServer.url}/model/`, `${hubServer.url}/model`]);
 
   const m = JSON.parse(fs.readFileSync(path.join(BUNDLE, 'manifest.json'), 'utf8'));
   const part = (p) => p.config.size + p.shards.reduce((a, s) => a + s.size, 0);
@@ -92,7 +117,11 @@ test('model-size.js: bundle sizes from the manifest, diffusers sizes from HEAD (
     'one Range GET per weight file');
   assert.ok(ranges.every((r) => r.range === 'bytes=0-0' && (r.status === 206 || (r.status === 404 && r.url.endsWith('.fp16.safetensors')))),
     JSON.stringify(ranges));
+  // The engine's order: the fp16 variant (a file, or shards with an index) before the plain file.
+  assert.deepEqual([out.hub.bytes, out.hub.textEncoderBytes], [1000 + 2345 + 500, 300], 'fp16 shards and files preferred');
+  assert.deepEqual([out.hubPlain.bytes, out.hubPlain.textEncoderBytes], [9999 + 500, 600], 'variant null: the plain files');
   assert.equal(out.missing?.name, 'NotFound', JSON.stringify(out.missing));
+  assert.match(out.missing.message, /no weights found/);
   console.log(`model-size: bundle ${bundleLoad} + ${bundleText} bytes (text encoder), diffusers ${LOAD} + ${TEXT}; missing: ${out.missing.message}`);
 });
 
@@ -127,8 +156,8 @@ test('the page: size before the download, paste and keyboard input, before/after
   await screenshot(page, 'page-confirm.png');
   await page.waitForTimeout(1000);
   const early = modelRequests(server);
-  assert.ok(early.every((r) => r.method === 'HEAD' || r.url === '/model/manifest.json'),
-    `before the button only manifest.json and HEAD requests: ${early.map((r) => `${r.method} ${r.url}`)}`);
+  assert.ok(early.every((r) => r.method === 'HEAD' || r.url === '/model/manifest.json' || r.url.endsWith('.safetensors.index.json')),
+    `before the button only manifest.json, shard indexes and HEAD requests: ${early.map((r) => `${r.method} ${r.url}`)}`);
   assert.ok(!early.some((r) => r.method === 'GET' && r.url.endsWith('.safetensors')), 'no weights downloaded');
 
   // Keyboard: from auto, ArrowDown to f32 (f16 is not offered), Tab to the button, Enter.
