@@ -3,6 +3,8 @@
 #
 # Installs what it needs (idempotent, quiet; see scripts/setup.sh), then runs
 #   1. cargo test                      every Rust test on burn's CPU backend
+#   1b. fuzz                           tests/fuzz.rs: every parser of outside input, for a fixed
+#                                      budget ($ZEPO_FUZZ_SECONDS per target, 24 here)
 #   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan),
 #                                      the f16 compute path (tests/f16_wgpu.rs) and the GPU
 #                                      kernels against burn's plain paths (tests/gpu_ops.rs)
@@ -44,7 +46,11 @@ setup_all() {
 }
 
 cpu_tests() {
-    cargo test --quiet
+    cargo test --quiet -- --skip fuzz_every_parser
+}
+
+fuzz() {
+    ZEPO_FUZZ_SECONDS="${ZEPO_FUZZ_SECONDS:-24}" cargo test --quiet --test fuzz -- --nocapture
 }
 
 wgpu_parity() {
@@ -78,6 +84,7 @@ browser_tests() {
 T0=$SECONDS
 stage "setup" setup_all || { section "summary"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 stage "cargo test (CPU)" cpu_tests
+stage "fuzz (5 parsers)" fuzz
 stage "parity on wgpu (lavapipe)" wgpu_parity
 if stage "wasm build" bash scripts/build-wasm.sh; then
     # (tests/browser/package.test.mjs fails on its own if this did.)

@@ -28,7 +28,7 @@ use crate::zepo::noise::SeededNoise;
 use crate::zepo::pipeline::{FeatureKey, PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
 use crate::zepo::progress::Progress;
 use crate::zepo::scheduler::LcmScheduler;
-use crate::zepo::{Fit, Size, TomeOptions, ZepoOptions};
+use crate::zepo::{Size, ZepoOptions};
 
 /// WebGPU's buffers may not reach the binding limit; what the crate plans for stays this far below
 /// it (allocation alignment, a backend's own padded copies).
@@ -616,83 +616,19 @@ fn style_key(bytes: &[u8], o: &ZepoOptions, size: Size) -> u64 {
     h.finish()
 }
 
-/// The pipeline options from a JS object (camelCase); absent keys keep the reference's
-/// defaults, unknown keys and wrong types are errors naming the key.
+/// The pipeline options from a JS object (camelCase): read as JSON by
+/// [`ZepoOptions::from_json`], the one parser (tested natively, fuzzed): absent keys keep the
+/// reference's defaults, unknown keys and wrong types are errors naming the key.
 pub fn parse_options(opts: &JsValue) -> Result<ZepoOptions, JsValue> {
-    let mut o = ZepoOptions::default();
     if opts.is_undefined() || opts.is_null() {
-        return Ok(o);
+        return Ok(ZepoOptions::default());
     }
-    if !opts.is_object() {
+    if !opts.is_object() || opts.is_function() {
         return Err(named_err("InvalidOption", "options must be an object"));
     }
-    let bad = |k: &str, what: &str| named_err("InvalidOption", format!("option `{k}` must be {what}"));
-    let num = |k: &str, v: &JsValue| v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(k, "a finite number"));
-    let uint = |k: &str, v: &JsValue| {
-        v.as_f64()
-            .filter(|x| x.is_finite() && *x >= 0.0 && x.fract() == 0.0 && *x <= 9.007e15)
-            .map(|x| x as u64)
-            .ok_or_else(|| bad(k, "a non-negative integer"))
-    };
-    let text = |k: &str, v: &JsValue| -> Result<String, JsValue> { v.as_string().ok_or_else(|| bad(k, "a string")) };
-    let boolean = |k: &str, v: &JsValue| v.as_bool().ok_or_else(|| bad(k, "true or false"));
-    for key in Object::keys(opts.unchecked_ref::<Object>()).iter() {
-        let k = key.as_string().unwrap_or_default();
-        let v = get(opts, &k);
-        if v.is_undefined() {
-            continue;
-        }
-        match k.as_str() {
-            "resolution" => o.resolution = uint(&k, &v)? as usize,
-            "width" => o.width = Some(uint(&k, &v)? as usize),
-            "height" => o.height = Some(uint(&k, &v)? as usize),
-            "fit" => o.fit = Fit::parse(&text(&k, &v)?).map_err(|_| bad(&k, "'stretch', 'cover' or 'contain'"))?,
-            "steps" => o.steps = uint(&k, &v)? as usize,
-            "strength" => o.strength = num(&k, &v)?,
-            "cfg" => o.cfg = num(&k, &v)? as f32,
-            "styleGuidance" => o.style_guidance = num(&k, &v)? as f32,
-            "featureStep" => o.feature_step = uint(&k, &v)? as usize,
-            "startLayer" => o.start_layer = uint(&k, &v)? as usize,
-            "endLayer" => o.end_layer = uint(&k, &v)? as usize,
-            "mixQ" => o.mix_q = num(&k, &v)? as f32,
-            "prompt" => o.prompt = text(&k, &v)?,
-            "negativePrompt" => o.negative_prompt = text(&k, &v)?,
-            "seed" => o.seed = uint(&k, &v)?,
-            "noCfg" => o.no_cfg = boolean(&k, &v)?,
-            "tome" => {
-                o.tome = if let Some(on) = v.as_bool() {
-                    on.then(TomeOptions::default)
-                } else if v.is_null() {
-                    None
-                } else if v.is_object() {
-                    let mut t = TomeOptions::default();
-                    for key in Object::keys(v.unchecked_ref::<Object>()).iter() {
-                        let tk = key.as_string().unwrap_or_default();
-                        let tv = get(&v, &tk);
-                        let name = format!("tome.{tk}");
-                        match tk.as_str() {
-                            "ratio" => t.ratio = num(&name, &tv)? as f32,
-                            "sx" => t.sx = uint(&name, &tv)? as usize,
-                            "sy" => t.sy = uint(&name, &tv)? as usize,
-                            "deterministic" => t.deterministic = boolean(&name, &tv)?,
-                            _ => return Err(named_err("InvalidOption", format!("unknown option `{name}` (ratio, sx, sy, deterministic)"))),
-                        }
-                    }
-                    Some(t)
-                } else {
-                    return Err(bad(&k, "true, false or { ratio, sx, sy, deterministic }"));
-                };
-            }
-            _ => {
-                return Err(named_err(
-                    "InvalidOption",
-                    format!(
-                    "unknown option `{k}` (resolution, width, height, fit, steps, strength, cfg, styleGuidance, featureStep, startLayer, \
-                         endLayer, mixQ, tome, prompt, negativePrompt, seed, noCfg)"
-                ),
-                ))
-            }
-        }
-    }
-    Ok(o)
+    let text = js_sys::JSON::stringify(opts)
+        .map_err(|e| named_err("InvalidOption", format!("options cannot be read: {}", super::js_message(&e))))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&String::from(text)).map_err(|e| named_err("InvalidOption", format!("options: {e}")))?;
+    ZepoOptions::from_json(&value).map_err(crate_err)
 }

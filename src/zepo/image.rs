@@ -11,6 +11,14 @@ use crate::{Error, Result};
 /// hundreds of MiB (in the browser, of wasm memory, which never shrinks).
 pub const MAX_PIXELS: u64 = 50_000_000;
 
+/// What a decoder may allocate: one RGBA8 frame of [`MAX_PIXELS`], and a margin. (A GIF
+/// frame, for one, may claim more pixels than its header's screen: the decoder stops there.)
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(4 * MAX_PIXELS + (16 << 20));
+    limits
+}
+
 const UNSUPPORTED: &str = "not an image in a supported format (PNG, JPEG, WebP, BMP, GIF)";
 
 fn decode_error(e: image::ImageError) -> String {
@@ -107,7 +115,8 @@ impl RgbImage {
     /// embedded colour profile is not applied (sRGB is assumed, as the model was trained on).
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
         let bad = |reason: String| Error::Image { name: name.to_string(), reason };
-        let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+        reader.limits(decode_limits());
         let Some(format) = reader.format() else { return Err(bad(UNSUPPORTED.into())) };
         match format {
             image::ImageFormat::Jpeg => jpeg_is_complete(bytes).map_err(bad)?,

@@ -119,6 +119,27 @@ impl Default for ZepoOptions {
     }
 }
 
+/// The options' names in the JS API (and the PNG's settings), in the order the docs give them.
+pub const OPTION_NAMES: [&str; 17] = [
+    "resolution",
+    "width",
+    "height",
+    "fit",
+    "steps",
+    "strength",
+    "cfg",
+    "styleGuidance",
+    "featureStep",
+    "startLayer",
+    "endLayer",
+    "mixQ",
+    "tome",
+    "prompt",
+    "negativePrompt",
+    "seed",
+    "noCfg",
+];
+
 /// The largest resolution accepted: beyond it the UNet's attention and the VAE would need
 /// more memory than a consumer GPU has.
 pub const MAX_RESOLUTION: usize = 1024;
@@ -242,6 +263,76 @@ impl ZepoOptions {
         vec![("Software", format!("zepo-web {}", env!("CARGO_PKG_VERSION"))), ("zepo-settings", settings.to_string())]
     }
 
+    /// Options from a JSON object under the JS API's names (what `stylize(…, options)` takes,
+    /// after `JSON.stringify`): absent keys keep the reference's defaults; unknown keys and
+    /// wrong types are errors naming the key. Never panics, whatever the input.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self> {
+        use serde_json::Value;
+        let mut o = Self::default();
+        let obj = match value {
+            Value::Null => return Ok(o),
+            Value::Object(m) => m,
+            _ => return Err(Error::InvalidOption("options must be an object".into())),
+        };
+        let bad = |k: &str, what: &str| Error::InvalidOption(format!("option `{k}` must be {what}"));
+        let num = |k: &str, v: &Value| v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(k, "a finite number"));
+        let uint = |k: &str, v: &Value| {
+            v.as_f64()
+                .filter(|x| x.is_finite() && *x >= 0.0 && x.fract() == 0.0 && *x <= 9.007e15)
+                .map(|x| x as u64)
+                .ok_or_else(|| bad(k, "a non-negative integer"))
+        };
+        // Sizes and counts beyond any model's are refused here, before a cast could wrap them.
+        let count = |k: &str, v: &Value| uint(k, v).and_then(|x| usize::try_from(x.min(1 << 40)).map_err(|_| bad(k, "smaller")));
+        let text = |k: &str, v: &Value| v.as_str().map(str::to_string).ok_or_else(|| bad(k, "a string"));
+        let boolean = |k: &str, v: &Value| v.as_bool().ok_or_else(|| bad(k, "true or false"));
+        for (k, v) in obj {
+            match k.as_str() {
+                "resolution" => o.resolution = count(k, v)?,
+                "width" => o.width = Some(count(k, v)?),
+                "height" => o.height = Some(count(k, v)?),
+                "fit" => o.fit = Fit::parse(&text(k, v)?).map_err(|_| bad(k, "'stretch', 'cover' or 'contain'"))?,
+                "steps" => o.steps = count(k, v)?,
+                "strength" => o.strength = num(k, v)?,
+                "cfg" => o.cfg = num(k, v)? as f32,
+                "styleGuidance" => o.style_guidance = num(k, v)? as f32,
+                "featureStep" => o.feature_step = count(k, v)?,
+                "startLayer" => o.start_layer = count(k, v)?,
+                "endLayer" => o.end_layer = count(k, v)?,
+                "mixQ" => o.mix_q = num(k, v)? as f32,
+                "prompt" => o.prompt = text(k, v)?,
+                "negativePrompt" => o.negative_prompt = text(k, v)?,
+                "seed" => o.seed = uint(k, v)?,
+                "noCfg" => o.no_cfg = boolean(k, v)?,
+                "tome" => {
+                    o.tome = match v {
+                        Value::Bool(on) => on.then(TomeOptions::default),
+                        Value::Null => None,
+                        Value::Object(t) => {
+                            let mut tome = TomeOptions::default();
+                            for (tk, tv) in t {
+                                let name = format!("tome.{tk}");
+                                match tk.as_str() {
+                                    "ratio" => tome.ratio = num(&name, tv)? as f32,
+                                    "sx" => tome.sx = count(&name, tv)?,
+                                    "sy" => tome.sy = count(&name, tv)?,
+                                    "deterministic" => tome.deterministic = boolean(&name, tv)?,
+                                    _ => {
+                                        return Err(Error::InvalidOption(format!("unknown option `{name}` (ratio, sx, sy, deterministic)")))
+                                    }
+                                }
+                            }
+                            Some(tome)
+                        }
+                        _ => return Err(bad(k, "true, false or { ratio, sx, sy, deterministic }")),
+                    }
+                }
+                _ => return Err(Error::InvalidOption(format!("unknown option `{k}` ({})", OPTION_NAMES.join(", ")))),
+            }
+        }
+        Ok(o)
+    }
+
     /// The reference's `int(steps / strength)`: the length of the full LCM schedule.
     pub fn effective_steps(&self) -> usize {
         (self.steps as f64 / self.strength) as usize
@@ -302,6 +393,66 @@ mod tests {
         assert!(err.contains("width 250"), "{err}");
         assert_eq!(Fit::parse("cover").unwrap(), Fit::Cover);
         assert!(Fit::parse("fill").unwrap_err().to_string().contains("stretch, cover or contain"));
+    }
+
+    #[test]
+    fn options_from_json_name_what_is_wrong() {
+        use serde_json::json;
+        assert_eq!(ZepoOptions::from_json(&json!({})).unwrap(), ZepoOptions::default());
+        assert_eq!(ZepoOptions::from_json(&serde_json::Value::Null).unwrap(), ZepoOptions::default());
+        let o = ZepoOptions::from_json(&json!({"steps": 2, "fit": "contain", "tome": {"ratio": 0.25}, "negativePrompt": "x"})).unwrap();
+        assert_eq!((o.steps, o.fit, o.tome.unwrap().ratio, o.negative_prompt.as_str()), (2, Fit::Contain, 0.25, "x"));
+        for (bad, word) in [
+            (json!({"steps": "two"}), "`steps` must be a non-negative integer"),
+            (json!({"steps": -1}), "`steps`"),
+            (json!({"steps": 1.5}), "`steps`"),
+            (json!({"cfg": null}), "`cfg` must be a finite number"),
+            (json!({"colour": 1}), "unknown option `colour` (resolution, width, height, fit, steps"),
+            (json!({"tome": {"r": 1}}), "unknown option `tome.r`"),
+            (json!({"tome": 3}), "`tome` must be true, false or"),
+            (json!({"fit": "fill"}), "`fit` must be 'stretch', 'cover' or 'contain'"),
+            (json!([1]), "options must be an object"),
+        ] {
+            let err = ZepoOptions::from_json(&bad).unwrap_err().to_string();
+            assert!(err.contains(word), "{bad}: {err}");
+        }
+    }
+
+    /// The settings a PNG carries are options that repeat the run: read back, they give the
+    /// same run at its size.
+    #[test]
+    fn settings_read_back_as_the_same_options() {
+        let o = ZepoOptions { fit: Fit::Contain, seed: 9, tome: None, prompt: "a \"quoted\" face".into(), ..Default::default() };
+        let size = o.size_for(300, 400);
+        let back = ZepoOptions::from_json(&o.settings(size)).unwrap();
+        assert_eq!(back, ZepoOptions { width: Some(size.width), height: Some(size.height), ..o.clone() });
+        assert_eq!(back.size_for(300, 400), size);
+        let keys: Vec<String> = o.settings(size).as_object().unwrap().keys().cloned().collect();
+        assert!(keys.iter().all(|k| OPTION_NAMES.contains(&k.as_str())), "{keys:?}");
+    }
+
+    /// The option names stated in the typings and the package README are the engine's.
+    #[test]
+    fn the_documented_options_are_the_engines() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dts = std::fs::read_to_string(root.join("pkg/index.d.ts")).unwrap();
+        let body = dts.split("export interface StylizeOptions {").nth(1).unwrap().split("\n}").next().unwrap();
+        let typed: Vec<&str> =
+            body.lines().filter_map(|l| l.trim().split_once("?:").map(|(k, _)| k)).filter(|k| !k.contains(' ')).collect();
+        assert_eq!(typed, OPTION_NAMES, "pkg/index.d.ts StylizeOptions");
+        let readme = std::fs::read_to_string(root.join("pkg/README.md")).unwrap();
+        let documented: Vec<String> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| l.split('|').nth(1).unwrap().split(',').map(|k| k.trim().trim_matches('`').to_string()).collect::<Vec<_>>())
+            .collect();
+        for name in OPTION_NAMES {
+            assert!(documented.iter().any(|d| d == name), "pkg/README.md's options table lacks `{name}`");
+        }
+        let js = std::fs::read_to_string(root.join("www/zepo.js")).unwrap();
+        for name in OPTION_NAMES {
+            assert!(js.contains(name), "www/zepo.js's option list lacks `{name}`");
+        }
     }
 
     #[test]
