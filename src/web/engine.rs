@@ -468,7 +468,7 @@ async fn prompt_embeddings(
                 let opts = LoadOptions { dtype: gpu.dtype, ..Default::default() };
                 let t = match &model.bundle {
                     Some(m) => bundle::load_text(&model.files, m, prompt, &gpu.device, &opts).await?,
-                    None => load_text(&model.files, &gpu.device, &opts).await?,
+                    None => load_diffusers_text(&model.files, &gpu.device, &opts).await?,
                 };
                 let t = Rc::new(t);
                 *model.text.borrow_mut() = Some(t.clone());
@@ -581,7 +581,7 @@ async fn diffusers_part(files: &ModelFiles, part: &str, stem: &str, device: &Dev
     Err(js_error("NotFound", format!("{}: no weights found (looked for {})", files.name(part), names.join(", "))))
 }
 
-async fn load_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> Result<TextStack, JsValue> {
+async fn load_diffusers_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> Result<TextStack, JsValue> {
     let vocab = files.get_text("tokenizer/vocab.json").await?;
     let merges = files.get_text("tokenizer/merges.txt").await?;
     let config = files.get_optional_text("tokenizer/tokenizer_config.json").await?;

@@ -307,7 +307,7 @@ impl Zepo {
             }
         }
         let mut scheduler = self.scheduler.clone();
-        let run = scheduler.zepo_timesteps(o.steps, o.strength)?;
+        let timesteps = scheduler.zepo_timesteps(o.steps, o.strength)?;
         Ok(StylizeRun {
             zepo: self,
             scheduler,
@@ -317,7 +317,7 @@ impl Zepo {
             noise,
             content,
             style_in: style,
-            run,
+            timesteps,
             phase: Phase::EncodeContent,
             posterior: None,
             content_noisy: None,
@@ -382,17 +382,17 @@ impl Zepo {
             return Err(Error::InvalidOption("the uncached reference path has no no-CFG mode".into()));
         }
         let mut scheduler = self.scheduler.clone();
-        let run = scheduler.zepo_timesteps(o.steps, o.strength)?;
+        let timesteps = scheduler.zepo_timesteps(o.steps, o.strength)?;
         let fs = o.feature_step as i64;
         let size = o.size_for(content.width, content.height);
         let c_lat = self.latents(content, Role::Content, o, size, &[("content", fs)], noise)?.remove(0);
         let s_lat = self.latents(style, Role::Style, o, size, &[("style", fs)], noise)?.remove(0);
-        let mut x = self.latents(content, Role::Content, o, size, &[("mutual", run[0])], noise)?.remove(0);
+        let mut x = self.latents(content, Role::Content, o, size, &[("mutual", timesteps[0])], noise)?.remove(0);
         let shape = x.dims();
         let spec = self.control_spec(o);
         let context = self.context(prompts, false, 3);
         let mut denoised = x.clone();
-        for (i, &t) in run.iter().enumerate() {
+        for (i, &t) in timesteps.iter().enumerate() {
             let rows = vec![s_lat.clone(), c_lat.clone(), x.clone()];
             let sample = Tensor::cat([rows.clone(), rows].concat(), 0);
             let ts = [fs as f32, fs as f32, t as f32, fs as f32, fs as f32, t as f32];
@@ -448,7 +448,7 @@ pub struct StylizeRun<'a> {
     /// This run's scheduler, set to its schedule.
     scheduler: LcmScheduler,
     /// Timesteps actually run.
-    run: Vec<i64>,
+    timesteps: Vec<i64>,
     phase: Phase,
     posterior: Option<crate::models::vae::Posterior>,
     content_noisy: Option<Tensor<4>>,
@@ -471,7 +471,7 @@ impl StylizeRun<'_> {
 
     /// The progress before the next [`StylizeRun::advance`].
     pub fn progress(&self) -> Progress {
-        let n = self.run.len();
+        let n = self.timesteps.len();
         let h = self.halves() as f32;
         // Units of work, roughly UNet-evaluation sized: 2 encodes, 2 feature passes, N steps, decode.
         let total = 2.0 + 2.0 * h + n as f32 * h + 1.0;
@@ -522,11 +522,11 @@ impl StylizeRun<'_> {
                 let sf = z.vae.scaling_factor as f32;
                 let clean = post.sample(self.noise.draw("mutual_vae_posterior", shape, device)?).mul_scalar(sf);
                 let n = self.noise.draw("mutual_prepare_latents_noise", shape, device)?;
-                self.x = Some(self.scheduler.add_noise(clean, n, self.run[0])?);
+                self.x = Some(self.scheduler.add_noise(clean, n, self.timesteps[0])?);
                 self.phase = Phase::Step(0);
             }
             Phase::Step(i) => {
-                let t = self.run[i];
+                let t = self.timesteps[i];
                 let halves = self.halves();
                 let x = self.x.take().expect("prepared");
                 let shape = x.dims();
@@ -571,7 +571,7 @@ impl StylizeRun<'_> {
                 }
                 self.x = Some(prev);
                 self.denoised = Some(den);
-                self.phase = if i + 1 < self.run.len() { Phase::Step(i + 1) } else { Phase::Decode };
+                self.phase = if i + 1 < self.timesteps.len() { Phase::Step(i + 1) } else { Phase::Decode };
             }
             Phase::Decode => {
                 z.count(|c| c.vae_decodes += 1);

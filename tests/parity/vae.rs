@@ -2,7 +2,7 @@
 //! path against the plain one.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use zepo::models::vae::{decode_plan, encode_plan, AutoencoderKL, BufferPlan, Trace, VaeConfig, VaeOptions, VaeShape};
+use zepo::models::vae::{decode_plan, encode_plan, AutoencoderKL, BandedRun, BufferPlan, VaeConfig, VaeOptions, VaeShape};
 use zepo::weights::{load_dir_part, LoadOptions};
 
 use crate::common::{assert_close_rel, devices, tiny_model, values, Fixture};
@@ -91,7 +91,7 @@ fn with_limit(vae: &AutoencoderKL, limit: usize) -> AutoencoderKL {
 }
 
 /// The executor did what the plan says: same largest tensor, same block counts.
-fn assert_trace_is_plan(what: &str, trace: Trace, plan: BufferPlan, batch: usize) {
+fn assert_trace_is_plan(what: &str, trace: BandedRun, plan: BufferPlan, batch: usize) {
     let passes = if plan.per_item { batch } else { 1 };
     assert_eq!(trace.per_item, plan.per_item, "{what}: per_item");
     assert_eq!(trace.peak_bytes, plan.peak_bytes, "{what}: traced peak vs planned peak");

@@ -22,11 +22,11 @@ pub struct BlockSpec {
 }
 
 impl BlockSpec {
-    fn attention(&self, vb: &VarBuilder, channels: usize, counter: &mut usize) -> Result<Option<Transformer2DModel>, WeightsError> {
+    fn attention(&self, vb: &VarBuilder, channels: usize, next_self_attn: &mut usize) -> Result<Option<Transformer2DModel>, WeightsError> {
         if !self.with_attention {
             return Ok(None);
         }
-        Transformer2DModel::load(vb, channels, self.heads, self.transformer_layers, self.cross_dim, self.groups, counter).map(Some)
+        Transformer2DModel::load(vb, channels, self.heads, self.transformer_layers, self.cross_dim, self.groups, next_self_attn).map(Some)
     }
 }
 
@@ -48,14 +48,14 @@ impl DownBlock {
         c_out: usize,
         layers: usize,
         downsample_padding: Option<usize>,
-        counter: &mut usize,
+        next_self_attn: &mut usize,
     ) -> Result<Self, WeightsError> {
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for j in 0..layers {
             let c = if j == 0 { c_in } else { c_out };
             resnets.push(ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, c_out, Some(spec.temb), spec.groups, spec.eps)?);
-            attentions.extend(spec.attention(&vb.pp("attentions").pp(j), c_out, counter)?);
+            attentions.extend(spec.attention(&vb.pp("attentions").pp(j), c_out, next_self_attn)?);
         }
         let downsampler = downsample_padding.map(|p| Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out, p)).transpose()?;
         Ok(Self { resnets, attentions, downsampler })
@@ -94,11 +94,11 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
-    pub fn load(vb: &VarBuilder, spec: &BlockSpec, channels: usize, counter: &mut usize) -> Result<Self, WeightsError> {
+    pub fn load(vb: &VarBuilder, spec: &BlockSpec, channels: usize, next_self_attn: &mut usize) -> Result<Self, WeightsError> {
         let resnet = |j: usize| ResnetBlock2D::load(&vb.pp("resnets").pp(j), channels, channels, Some(spec.temb), spec.groups, spec.eps);
         let mut resnets = vec![resnet(0)?];
         let mut attentions = Vec::new();
-        attentions.extend(spec.attention(&vb.pp("attentions").pp(0), channels, counter)?);
+        attentions.extend(spec.attention(&vb.pp("attentions").pp(0), channels, next_self_attn)?);
         resnets.push(resnet(1)?);
         Ok(Self { resnets, attentions })
     }
@@ -134,7 +134,7 @@ impl UpBlock {
         c_out: usize,
         layers: usize,
         upsample: bool,
-        counter: &mut usize,
+        next_self_attn: &mut usize,
     ) -> Result<Self, WeightsError> {
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
@@ -142,7 +142,7 @@ impl UpBlock {
             let skip = if j == layers - 1 { c_skip_in } else { c_out };
             let c = if j == 0 { c_prev } else { c_out };
             resnets.push(ResnetBlock2D::load(&vb.pp("resnets").pp(j), c + skip, c_out, Some(spec.temb), spec.groups, spec.eps)?);
-            attentions.extend(spec.attention(&vb.pp("attentions").pp(j), c_out, counter)?);
+            attentions.extend(spec.attention(&vb.pp("attentions").pp(j), c_out, next_self_attn)?);
         }
         let upsampler = if upsample { Some(Upsample2D::load(&vb.pp("upsamplers").pp(0), c_out)?) } else { None };
         Ok(Self { resnets, attentions, upsampler })

@@ -61,7 +61,7 @@ impl UNet2DConditionModel {
             cross_dim: cfg.cross_attention_dim,
             with_attention,
         };
-        let mut counter = 0;
+        let mut next_self_attn = 0;
         let conv_in = conv2d(&vb.pp("conv_in"), cfg.in_channels, boc[0], 3, 1, 1)?;
         let time_embedding = TimestepEmbedding::load(&vb.pp("time_embedding"), boc[0], temb, cfg.time_cond_proj_dim)?;
 
@@ -78,11 +78,11 @@ impl UNet2DConditionModel {
                 c_out,
                 cfg.layers_per_block,
                 (!last).then_some(cfg.downsample_padding),
-                &mut counter,
+                &mut next_self_attn,
             )?);
         }
 
-        let mut mid_block = MidBlock::load(&vb.pp("mid_block"), &spec(n - 1, true), boc[n - 1], &mut counter)?;
+        let mut mid_block = MidBlock::load(&vb.pp("mid_block"), &spec(n - 1, true), boc[n - 1], &mut next_self_attn)?;
 
         let mut up_blocks: Vec<UpBlock> = Vec::with_capacity(n);
         let rev: Vec<usize> = boc.iter().rev().copied().collect();
@@ -99,7 +99,7 @@ impl UNet2DConditionModel {
                 c_out,
                 cfg.layers_per_block + 1,
                 i != n - 1,
-                &mut counter,
+                &mut next_self_attn,
             )?);
         }
 
@@ -123,7 +123,7 @@ impl UNet2DConditionModel {
             time_emb_offsets,
             conv_norm_out: group_norm(&vb.pp("conv_norm_out"), cfg.norm_num_groups, boc[0], cfg.norm_eps)?,
             conv_out: conv2d(&vb.pp("conv_out"), boc[0], cfg.out_channels, 3, 1, 1)?,
-            num_self_attentions: counter,
+            num_self_attentions: next_self_attn,
             time_proj_dim: boc[0],
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,

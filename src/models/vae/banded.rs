@@ -24,7 +24,7 @@ use crate::nn::{conv_forward, silu};
 
 /// What a banded run did: its largest tensor (as the plan counts it) and how its blocks ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Trace {
+pub struct BandedRun {
     pub peak_bytes: usize,
     /// Blocks that ran in several bands (or, for the attention, in chunks).
     pub banded_blocks: usize,
@@ -65,8 +65,8 @@ impl Ctx {
         Self { limit, peak: Cell::new(0), banded: Cell::new(0), whole: Cell::new(0) }
     }
 
-    pub(crate) fn trace(&self, per_item: bool) -> Trace {
-        Trace { peak_bytes: self.peak.get(), banded_blocks: self.banded.get(), whole_blocks: self.whole.get(), per_item }
+    pub(crate) fn trace(&self, per_item: bool) -> BandedRun {
+        BandedRun { peak_bytes: self.peak.get(), banded_blocks: self.banded.get(), whole_blocks: self.whole.get(), per_item }
     }
 
     pub(crate) fn see(&self, bytes: usize) {

@@ -7,7 +7,7 @@ mod blocks;
 mod config;
 mod plan;
 
-pub use banded::Trace;
+pub use banded::BandedRun;
 pub use blocks::{Decoder, DownEncoderBlock2D, Encoder, UpDecoderBlock2D, VaeMidBlock};
 pub use config::{VaeConfig, VAE_NORM_EPS};
 pub use plan::{decode_plan, encode_plan, BufferPlan, VaeOptions, VaeShape, DEFAULT_MAX_BUFFER_BYTES, ELEM_BYTES};
@@ -156,7 +156,7 @@ impl AutoencoderKL {
     }
 
     /// [`Self::encode`] through the banded executor (whatever the plan), with what it did.
-    pub fn encode_traced(&self, x: Tensor<4>) -> (Posterior, Trace) {
+    pub fn encode_traced(&self, x: Tensor<4>) -> (Posterior, BandedRun) {
         let plan = self.encode_plan(x.dims());
         let ctx = Ctx::new(self.max_buffer_bytes);
         ctx.see_t(&x);
@@ -172,7 +172,7 @@ impl AutoencoderKL {
     }
 
     /// [`Self::decode`] through the banded executor (whatever the plan), with what it did.
-    pub fn decode_traced(&self, z: Tensor<4>) -> (Tensor<4>, Trace) {
+    pub fn decode_traced(&self, z: Tensor<4>) -> (Tensor<4>, BandedRun) {
         let plan = self.decode_plan(z.dims());
         let ctx = Ctx::new(self.max_buffer_bytes);
         ctx.see_t(&z);
