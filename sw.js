@@ -17,6 +17,11 @@
 // - Fetch: a navigation to the app gets this version's page; other requests the client's
 //   version's shell file, else model files from the model cache of www/weights.js when stored
 //   there in full, else the network.
+// - Content-Security-Policy: the page and the scripts it serves (the engine's Worker among them:
+//   a dedicated Worker's policy comes from its script's response, never from the page's <meta>)
+//   carry the policy of their version's page as a header, the page's
+//   <meta http-equiv="Content-Security-Policy"> plus `frame-ancestors 'none'` (which a <meta>
+//   cannot set). The policies are checked before a request reaches this worker.
 importScripts('www/shell-manifest.js');
 
 const SHELL = self.ZEPO_SHELL;
@@ -40,6 +45,38 @@ const NETWORK = 'network';
 // A pin whose client was never listed keeps its version this long (a page or Worker between
 // its request and its creation); once listed, it goes with its client.
 const PIN_GRACE_MS = 30_000;
+// The nudge Worker needs nothing at all.
+const NUDGE_POLICY = "default-src 'none'";
+
+/** The policy of a shell cache's page (its <meta>) with frame-ancestors, or null: cache name → promise. */
+const policies = new Map();
+function policyOf(cacheName) {
+  if (!policies.has(cacheName)) {
+    const p = (async () => {
+      const page = await caches.match(INDEX, { cacheName });
+      const html = page ? await page.text() : '';
+      const meta = /<meta\s[^>]*http-equiv\s*=\s*["']?Content-Security-Policy["']?[^>]*>/i.exec(html)?.[0];
+      const content = meta && /\scontent\s*=\s*"([^"]*)"/i.exec(meta)?.[1];
+      if (!content) return null;
+      const policy = content.replace(/&quot;/g, '"').replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&').trim();
+      return `${policy.replace(/;\s*$/, '')}; frame-ancestors 'none'`;
+    })();
+    policies.set(cacheName, p);
+    // A version whose cache has no page (yet, or no more) is asked again next time.
+    p.then((v) => { if (!v) policies.delete(cacheName); }, () => policies.delete(cacheName));
+  }
+  return policies.get(cacheName);
+}
+
+/** A shell file's response with its version's policy as a header, for a page or a script. */
+async function withPolicy(response, cacheName) {
+  if (!/^(text\/html|[a-z]+\/(x-)?(java|ecma)script)\b/i.test(response.headers.get('content-type') || '')) return response;
+  const policy = await policyOf(cacheName).catch(() => null);
+  if (!policy) return response;
+  const headers = new Headers(response.headers);
+  headers.set('content-security-policy', policy);
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
 
 const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
 
@@ -214,7 +251,7 @@ async function navigate(event) {
   await pin(event.resultingClientId, hit ? SHELL.version : NETWORK);
   if (!hit) return fetch(event.request);
   event.waitUntil(prune());
-  return hit;
+  return withPolicy(hit, CACHE);
 }
 
 /**
@@ -231,7 +268,7 @@ async function subresource(event) {
   const hit = await caches.match(request.url, { cacheName: name });
   if (hit) {
     if (request.destination === 'worker') await pin(event.resultingClientId, version);
-    return hit;
+    return withPolicy(hit, name);
   }
   // A shell file whose version's cache is gone (storage evicted): never another build's file.
   if (SHELL_URLS.has(request.url) && !(await caches.has(name))) {
@@ -260,7 +297,7 @@ self.addEventListener('fetch', (event) => {
   if (request.method !== 'GET' || request.headers.has('range')) return;
   if (request.cache === 'only-if-cached' && request.mode !== 'same-origin') return;
   if (request.url === NUDGE) {
-    event.respondWith(new Response('postMessage(0);', { headers: { 'content-type': 'text/javascript' } }));
+    event.respondWith(new Response('postMessage(0);', { headers: { 'content-type': 'text/javascript', 'content-security-policy': NUDGE_POLICY } }));
     return;
   }
   if (request.mode === 'navigate') {

@@ -1,16 +1,24 @@
 // Writes a deployable static site: a folder to upload to any static host (GitHub Pages, S3, a
 // CDN, nginx), at its root or under any sub-path. Nothing in it needs more than static files.
 //
-//   npm run build:site -- [--model URL] [--out DIR] [--no-build | --build]
+//   npm run build:site -- [--model URL] [--allow-host ORIGIN]… [--out DIR] [--no-build | --build]
 //   node scripts/build-site.mjs …                  (the same)
 //
-// --model URL  the model the page loads by default (a visitor may still open ?model=…), written
-//              into the page as <meta name="zepo-model">; default: DEFAULT_MODEL of www/zepo.js,
-//              the public LCM_Dreamshaper_v7 repository. A host serving the model must send CORS
-//              headers (and should answer Range requests, for resumable downloads).
+// --model URL  the model the page loads by default (a visitor may still open ?model=… of an
+//              allowed host), written into the page as <meta name="zepo-model">; default:
+//              DEFAULT_MODEL of www/zepo.js, the public LCM_Dreamshaper_v7 repository. A host
+//              serving the model must send CORS headers (and should answer Range requests, for
+//              resumable downloads).
+// --allow-host ORIGIN  (repeatable) another host the page may load models from, as an origin
+//              (https://models.example.org, https://*.example.org, http://localhost:8000).
 // --out DIR    the folder to write (default: dist/); a previous build there is replaced.
 // --no-build   fail if the engine (www/engine/) is not built, instead of building it;
 // --build      run scripts/build-wasm.sh first even if the engine is there (it is incremental).
+//
+// The page's Content-Security-Policy (<meta http-equiv="Content-Security-Policy">, which sw.js
+// repeats as a header for the page and its Workers) lets it connect to its own origin, the
+// model's (for the Hugging Face hub: huggingface.co and its CDN hosts, *.huggingface.co and
+// *.hf.co) and the --allow-host origins only: nothing else, so no image can leave the page.
 //
 // The folder holds the page (index.html), sw.js, manifest.webmanifest, the app shell (www/*.js,
 // style.css, icons, examples, the engine's glue and wasm: exactly the files scripts/build-shell.mjs
@@ -21,9 +29,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { GROUPS, OUTPUT, buildShell } from './build-shell.mjs';
+import { resolveModel } from '../www/zepo.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const USAGE = 'usage: npm run build:site -- [--model URL] [--out DIR] [--no-build | --build]';
+const USAGE = 'usage: npm run build:site -- [--model URL] [--allow-host ORIGIN]… [--out DIR] [--no-build | --build]';
 const ENGINE = ['www/engine/zepo.js', 'www/engine/zepo_bg.wasm'];
 
 class BuildError extends Error {}
@@ -53,6 +62,67 @@ export function setModel(html, model) {
   if (!head) throw new BuildError('index.html has no </head>');
   const indent = /\n([ \t]+)<meta/.exec(html)?.[1] ?? '  ';
   return html.slice(0, head.index) + `${indent}${meta}\n` + html.slice(head.index);
+}
+
+// The Hugging Face hub: a resolve URL redirects to its CDN hosts (cdn-lfs.huggingface.co,
+// cas-bridge.xethub.hf.co, …), which the page must be allowed to follow.
+export const HUB_SOURCES = ['https://huggingface.co', 'https://*.huggingface.co', 'https://*.hf.co'];
+const isHub = (host) => /(^|\.)(huggingface\.co|hf\.co)$/i.test(host);
+
+/**
+ * The hosts (CSP source expressions) the page may load `model` from: its origin, the hub's
+ * hosts for a model on the hub (a URL or a repository id 'owner/name'), nothing for a model on
+ * the site's own origin (a relative URL).
+ */
+export function modelSources(model) {
+  let url;
+  if (/^[a-z][a-z0-9+.-]*:/i.test(model)) url = new URL(model);
+  else if (/^[A-Za-z0-9][\w.-]*\/[A-Za-z0-9][\w.-]*$/.test(model)) url = new URL(resolveModel(model));
+  else return [];
+  if (!/^https?:$/.test(url.protocol)) throw new BuildError(`--model ${model}: not an http(s) URL`);
+  return isHub(url.hostname) ? [...new Set([url.origin, ...HUB_SOURCES])] : [url.origin];
+}
+
+/**
+ * An --allow-host value as a CSP source: an origin (scheme, host, port), the host possibly
+ * '*.'-wildcarded; a URL counts by its origin, a bare host is https.
+ */
+export function allowedHost(value) {
+  const v = String(value).trim().replace(/\/+$/, '');
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(v) ? v : `https://${v}`;
+  const m = /^(https?):\/\/(\*\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)*)(?::(\d{1,5}|\*))?(?:\/.*)?$/i.exec(withScheme);
+  if (!m || (m[2] && !m[3].includes('.') && m[3] !== 'localhost')) {
+    throw new BuildError(`--allow-host ${value}: expected an origin such as https://models.example.org, ` +
+      'https://*.example.org or http://localhost:8000 (one host; never a bare *)');
+  }
+  const [, scheme, wild = '', host, port] = m;
+  return `${scheme.toLowerCase()}://${wild}${host.toLowerCase()}${port ? `:${port}` : ''}`;
+}
+
+/**
+ * The page's Content-Security-Policy, as its <meta> holds it: scripts, workers, wasm, styles
+ * and the manifest from its own origin only; network requests (fetch, WebSocket, beacons) to
+ * its own origin, blob: URLs (its own results) and `connect` (the model hosts); images from its
+ * own origin, blob: and data:; nothing else (no plugins, frames, fonts, media, form posts, no
+ * other <base>). frame-ancestors is not valid in a <meta>: sw.js adds it to the header.
+ */
+export function pagePolicy(connect = []) {
+  return ["default-src 'none'", "script-src 'self' 'wasm-unsafe-eval'", "worker-src 'self'",
+    `connect-src ${["'self'", 'blob:', ...connect].join(' ')}`, "img-src 'self' blob: data:", "style-src 'self'",
+    "manifest-src 'self'", "object-src 'none'", "base-uri 'self'", "form-action 'none'"].join('; ');
+}
+
+/** index.html with its policy set: the <meta http-equiv="Content-Security-Policy"> replaced or added first in <head>. */
+export function setPolicy(html, policy) {
+  const meta = `<meta http-equiv="Content-Security-Policy" content="${escapeAttr(policy)}">`;
+  const existing = /<meta\s+http-equiv="Content-Security-Policy"[^>]*>/i;
+  if (existing.test(html)) return html.replace(existing, meta);
+  // Before anything it governs: right after <meta charset>, else at the start of <head>.
+  const anchor = /<meta\s+charset[^>]*>/i.exec(html) || /<head[^>]*>/i.exec(html);
+  if (!anchor) throw new BuildError('index.html has no <head>');
+  const at = anchor.index + anchor[0].length;
+  const indent = /\n([ \t]+)<meta/.exec(html)?.[1] ?? '  ';
+  return `${html.slice(0, at)}\n${indent}${meta}${html.slice(at)}`;
 }
 
 /**
@@ -122,11 +192,14 @@ function checkOut(out) {
 
 /**
  * Writes the site into `out` (replaced in one step: the new build is written beside it first).
- * Returns { out, model, version, files: [{ path, size }], bytes }.
+ * Returns { out, model, version, files: [{ path, size }], bytes, policy (the page's CSP),
+ * modelHosts (its connect-src besides the site's own origin) }.
  */
-export function buildSite({ model, out = path.join(ROOT, 'dist'), noBuild = false, build = false } = {}) {
+export function buildSite({ model, allowHosts = [], out = path.join(ROOT, 'dist'), noBuild = false, build = false } = {}) {
   if (typeof model !== 'string' || !model.trim()) throw new BuildError('--model: an empty URL');
   model = model.trim();
+  const connect = [...new Set([...modelSources(model), ...allowHosts.map(allowedHost)])];
+  const policy = pagePolicy(connect);
   out = path.resolve(out);
   checkOut(out);
   ensureEngine({ noBuild, build });
@@ -139,7 +212,7 @@ export function buildSite({ model, out = path.join(ROOT, 'dist'), noBuild = fals
       fs.copyFileSync(path.join(ROOT, rel), path.join(tmp, rel));
     }
     const index = path.join(tmp, 'index.html');
-    fs.writeFileSync(index, setModel(fs.readFileSync(index, 'utf8'), model));
+    fs.writeFileSync(index, setPolicy(setModel(fs.readFileSync(index, 'utf8'), model), policy));
     const { version } = buildShell(tmp);
     const problems = checkRelative(tmp);
     if (problems.length) throw new BuildError(`the site would not work under a sub-path:\n  ${problems.join('\n  ')}`);
@@ -155,7 +228,7 @@ export function buildSite({ model, out = path.join(ROOT, 'dist'), noBuild = fals
     };
     walk(out);
     files.sort((a, b) => a.path.localeCompare(b.path));
-    return { out, model, version, files, bytes: files.reduce((n, f) => n + f.size, 0) };
+    return { out, model, version, files, bytes: files.reduce((n, f) => n + f.size, 0), policy, modelHosts: connect };
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
@@ -171,6 +244,7 @@ function parseArgs(argv) {
       return v;
     };
     if (flag === '--model') o.model = value();
+    else if (flag === '--allow-host') (o.allowHosts ??= []).push(value());
     else if (flag === '--out') o.out = value();
     else if (flag === '--no-build') o.noBuild = true;
     else if (flag === '--build') o.build = true;
@@ -214,6 +288,8 @@ if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.ar
     for (const f of site.files) console.log(`  ${f.path.padEnd(36)} ${f.size.toLocaleString('en').padStart(14)} bytes`);
     console.log(`build-site: wrote ${shown}/: ${site.files.length} files, ${mib(site.bytes)} (shell version ${site.version})`);
     console.log(`  default model: ${site.model}`);
+    console.log(`  models load from: this site's origin${site.modelHosts.map((h) => `, ${h}`).join('')} (Content-Security-Policy; ` +
+      'another host: --model URL or --allow-host ORIGIN)');
     console.log(`  deploy: upload the contents of ${shown}/ to any static host (any sub-path; https, or localhost)`);
     for (const w of modelWarnings(site.model, cwd)) console.warn(`build-site: warning: ${w}`);
   } catch (e) {

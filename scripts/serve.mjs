@@ -11,6 +11,12 @@
 // model). Correct MIME types (application/wasm for streaming compilation), CORS, and single
 // HTTP Range requests (206 / 416) so that large weight downloads can resume. No caching
 // headers beyond validators: a rebuilt engine is picked up on reload.
+//
+// Content-Security-Policy: when the served folder's index.html has a
+// <meta http-equiv="Content-Security-Policy"> (the app's: its own origin, and local servers on
+// any port, http://localhost:* and http://127.0.0.1:*, for models from a second local server),
+// every page and script gets it as a header too, with `frame-ancestors 'none'`: a Worker's
+// policy (the engine's) and the service worker's come from their script's response headers only.
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -83,6 +89,31 @@ function resolvePath(urlPath, mounts) {
 }
 
 /**
+ * The policy of `root`'s index.html (its <meta http-equiv="Content-Security-Policy">) as a
+ * header, with frame-ancestors; null where it has none. Read again when the file changes.
+ */
+const policies = new Map();
+export function policyHeader(root) {
+  const file = path.join(root, 'index.html');
+  let mtime;
+  try {
+    mtime = fs.statSync(file).mtimeMs;
+  } catch {
+    return null;
+  }
+  const known = policies.get(file);
+  if (known?.mtime === mtime) return known.policy;
+  const html = fs.readFileSync(file, 'utf8');
+  const meta = /<meta\s[^>]*http-equiv\s*=\s*["']?Content-Security-Policy["']?[^>]*>/i.exec(html)?.[0];
+  const content = meta && /\scontent\s*=\s*"([^"]*)"/i.exec(meta)?.[1];
+  const policy = content
+    ? `${content.replace(/&quot;/g, '"').replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&').trim().replace(/;\s*$/, '')}; frame-ancestors 'none'`
+    : null;
+  policies.set(file, { mtime, policy });
+  return policy;
+}
+
+/**
  * Creates (does not start) the server. `model`: the directory served at /model/. `cut`: a list
  * of { path, at, times } (see --cut); the objects are read on every request, so a test can
  * change `times` while the server runs.
@@ -125,8 +156,11 @@ export function createServer({ root = ROOT, model = path.join(ROOT, 'weights/tin
     if (!stat.isFile()) return done(404, { 'Content-Type': 'text/plain' }, 'not found\n');
 
     const etag = `"${stat.size.toString(16)}-${Math.floor(stat.mtimeMs).toString(16)}"`;
+    const type = MIME[path.extname(file).toLowerCase()] || 'application/octet-stream';
+    const policy = /^text\/(html|javascript)/.test(type) ? policyHeader(mounts[1][1]) : null;
     const headers = {
-      'Content-Type': MIME[path.extname(file).toLowerCase()] || 'application/octet-stream',
+      'Content-Type': type,
+      ...(policy ? { 'Content-Security-Policy': policy } : {}),
       'Accept-Ranges': 'bytes',
       'Access-Control-Expose-Headers': 'Content-Length, Content-Range, Accept-Ranges, ETag',
       'Cache-Control': 'no-cache',

@@ -5,7 +5,7 @@
 // says its size and waits for "Download model" (with a choice of precision); a stored or small
 // model (under 64 MB: the tiny test models) loads at once, unless ?confirm=1. `window.zepo` is
 // the page's handle for the browser tests.
-import { ZePo } from './zepo.js';
+import { ZePo, resolveModel } from './zepo.js';
 import { modelSize } from './model-size.js';
 import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
 
@@ -14,8 +14,10 @@ const params = new URLSearchParams(location.search);
 // The page's model: ?model=URL, else the one a site build set (`<meta name="zepo-model">`, written
 // by scripts/build-site.mjs: by default the public repository), else what scripts/serve.mjs
 // serves at /model/ (weights/tiny-lcm by default) in a source checkout.
-const MODEL = params.get('model') || document.querySelector('meta[name="zepo-model"]')?.content
-  || new URL('../model', import.meta.url).href;
+// A hub repository id (?model=owner/name, ?revision=) becomes its URL here, so that the storage
+// panel and the size shown name the files the engine reads.
+const MODEL = resolveModel(params.get('model') || document.querySelector('meta[name="zepo-model"]')?.content
+  || new URL('../model', import.meta.url).href, { revision: params.get('revision') || 'main' });
 const form = $('options-form');
 const images = { content: null, style: null };
 // The picked files' names (null: an example or a pasted image), for the download's file name.
@@ -61,11 +63,63 @@ const ERROR_TITLES = {
   EngineMissing: 'The engine could not be loaded.',
 };
 
+// The page's Content-Security-Policy (its <meta>, see scripts/build-site.mjs) lets it connect to
+// its own origin and the model hosts the site was built for, nothing else: a model elsewhere
+// (?model=) is refused before any request, by name (ModelHostBlocked), not as a failed download.
+function connectSources() {
+  const policy = document.querySelector('meta[http-equiv="Content-Security-Policy" i]')?.content;
+  if (!policy) return null;
+  const directives = new Map(policy.split(';').map((d) => d.trim().split(/\s+/)).filter((d) => d[0])
+    .map(([name, ...sources]) => [name.toLowerCase(), sources]));
+  return directives.get('connect-src') ?? directives.get('default-src') ?? null;
+}
+
+/** Whether `url` matches one of the CSP source expressions (no paths in ours). */
+function allowedBy(url, sources) {
+  const u = new URL(url);
+  const ports = { 'http:': '80', 'https:': '443', 'ws:': '80', 'wss:': '443' };
+  return sources.some((source) => {
+    const s = source.toLowerCase();
+    if (s === "'self'") return u.origin === location.origin;
+    if (s === '*') return /^(https?|wss?):$/.test(u.protocol);
+    if (/^[a-z][a-z0-9+.-]*:$/.test(s)) return u.protocol === s || (s === 'http:' && u.protocol === 'https:');
+    const m = /^(?:([a-z][a-z0-9+.-]*):\/\/)?(\*\.)?([^:/]+)(?::(\d+|\*))?/.exec(s);
+    if (!m) return false;
+    const [, scheme = location.protocol.slice(0, -1), wild, host, port] = m;
+    const upgraded = { http: 'https:', ws: 'wss:' }[scheme];
+    if (u.protocol !== `${scheme}:` && u.protocol !== upgraded) return false;
+    if (wild ? !u.hostname.endsWith(`.${host}`) : u.hostname !== host) return false;
+    return port === '*' || (port || ports[`${scheme}:`]) === (u.port || ports[u.protocol]);
+  });
+}
+
+/** A ModelHostBlocked error for a model at `url` (`what`: how to name it), or null where the policy allows it. */
+function hostBlocked(url, what = `The model ${url}`) {
+  const sources = connectSources();
+  if (!sources || allowedBy(url, sources)) return null;
+  const hosts = sources.filter((s) => !["'self'", 'blob:', 'data:'].includes(s.toLowerCase()));
+  const list = [`this site (${location.origin})`, ...hosts].join(', ');
+  return Object.assign(new Error(`${what} is on ${new URL(url).origin}, which this site's ` +
+    'Content-Security-Policy does not let the page connect to (so that nothing can leave it for other hosts). ' +
+    'To use that model, build the site with --model <url> (npm run build:site), or add its host with --allow-host <origin>.'),
+  { name: 'ModelHostBlocked', title: `This site only loads models from ${list}.` });
+}
+
+// A request the policy blocked (a model host's redirect elsewhere): what a download error meant.
+const violations = [];
+document.addEventListener('securitypolicyviolation', (e) => {
+  if (/^(connect|default)-src/.test(e.effectiveDirective)) violations.push(e.blockedURI);
+});
+
 function showError(error) {
+  if (error.name === 'DownloadError' && violations.length) {
+    const blocked = /^(https?|wss?):/.test(violations[0]) && hostBlocked(violations[0], `A file of the model, ${violations[0]},`);
+    if (blocked) error = blocked;
+  }
   const noGpu = error.name === 'WebGpuUnavailable';
   const offline = error.name === 'DownloadError' && navigator.onLine === false;
-  const title = offline ? 'You are offline, and the model is not (fully) downloaded yet: connect once to download it.'
-    : ERROR_TITLES[error.name] || `Something went wrong (${error.name}).`;
+  const title = error.title || (offline ? 'You are offline, and the model is not (fully) downloaded yet: connect once to download it.'
+    : ERROR_TITLES[error.name] || `Something went wrong (${error.name}).`);
   setState(noGpu ? 'no-webgpu' : 'error', noGpu ? 'WebGPU is not available.' : title);
   document.body.dataset.error = error.name;
   $('error').textContent = error.message;
@@ -403,6 +457,9 @@ async function main() {
       'on Linux, enable chrome://flags/#enable-unsafe-webgpu. The page must be served from localhost ' +
       'or over https.'), { name: 'WebGpuUnavailable' });
   }
+  // A model on a host the policy does not allow: said before any request.
+  const blocked = hostBlocked(resolveModel(MODEL));
+  if (blocked) throw blocked;
   setState('sizing', 'Checking the model…');
   // A network failure here (offline, before the model is stored) is the load's error.
   const s = await modelSize(MODEL);

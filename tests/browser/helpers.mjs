@@ -2,6 +2,7 @@
 // and reading reference tensors from tests/fixtures/*.safetensors.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -285,4 +286,83 @@ export function inPage(page, fn, args) {
     const out = await attempt(() => f(api, a, weights, kit));
     return out.error ? { error: out.error } : out.ok;
   }, [fn.toString(), args]);
+}
+
+/**
+ * An HTTP server on a free 127.0.0.1 port: `handler(req, res)` answers. `requests`: every
+ * request's path (a WebSocket handshake too, answered by closing the connection); `connections`:
+ * how many TCP connections it accepted; `bytesReceived()`: the bytes it read on them, all told;
+ * `down = true` drops every connection (the host is unreachable). Returns { origin, requests,
+ * connections, bytesReceived, down, close }.
+ */
+export async function httpHost(handler) {
+  const sockets = new Set();
+  const h = { requests: [], connections: 0, down: false, bytesReceived: () => [...sockets].reduce((n, s) => n + s.bytesRead, 0) };
+  const srv = http.createServer((req, res) => {
+    if (h.down) return req.socket.destroy();
+    h.requests.push(req.url);
+    handler(req, res);
+  });
+  srv.on('connection', (socket) => {
+    h.connections++;
+    sockets.add(socket);
+  });
+  srv.on('upgrade', (req, socket) => {
+    h.requests.push(`${req.url} (upgrade: ${req.headers.upgrade})`);
+    socket.destroy();
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  h.origin = `http://127.0.0.1:${srv.address().port}`;
+  h.close = () => new Promise((r) => { srv.closeAllConnections(); srv.close(r); });
+  return h;
+}
+
+const SITE_MIME = {
+  '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json',
+  '.webmanifest': 'application/manifest+json', '.wasm': 'application/wasm', '.png': 'image/png',
+  '.jpg': 'image/jpeg', '.webp': 'image/webp', '.svg': 'image/svg+xml', '.txt': 'text/plain',
+};
+
+/**
+ * A plain static host (as GitHub Pages): `dir` under the URL path `prefix` ('/apps/zepo/'),
+ * MIME types by extension, whole files only, no CORS, no Content-Security-Policy or any other
+ * header a static host cannot be told to send; `Cache-Control: max-age=600`. An httpHost.
+ */
+export function staticSite(dir, prefix) {
+  return httpHost((req, res) => {
+    const url = new URL(req.url, 'http://host');
+    const fail = (status, headers = {}) => res.writeHead(status, { 'Content-Type': 'text/plain', ...headers }).end(`${status}\n`);
+    if (req.method !== 'GET' && req.method !== 'HEAD') return fail(405, { Allow: 'GET, HEAD' });
+    if (url.pathname === prefix.slice(0, -1)) return fail(301, { Location: prefix });
+    if (!url.pathname.startsWith(prefix)) return fail(404);
+    let file = path.join(dir, decodeURIComponent(url.pathname.slice(prefix.length)));
+    if (file !== dir && !file.startsWith(dir + path.sep)) return fail(404);
+    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
+      if (!url.pathname.endsWith('/')) return fail(301, { Location: `${url.pathname}/` });
+      file = path.join(file, 'index.html');
+    }
+    if (!fs.existsSync(file) || !fs.statSync(file).isFile()) return fail(404);
+    const body = fs.readFileSync(file);
+    res.writeHead(200, {
+      'Content-Type': SITE_MIME[path.extname(file)] || 'application/octet-stream',
+      'Content-Length': body.length,
+      'Cache-Control': 'max-age=600',
+      'Last-Modified': fs.statSync(file).mtime.toUTCString(),
+    }).end(req.method === 'HEAD' ? undefined : body);
+  });
+}
+
+/** Polls `fn(arg)` in the page every 250 ms until it returns something truthy; survives the page's navigations. */
+export async function until(page, fn, what, timeout = 4 * 60_000, arg = undefined) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    try {
+      const v = await page.evaluate(fn, arg);
+      if (v) return v;
+    } catch (e) {
+      if (!/context was destroyed|navigat|Target closed/i.test(e.message)) throw e;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
