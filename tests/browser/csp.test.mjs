@@ -65,7 +65,8 @@ test('the dev server sends the page\'s policy as a header with its pages and scr
   const srv = await serve();
   try {
     const meta = /<meta http-equiv="Content-Security-Policy" content="([^"]*)">/.exec(fs.readFileSync(path.join(ROOT, 'index.html'), 'utf8'))[1];
-    assert.match(meta, /connect-src 'self' blob: http:\/\/localhost:\* http:\/\/127\.0\.0\.1:\*;/, 'the dev page: its origin and local servers');
+    assert.match(meta, /connect-src 'self' blob: http:\/\/localhost:\* http:\/\/127\.0\.0\.1:\* https:\/\/huggingface\.co https:\/\/\*\.huggingface\.co https:\/\/\*\.hf\.co;/,
+      'the dev page: its origin, local servers and the Hugging Face hub');
     for (const p of ['/', '/index.html', '/www/worker.js', '/www/main.js', '/sw.js']) {
       const r = await fetch(`${srv.url}${p}`);
       assert.equal(r.headers.get('content-security-policy'), `${meta}; frame-ancestors 'none'`, p);
