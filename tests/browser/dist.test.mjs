@@ -14,12 +14,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, test } from 'node:test';
-import { ROOT, assertEngineBuilt, decodePng, launch, screenshot } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, controlled, decodePng, httpHost, launch, loaded, screenshot, staticSite, stylizeOnPage, until } from './helpers.mjs';
 import { createServer } from '../../scripts/serve.mjs';
 
 const T = 10 * 60_000;
@@ -42,93 +41,6 @@ function shellOf(dir) {
   const self = {};
   new Function('self', fs.readFileSync(path.join(dir, 'www/shell-manifest.js'), 'utf8'))(self);
   return self.ZEPO_SHELL;
-}
-
-const MIME = {
-  '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json',
-  '.webmanifest': 'application/manifest+json', '.wasm': 'application/wasm', '.png': 'image/png',
-  '.jpg': 'image/jpeg', '.webp': 'image/webp', '.svg': 'image/svg+xml', '.txt': 'text/plain',
-};
-
-/**
- * An HTTP server on a free 127.0.0.1 port. `requests`: every request's path; `down = true`
- * drops every connection (the host is unreachable).
- */
-async function host(handler) {
-  const requests = [];
-  const h = { requests, down: false };
-  const srv = http.createServer((req, res) => {
-    if (h.down) return req.socket.destroy();
-    requests.push(req.url);
-    handler(req, res);
-  });
-  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
-  h.origin = `http://127.0.0.1:${srv.address().port}`;
-  h.close = () => new Promise((r) => { srv.closeAllConnections(); srv.close(r); });
-  return h;
-}
-
-/** The plain static host: `dir` under `prefix`, whole files only, no CORS. */
-function staticSite(dir, prefix) {
-  return host((req, res) => {
-    const url = new URL(req.url, 'http://host');
-    const fail = (status, headers = {}) => res.writeHead(status, { 'Content-Type': 'text/plain', ...headers }).end(`${status}\n`);
-    if (req.method !== 'GET' && req.method !== 'HEAD') return fail(405, { Allow: 'GET, HEAD' });
-    if (url.pathname === prefix.slice(0, -1)) return fail(301, { Location: prefix });
-    if (!url.pathname.startsWith(prefix)) return fail(404);
-    let file = path.join(dir, decodeURIComponent(url.pathname.slice(prefix.length)));
-    if (file !== dir && !file.startsWith(dir + path.sep)) return fail(404);
-    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
-      if (!url.pathname.endsWith('/')) return fail(301, { Location: `${url.pathname}/` });
-      file = path.join(file, 'index.html');
-    }
-    if (!fs.existsSync(file) || !fs.statSync(file).isFile()) return fail(404);
-    const body = fs.readFileSync(file);
-    res.writeHead(200, {
-      'Content-Type': MIME[path.extname(file)] || 'application/octet-stream',
-      'Content-Length': body.length,
-      'Cache-Control': 'max-age=600',
-      'Last-Modified': fs.statSync(file).mtime.toUTCString(),
-    }).end(req.method === 'HEAD' ? undefined : body);
-  });
-}
-
-/** Polls `fn` in the page until it returns something truthy; survives the page's navigations. */
-async function until(page, fn, what, timeout = 4 * 60_000, arg = undefined) {
-  const end = Date.now() + timeout;
-  for (;;) {
-    try {
-      const v = await page.evaluate(fn, arg);
-      if (v) return v;
-    } catch (e) {
-      if (!/context was destroyed|navigat|Target closed/i.test(e.message)) throw e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-async function loaded(page) {
-  const state = await until(page, () => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state) && document.body.dataset.state, 'the model to load');
-  assert.equal(state, 'loaded', await page.textContent('#error'));
-}
-
-/** Runs the page on its two example images; resolves to the result's PNG bytes. */
-async function stylizeOnPage(page) {
-  await page.click('button.example[data-for="content"]');
-  await page.click('button.example[data-for="style"]');
-  await page.waitForFunction(() => !document.getElementById('stylize').disabled);
-  await page.click('#stylize');
-  const state = await until(page, () => ['done', 'error', 'cancelled'].includes(document.body.dataset.state) && document.body.dataset.state, 'the run');
-  assert.equal(state, 'done', await page.textContent('#error'));
-  const bytes = await page.evaluate(async () => Array.from(new Uint8Array(await (await fetch(document.getElementById('result').src)).arrayBuffer())));
-  return Buffer.from(bytes);
-}
-
-/** The service worker controls the page and its offline copy is ready: its version. */
-function controlled(page) {
-  return until(page, () => navigator.serviceWorker.controller && document.body.dataset.offline === 'ready' &&
-    document.getElementById('app-version').textContent.replace('app ', ''), 'the service worker to control the page', 120_000);
 }
 
 /** Every file under `dir` (relative, '/'-separated). */
@@ -184,7 +96,7 @@ test('the site on a plain static host under a sub-path, the model from another o
   const out = path.join(tmp, 'dist');
   // The "CDN": the repository served with CORS and Range (scripts/serve.mjs), on another origin.
   const cdnServer = createServer({ root: ROOT });
-  const cdn = await host((req, res) => cdnServer.emit('request', req, res));
+  const cdn = await httpHost((req, res) => cdnServer.emit('request', req, res));
   const MODEL = `${cdn.origin}/weights/tiny-lcm-bundle`;
   const MODEL2 = `${cdn.origin}/weights/tiny-lcm-2-bundle`;
   buildSite('--out', out, '--model', MODEL);

@@ -366,3 +366,27 @@ export async function until(page, fn, what, timeout = 4 * 60_000, arg = undefine
     await new Promise((r) => setTimeout(r, 250));
   }
 }
+
+/** Waits for the page's model to load (the page's state `loaded`, else fails with its error). */
+export async function loaded(page) {
+  const state = await until(page, () => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state) && document.body.dataset.state, 'the model to load');
+  assert.equal(state, 'loaded', await page.textContent('#error'));
+}
+
+/** Runs the page on its two example images; resolves to the result's PNG bytes. */
+export async function stylizeOnPage(page) {
+  await page.click('button.example[data-for="content"]');
+  await page.click('button.example[data-for="style"]');
+  await page.waitForFunction(() => !document.getElementById('stylize').disabled);
+  await page.click('#stylize');
+  const state = await until(page, () => ['done', 'error', 'cancelled'].includes(document.body.dataset.state) && document.body.dataset.state, 'the run');
+  assert.equal(state, 'done', await page.textContent('#error'));
+  const bytes = await page.evaluate(async () => Array.from(new Uint8Array(await (await fetch(document.getElementById('result').src)).arrayBuffer())));
+  return Buffer.from(bytes);
+}
+
+/** The service worker controls the page and its offline copy is ready: its version. */
+export function controlled(page) {
+  return until(page, () => navigator.serviceWorker.controller && document.body.dataset.offline === 'ready' &&
+    document.getElementById('app-version').textContent.replace('app ', ''), 'the service worker to control the page', 120_000);
+}

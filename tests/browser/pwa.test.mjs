@@ -18,7 +18,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { ROOT, assertEngineBuilt, decodePng, launch, screenshot } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, controlled, decodePng, launch, loaded, screenshot, stylizeOnPage, until } from './helpers.mjs';
 import { createServer } from '../../scripts/serve.mjs';
 import { buildShell } from '../../scripts/build-shell.mjs';
 
@@ -90,44 +90,6 @@ async function server(dir, prefix = '/') {
     use(d) { inner = createServer({ root: d, model: TINY }); },
     close: () => open && new Promise((r) => { open = false; srv.closeAllConnections(); srv.close(r); }),
   };
-}
-
-/** Polls `fn` in the page until it returns something truthy; survives the page's navigations. */
-async function until(page, fn, what, timeout = 4 * 60_000) {
-  const end = Date.now() + timeout;
-  for (;;) {
-    try {
-      const v = await page.evaluate(fn);
-      if (v) return v;
-    } catch (e) {
-      if (!/context was destroyed|navigat|Target closed/i.test(e.message)) throw e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-async function loaded(page) {
-  const state = await until(page, () => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state) && document.body.dataset.state, 'the model to load');
-  assert.equal(state, 'loaded', await page.textContent('#error'));
-}
-
-/** Runs the page on its two example images; resolves to the result's PNG bytes. */
-async function stylizeOnPage(page) {
-  await page.click('button.example[data-for="content"]');
-  await page.click('button.example[data-for="style"]');
-  await page.waitForFunction(() => !document.getElementById('stylize').disabled);
-  await page.click('#stylize');
-  const state = await until(page, () => ['done', 'error', 'cancelled'].includes(document.body.dataset.state) && document.body.dataset.state, 'the run');
-  assert.equal(state, 'done', await page.textContent('#error'));
-  const bytes = await page.evaluate(async () => Array.from(new Uint8Array(await (await fetch(document.getElementById('result').src)).arrayBuffer())));
-  return Buffer.from(bytes);
-}
-
-/** The service worker controls the page and its offline copy is ready: its version. */
-function controlled(page) {
-  return until(page, () => navigator.serviceWorker.controller && document.body.dataset.offline === 'ready' &&
-    document.getElementById('app-version').textContent.replace('app ', ''), 'the service worker to control the page', 120_000);
 }
 
 /** Cache names, and how many files the model cache holds. */
