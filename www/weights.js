@@ -14,7 +14,17 @@
 // private file system (OPFS, `zepo-partial/`): the next visit resumes it with an HTTP Range
 // request, and the whole file (stored prefix and new bytes) is checked again (size, sha256)
 // before it is stored as complete. Complete files live in the Cache API (`CACHE_NAME`), each
-// marked `x-zepo-complete: 1`; a partial file is never there.
+// marked `x-zepo-complete: 1`; a partial file is never there. A text file (manifest, config,
+// tokenizer) is stored only once the engine took it: after the load (or stylization) that read
+// it succeeded, or failed only on a later download (`settle()`, `discard()`: www/worker.js).
+//
+// A hostile or broken host (weights/README.md, "Downloads: what a server may and may not do"):
+// no file is read past its size (the manifest's, else a weight file's safetensors header's once
+// the engine parsed it, else MAX_TEXT_BYTES / MAX_FILE_BYTES), a Content-Length that disagrees
+// with the manifest or the header is refused, a Range request answered with anything but the
+// bytes asked for is never appended to a stored prefix, a redirect to another origin is followed
+// only for files whose bytes are checked (see `checkRedirect`), and a path that would leave the
+// model's folder is never requested.
 //
 // For a storage panel: `storedModels()` lists what is stored per model, `clearCache(base)`
 // deletes a model's files (complete and partial).
@@ -22,6 +32,18 @@
 export const CACHE_NAME = 'zepo-models-v1';
 const PARTIAL_DIR = 'zepo-partial';
 const MAX_RESUMES = 5;
+/**
+ * The most a text file of a model (manifest, config, tokenizer file, shard index) may be when
+ * the manifest gives no size: 16 MiB (the largest real ones, a bundle's manifest and CLIP's
+ * vocab.json, are near 1 MB). More is refused, not read on.
+ */
+export const MAX_TEXT_BYTES = 16 * 2 ** 20;
+/**
+ * The most any one weight file may be when no manifest gives its size: 4 GiB, above the largest
+ * part ZePo runs (an SD 1.x UNet in f32, one 3.44 GB file). A server announcing more, a
+ * safetensors header stating more, or a body going on past it is refused.
+ */
+export const MAX_FILE_BYTES = 4 * 2 ** 30;
 /** The marker stored, under a model's base, once a load stored every file it read. */
 const COMPLETE_MARK = '.zepo-complete';
 
@@ -31,6 +53,15 @@ function named(name, message) {
 }
 
 const MB = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+/** The body's length as the server announces it (Content-Length of an uncompressed body), or null. */
+function announcedLength(r) {
+  // Content-Length is the transfer size: only an uncompressed body's is the file's.
+  const encoding = r.headers.get('content-encoding');
+  if (encoding && encoding !== 'identity') return null;
+  const v = r.headers.get('content-length');
+  return v !== null && /^\s*\d+\s*$/.test(v) ? Number(v) : null;
+}
 
 function isQuota(e) {
   return e?.name === 'QuotaExceededError' || /quota/i.test(String(e?.message || ''));
@@ -209,8 +240,33 @@ export class ModelFiles {
     }
   }
 
-  /** After a load: marks the model complete in storage if every file it read is stored. */
+  /**
+   * Stores the text files read since the last call: the engine accepted them (the load or the
+   * stylization that read them succeeded). Best effort: a refusal only costs a download next
+   * time (and keeps the model from being marked complete).
+   */
+  async settle() {
+    const held = [...this.pending];
+    this.pending.clear();
+    for (const [path, { bytes, type }] of held) {
+      const response = new Response(bytes, {
+        headers: { 'content-type': type, 'x-zepo-complete': '1', 'x-zepo-base': this.baseUrl, 'x-zepo-size': String(bytes.length) },
+      });
+      await this.store(path, response, bytes.length).catch((e) => {
+        this.unstored++;
+        console.warn(`${this.url(path)}: not stored (${e.message}); the next visit downloads it again`);
+      });
+    }
+  }
+
+  /** Forgets the text files read since the last settle(): the engine refused what read them. */
+  discard() {
+    this.pending.clear();
+  }
+
+  /** After a load: stores its text files, and marks the model complete if every file it read is stored. */
   async markComplete() {
+    await this.settle();
     if (!this.cache || this.unstored > 0) return false;
     return this.store(COMPLETE_MARK, new Response('', { headers: { 'x-zepo-base': this.baseUrl, 'x-zepo-size': '0' } }), 0)
       .catch(() => false);
@@ -227,6 +283,8 @@ export class ModelFiles {
     this.bundle = false;
     /** Files read but not stored (storage refused them for another reason than quota). */
     this.unstored = 0;
+    /** Text files read but not stored yet: path → { text, bytes, type } (see settle()). */
+    this.pending = new Map();
   }
 
   get base() {
@@ -237,19 +295,95 @@ export class ModelFiles {
     return `${this.baseUrl}/${path}`;
   }
 
+  /**
+   * Refuses a path that a URL parser would resolve outside the model's folder (`..`, `%2e%2e`,
+   * `\`, `//host`, a scheme) or that carries a query or fragment. The engine's paths are
+   * checked where they come from (a bundle's manifest, a shard index); this is the last guard.
+   */
+  checkPath(path) {
+    let inside = false;
+    try {
+      const root = new URL(`${this.baseUrl}/`).href;
+      inside = new URL(this.url(path)).href.startsWith(root) && !/[?#]/.test(path);
+    } catch { /* not a URL */ }
+    if (!inside) throw named('IntegrityError', `${this.url(path)}: refused: \`${path}\` is not a path inside the model's folder (${this.baseUrl}/)`);
+  }
+
+  /**
+   * The redirect rule (weights/README.md). A redirect within the model's origin is followed. One
+   * to another origin only for a file whose bytes are checked: one the manifest gives a sha256
+   * for (every file of a bundle), or a weight file (`kind` 'weights': parsed against its own
+   * safetensors header, the size it states and the model's config; the Hugging Face hub serves
+   * these from its CDN by a redirect). A text file without a sha256 — manifest.json itself, a
+   * diffusers layout's configs, tokenizer and shard indexes — must come from the model's origin.
+   */
+  async checkRedirect(path, r, kind) {
+    if (!r.redirected || !r.url) return;
+    const from = new URL(this.url(path)).origin;
+    if (new URL(r.url).origin === from || this.manifest?.[path]?.sha256 || kind === 'weights') return;
+    await r.body?.cancel().catch(() => {});
+    throw named('IntegrityError', `${this.url(path)}: the server redirected it to another origin (${r.url}); refused: ` +
+      `a file that no manifest gives a sha256 for (manifest.json itself, configs, the tokenizer, shard indexes) must come ` +
+      `from the model's own origin (${from}); only weight files and files with a sha256 may come from elsewhere`);
+  }
+
   async cached(path) {
     const hit = await this.cache?.match(this.url(path));
     return hit && hit.headers.get('x-zepo-complete') === '1' ? hit : null;
   }
 
-  async request(path, init = {}) {
+  /** A request for `path` (`kind`: 'text' or 'weights', for the redirect rule). */
+  async request(path, init = {}, kind = 'text') {
+    this.checkPath(path);
     this.requests++;
+    let r;
     try {
       // The Cache API keeps the files: the HTTP cache would only hold a second copy.
-      return await this.fetch(this.url(path), { cache: 'no-store', ...init });
+      r = await this.fetch(this.url(path), { cache: 'no-store', ...init });
     } catch (e) {
       throw named('DownloadError', `${this.url(path)}: request failed (${e.message}); check the connection and the model URL`);
     }
+    await this.checkRedirect(path, r, kind);
+    return r;
+  }
+
+  /**
+   * A text file's bytes: at most the manifest's size for it, else MAX_TEXT_BYTES. A longer
+   * announcement or body (an endless one) is refused as soon as it shows.
+   */
+  async readText(path, r) {
+    const url = this.url(path);
+    const size = this.manifest?.[path]?.size;
+    const limit = size ?? MAX_TEXT_BYTES;
+    const what = size != null ? "the manifest's size for it" : 'the most a text file of a model may be';
+    const refuse = (message) => {
+      reader?.cancel().catch(() => {});
+      return named('IntegrityError', `${url}: ${message}; not stored`);
+    };
+    const reader = r.body?.getReader();
+    const announced = announcedLength(r);
+    if (announced != null && announced > limit) throw refuse(`the server announces ${announced} bytes (Content-Length), more than ${limit} bytes (${what})`);
+    const parts = [];
+    let n = 0;
+    for (;;) {
+      let res;
+      try {
+        res = reader ? await reader.read() : { done: true };
+      } catch (e) {
+        throw named('DownloadError', `${url}: the download broke off at ${n}${announced != null ? ` of ${announced}` : ''} bytes (${e.message}); check the connection`);
+      }
+      if (res.done) break;
+      n += res.value.length;
+      if (n > limit) throw refuse(`more than ${limit} bytes (${what})`);
+      parts.push(res.value);
+    }
+    const bytes = new Uint8Array(n);
+    let at = 0;
+    for (const p of parts) {
+      bytes.set(p, at);
+      at += p.length;
+    }
+    return bytes;
   }
 
   /** Checks bytes against the manifest's entry for `path`, if any. */
@@ -267,27 +401,42 @@ export class ModelFiles {
     }
   }
 
-  /** A small text file; with `optional`, null when the server answers 404. */
+  /**
+   * A small text file; with `optional`, null when the server answers 404. Stored once the engine
+   * used it (settle()): a file it refuses (a manifest it cannot read, a config it rejects) is
+   * never kept, and the next load asks the server again.
+   */
   async text(path, optional = false) {
+    this.checkPath(path);
+    const held = this.pending.get(path);
+    if (held) return held.text;
     const hit = await this.cache?.match(this.url(path));
     if (hit && hit.headers.get('x-zepo-absent') === '1' && optional) return null;
     if (hit && hit.headers.get('x-zepo-complete') === '1') return hit.text();
     const r = await this.request(path);
     if (r.status === 404 && optional) {
+      await r.body?.cancel().catch(() => {});
       // Remember the absence too, so that a second visit asks nothing.
       await this.markAbsent(path);
       return null;
     }
-    if (!r.ok) throw named(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url(path)}: HTTP ${r.status} ${r.statusText}`);
-    const bytes = new Uint8Array(await r.arrayBuffer());
+    if (!r.ok) {
+      await r.body?.cancel().catch(() => {});
+      throw named(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url(path)}: HTTP ${r.status} ${r.statusText}`);
+    }
+    const bytes = await this.readText(path, r);
     await this.verify(path, bytes);
-    await this.store(path, new Response(bytes, {
-      headers: {
-        'content-type': r.headers.get('content-type') || 'text/plain', 'x-zepo-complete': '1',
-        'x-zepo-base': this.baseUrl, 'x-zepo-size': String(bytes.length),
-      },
-    }), bytes.length);
-    return new TextDecoder().decode(bytes);
+    const text = new TextDecoder().decode(bytes);
+    if (/\.json$/i.test(path)) {
+      // A Content-Length shorter than the file cuts it without any error from the browser.
+      try {
+        JSON.parse(text);
+      } catch (e) {
+        throw named('IntegrityError', `${this.url(path)}: not valid JSON (${e.message}): cut short, or not the file asked for; not stored`);
+      }
+    }
+    this.pending.set(path, { text, bytes, type: r.headers.get('content-type') || 'text/plain' });
+    return text;
   }
 
   /** The size of `path` in bytes: from the cache, the manifest, or a HEAD request (null if unknown). */
@@ -296,7 +445,7 @@ export class ModelFiles {
     if (hit) return Number(hit.headers.get('x-zepo-size')) || null;
     const m = this.manifest?.[path];
     if (m?.size != null) return m.size;
-    const r = await this.request(path, { method: 'HEAD' });
+    const r = await this.request(path, { method: 'HEAD' }, 'weights');
     if (!r.ok) throw named(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url(path)}: HTTP ${r.status} ${r.statusText}`);
     return Number(r.headers.get('content-length')) || null;
   }
@@ -306,6 +455,7 @@ export class ModelFiles {
    * answers 404 (remembered, like text()'s: a second visit asks nothing).
    */
   async open(path, optional = false) {
+    this.checkPath(path);
     if (optional && (await this.absent(path))) return null;
     const d = new Download(this, path, optional);
     await d.start();
@@ -404,12 +554,13 @@ class Download {
     const meta = await this.partial?.meta();
     const sameFile = meta && meta.url === this.url && (this.expected?.sha256 ? meta.sha256 === this.expected.sha256 : !!meta.etag);
     const have = sameFile ? this.partial.size() : 0;
+    let whole = null;
     if (have > 0 && (meta.size == null || have < meta.size)) {
       this.etag = meta.etag;
       this.size = this.expected?.size ?? meta.size;
       const r = await this.files.request(this.path, {
         headers: { Range: `bytes=${have}-`, ...(this.etag ? { 'If-Range': this.etag } : {}) },
-      });
+      }, 'weights');
       const range = /^bytes (\d+)-/.exec(r.headers.get('content-range') || '');
       if (r.status === 206 && range && Number(range[1]) === have && r.body) {
         this.resumedFrom = have;
@@ -417,11 +568,16 @@ class Download {
         this.next = r.body.getReader();
         return;
       }
-      await r.body?.cancel();
+      // Anything else is never appended to the stored prefix. A 200 is the whole file (the
+      // server ignores Range, or the file changed: If-Range): taken from byte 0. Any other
+      // answer (a 206 from elsewhere, an error) is dropped and the file asked for whole.
+      if (r.status === 200) whole = r;
+      else await r.body?.cancel().catch(() => {});
     }
     // Nothing (usable) stored: start over; begin() empties the old prefix and records the new.
     this.etag = null;
-    await this.connect();
+    if (whole) await this.take(whole);
+    else await this.connect();
     if (this.absent) return;
     this.partial?.begin({ url: this.url, base: this.files.base, sha256: this.expected?.sha256 || null, etag: this.etag, size: this.size });
   }
@@ -430,33 +586,63 @@ class Download {
   async connect() {
     const from = this.received;
     const headers = from > 0 ? { Range: `bytes=${from}-`, ...(this.etag ? { 'If-Range': this.etag } : {}) } : {};
-    const r = await this.files.request(this.path, { headers });
-    if (from > 0) {
-      const range = /^bytes (\d+)-/.exec(r.headers.get('content-range') || '');
-      if (r.status !== 206 || !range || Number(range[1]) !== from) {
-        await r.body?.cancel();
-        await this.partial?.clear();
-        throw this.fail('DownloadError', `${this.url}: the download broke off at ${from} bytes and the server did not resume it (HTTP ${r.status}${r.status === 200 ? ': the file changed or Range is not supported' : ''})`);
-      }
-    } else {
-      if (r.status === 404 && this.optional) {
-        await r.body?.cancel();
-        this.absent = true;
-        return;
-      }
-      if (!r.ok) throw this.fail(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url}: HTTP ${r.status} ${r.statusText}`);
-      const length = Number(r.headers.get('content-length'));
-      // Content-Length is the transfer size: only an uncompressed body's is the file's.
-      const plain = !r.headers.get('content-encoding') || r.headers.get('content-encoding') === 'identity';
-      this.size = this.expected?.size ?? (plain && length > 0 ? length : null);
-      if (this.expected?.size != null && plain && length > 0 && length !== this.expected.size) {
-        await r.body?.cancel();
-        throw this.fail('IntegrityError', `${this.url}: the server sends ${length} bytes, the manifest says ${this.expected.size}; not stored`);
-      }
-      this.etag = r.headers.get('etag');
+    const r = await this.files.request(this.path, { headers }, 'weights');
+    if (from === 0) return this.take(r);
+    const range = /^bytes (\d+)-/.exec(r.headers.get('content-range') || '');
+    if (r.status !== 206 || !range || Number(range[1]) !== from) {
+      // The bytes already passed to the engine cannot be taken back: never splice another answer on.
+      await r.body?.cancel().catch(() => {});
+      await this.partial?.clear();
+      throw this.fail('DownloadError', `${this.url}: the download broke off at ${from} bytes and the server did not resume it (HTTP ${r.status}${r.status === 200 ? ': the whole file instead of the rest; the file changed or Range is not supported' : range ? `: bytes from ${range[1]} instead of ${from}` : ''})`);
     }
     if (!r.body) throw this.fail('DownloadError', `${this.url}: the response has no body`);
     this.reader = r.body.getReader();
+  }
+
+  /** The response for the whole file: its status, and its announced length against the manifest and the limit. */
+  async take(r) {
+    if (r.status === 404 && this.optional) {
+      await r.body?.cancel().catch(() => {});
+      this.absent = true;
+      return;
+    }
+    if (r.status !== 200) {
+      await r.body?.cancel().catch(() => {});
+      throw this.fail(r.status === 404 ? 'NotFound' : 'DownloadError', `${this.url}: HTTP ${r.status} ${r.statusText}${r.ok ? ' (the whole file was asked for)' : ''}`);
+    }
+    const length = announcedLength(r);
+    const refuse = async (message) => {
+      await r.body?.cancel().catch(() => {});
+      return this.fail('IntegrityError', `${this.url}: ${message}; not stored`);
+    };
+    if (this.expected?.size != null && length != null && length !== this.expected.size) {
+      throw await refuse(`the server announces ${length} bytes (Content-Length), the manifest says ${this.expected.size}`);
+    }
+    if (length != null && length > MAX_FILE_BYTES) {
+      throw await refuse(`the server announces ${length} bytes (Content-Length), more than a model file may be (${MAX_FILE_BYTES} bytes)`);
+    }
+    this.size = this.expected?.size ?? length;
+    this.etag = r.headers.get('etag');
+    if (!r.body) throw this.fail('DownloadError', `${this.url}: the response has no body`);
+    this.reader = r.body.getReader();
+  }
+
+  /**
+   * The file's length as its own safetensors header states it (the engine calls this once it
+   * parsed the header, before any tensor is used): refused if it is more than MAX_FILE_BYTES or
+   * not what the manifest or the server's Content-Length said; no byte past it is read.
+   */
+  expectSize(n) {
+    if (this.fromCache || this.closed) return;
+    if (!(n <= MAX_FILE_BYTES)) {
+      throw this.fail('IntegrityError', `${this.url}: its safetensors header states ${n} bytes, more than a model file may be (${MAX_FILE_BYTES} bytes); not stored`);
+    }
+    if (this.size != null && n !== this.size) {
+      const said = this.expected?.size != null ? `the manifest says ${this.size}` : `the server announced ${this.size} (Content-Length)`;
+      const what = n > this.size ? 'truncated' : 'bytes past its end';
+      throw this.fail('IntegrityError', `${this.url}: its safetensors header states ${n} bytes, ${said} (${what}); not stored`);
+    }
+    this.size = n;
   }
 
   /** The next chunk (Uint8Array), or null at the end once every check passed. */
@@ -484,6 +670,9 @@ class Download {
       this.received += chunk.length;
       if (this.size != null && this.received > this.size) {
         throw this.fail('IntegrityError', `${this.url}: more than the expected ${this.size} bytes; not stored`);
+      }
+      if (this.received > MAX_FILE_BYTES) {
+        throw this.fail('IntegrityError', `${this.url}: more than ${MAX_FILE_BYTES} bytes, the most a model file may be; not stored`);
       }
       if (!this.fromCache && this.received > (this.resumedFrom || 0)) {
         try {
@@ -521,6 +710,7 @@ class Download {
         return await this.connect();
       } catch (e) {
         if (this.closed) throw e; // not a network failure: connect() gave up for good
+        if (e.name !== 'DownloadError') throw this.fail(e.name, e.message); // a refused redirect
         cause = e;
       }
     }

@@ -50,6 +50,18 @@ function crashError(e) {
   return Object.assign(new Error(`${what}: ${detail.trim().slice(0, 600)}. The engine must be re-created.`), { name });
 }
 
+/**
+ * The text files a failed load or stylization read (manifest, configs, tokenizer): stored when
+ * it failed only on a later download, a broken connection (DownloadError) or full storage
+ * (StorageFull), since the engine took them before asking for the next file; forgotten after
+ * any other error (a file refused, a config or header the engine rejects), so that the next
+ * try asks the server again rather than keep what may be the cause.
+ */
+async function afterFailure(files, e) {
+  if (e?.name === 'DownloadError' || e?.name === 'StorageFull') await files.settle().catch(() => {});
+  else files.discard();
+}
+
 const handlers = {
   async create({ precision = 'auto' }) {
     if (!engine) engine = await Engine.create({ precision });
@@ -70,7 +82,13 @@ const handlers = {
     // The total grows as each file opens (a bundle's files are declared up front by the engine
     // from its manifest, with files.expect); which files a diffusers layout has (a variant,
     // shards) the engine finds out as it goes.
-    const info = await engine.load(files, (part) => post({ stage: 'load', part }));
+    let info;
+    try {
+      info = await engine.load(files, (part) => post({ stage: 'load', part }));
+    } catch (e) {
+      await afterFailure(files, e);
+      throw e;
+    }
     await files.markComplete();
     return { ...info, seconds: (performance.now() - t0) / 1000, bytes: op.loaded, requests: files.requests - requests0 };
   },
@@ -81,12 +99,20 @@ const handlers = {
     const t0 = performance.now();
     const times = {};
     let last = null;
-    const png = await engine.stylize(new Uint8Array(content), new Uint8Array(style), options, (p) => {
-      const now = performance.now();
-      if (last) times[last.stage] = (times[last.stage] || 0) + (now - last.t) / 1000;
-      last = { stage: p.stage, t: now };
-      post(p);
-    }, () => cancelled.has(id));
+    let png;
+    try {
+      png = await engine.stylize(new Uint8Array(content), new Uint8Array(style), options, (p) => {
+        const now = performance.now();
+        if (last) times[last.stage] = (times[last.stage] || 0) + (now - last.t) / 1000;
+        last = { stage: p.stage, t: now };
+        post(p);
+      }, () => cancelled.has(id));
+    } catch (e) {
+      await afterFailure(files, e);
+      throw e;
+    }
+    // Text files read on demand (the tokenizer, the text encoder's config) are stored now.
+    await files.settle();
     return { png, seconds: (performance.now() - t0) / 1000, stages: times, downloaded: op.loaded };
   },
 

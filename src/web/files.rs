@@ -45,6 +45,11 @@ extern "C" {
     async fn commit(this: &Download) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(method)]
     fn abort(this: &Download, reason: &str);
+    /// The file's length as its safetensors header states it, once parsed: it rejects (and the
+    /// download stops) when that is over the limit for a model file or disagrees with the
+    /// manifest or the server's Content-Length; no byte past it is read.
+    #[wasm_bindgen(method, catch, js_name = expectSize)]
+    fn expect_size(this: &Download, size: f64) -> Result<(), JsValue>;
 }
 
 impl ModelFiles {
@@ -178,14 +183,19 @@ async fn stream(
     let mut parser = StreamParser::with_max_piece(name.to_string(), PIECE_BYTES);
     let mut checked = false;
     while let Some(chunk) = next_chunk(dl, name).await? {
-        let tensors = parser.push(&chunk).map_err(werr)?;
+        let pushed = parser.push(&chunk);
+        // The header first, even when the same chunk also broke the parse: its size and what
+        // it holds are the clearer error. A diffusers file has no manifest: its header says
+        // where it ends (an endless or mislabelled body stops there, and a file over the limit
+        // is refused before any byte of its data), before any of its tensors is used.
         if !checked {
             if let Some(h) = parser.header() {
+                dl.expect_size(h.file_len() as f64)?;
                 check(h).map_err(werr)?;
                 checked = true;
             }
         }
-        for t in tensors {
+        for t in pushed.map_err(werr)? {
             store.insert_piece(&t, &t.bytes, name).map_err(werr)?;
         }
     }

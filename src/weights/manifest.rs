@@ -232,13 +232,48 @@ impl Manifest {
     }
 }
 
-/// A URL must stay inside the bundle: relative, no `..`, no scheme, no backslash.
-fn check_url(url: &str) -> Result<(), String> {
-    if url.is_empty() || url.starts_with('/') || url.contains('\\') || url.contains(':') {
-        return Err("not a relative path inside the bundle".into());
+/// The rule for every `url` of a manifest: it names a file inside the bundle's folder, and means
+/// the same to every URL parser and static server. `/`-separated components of ASCII letters,
+/// digits, `_`, `-` and `.`, none empty and none starting with `.` (so no `.`, `..` or hidden
+/// file), at most 255 bytes each. That refuses absolute URLs (`https://…`, any `:`), `//host` and
+/// `/…`, backslashes (a `/` to a URL parser), `%` escapes (`%2e%2e` is `..` to a URL parser),
+/// `?` and `#`, whitespace and control characters (a URL parser drops tabs and newlines: `.\t.`
+/// is `..`), and anything not ASCII. `Manifest::parse` applies it to every file.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("is empty".into());
     }
-    if url.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err("has an empty, `.` or `..` component".into());
+    if url.starts_with("//") {
+        return Err("points to another host (`//host`): a file must be inside the bundle's folder".into());
+    }
+    if url.starts_with('/') {
+        return Err("is an absolute path: a file must be relative to the manifest, inside the bundle's folder".into());
+    }
+    if url.contains(':') {
+        return Err("has a `:` (an absolute URL, `scheme:…`): a file must be relative to the manifest, inside the bundle's folder".into());
+    }
+    if url.contains('\\') {
+        return Err("has a backslash, which a URL parser reads as `/`: only `/` separates folders".into());
+    }
+    if url.contains('%') {
+        return Err("has a `%` escape (`%2e%2e` is `..` to a URL parser): names must be written plain".into());
+    }
+    if let Some(c) = url.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))) {
+        return Err(format!("has the character {c:?}: only ASCII letters, digits, `_`, `-`, `.` and `/` are allowed"));
+    }
+    for c in url.split('/') {
+        if c.is_empty() {
+            return Err("has an empty folder name (`//` or a trailing `/`)".into());
+        }
+        if c == ".." || c == "." {
+            return Err(format!("has a `{c}` component: a file must be inside the bundle's folder"));
+        }
+        if c.starts_with('.') {
+            return Err(format!("has a name starting with `.` (`{c}`): hidden names are not allowed"));
+        }
+        if c.len() > 255 {
+            return Err("has a name longer than 255 bytes".into());
+        }
     }
     Ok(())
 }
@@ -296,5 +331,73 @@ mod tests {
         m.parts.get_mut("unet").unwrap().total_bytes = 11;
         let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
         assert!(err.contains("total_bytes"), "{err}");
+    }
+
+    /// Every way a manifest's `url` could name something outside the bundle's folder (once
+    /// joined to the model's base URL and parsed by a browser, or resolved by a server) is
+    /// refused by `Manifest::parse`, the error naming the manifest, the url and the reason.
+    #[test]
+    fn urls_outside_the_bundle_are_refused_by_name() {
+        let refused: &[(&str, &str)] = &[
+            ("../model.safetensors", "`..` component"),
+            ("unet/../../x.safetensors", "`..` component"),
+            ("unet/./config.json", "`.` component"),
+            ("..", "`..` component"),
+            ("/etc/passwd", "absolute path"),
+            ("//evil.example/x.safetensors", "another host"),
+            ("https://evil.example/x.safetensors", "`:`"),
+            ("http:x.safetensors", "`:`"),
+            ("file:///etc/passwd", "`:`"),
+            ("javascript:alert(1)", "`:`"),
+            ("C:/x.safetensors", "`:`"),
+            ("%2e%2e/x.safetensors", "`%` escape"),
+            ("unet/%2E%2E/%2e%2e/x", "`%` escape"),
+            (".%2e/x", "`%` escape"),
+            ("unet%2f..%2fx", "`%` escape"),
+            ("..\\x.safetensors", "backslash"),
+            ("unet\\..\\..\\x", "backslash"),
+            ("\\\\evil\\x", "backslash"),
+            (".\t./x", "'\\t'"),
+            (".\n./x", "'\\n'"),
+            ("unet/config.json?x=1", "'?'"),
+            ("unet/config.json#x", "'#'"),
+            ("unet/con fig.json", "' '"),
+            ("unet/\u{ff0e}\u{ff0e}/x", "'\u{ff0e}'"),
+            ("unet/\0x", "'\\0'"),
+            ("", "empty"),
+            ("unet//x", "empty folder"),
+            ("unet/", "empty folder"),
+            (".zepo-complete", "starting with `.`"),
+            ("unet/.hidden", "starting with `.`"),
+        ];
+        for (url, why) in refused {
+            for place in 0..4 {
+                let mut m = sample();
+                match place {
+                    0 => m.parts.get_mut("unet").unwrap().config.url = url.to_string(),
+                    1 => m.parts.get_mut("unet").unwrap().shards[0].file.url = url.to_string(),
+                    2 => m.tokenizer.push(file(url, 1)),
+                    _ => m.scheduler = Some(file(url, 1)),
+                }
+                let err = Manifest::parse(&m.to_json(), "https://host/m/manifest.json").unwrap_err().to_string();
+                assert!(err.starts_with("https://host/m/manifest.json"), "{url:?}: {err}");
+                assert!(err.contains(&format!("`{url}`")), "{url:?} named: {err}");
+                assert!(err.contains(why), "{url:?}: expected {why:?} in: {err}");
+            }
+        }
+        assert!(check_url(&format!("unet/{}", "a".repeat(256))).unwrap_err().contains("255"));
+
+        // What the converter writes (and any plain relative name) passes.
+        for url in [
+            "unet/config.json",
+            "unet/fp16-00001-of-00007.safetensors",
+            "text_encoder/fp16-00001-of-00001.safetensors",
+            "tokenizer/special_tokens_map.json",
+            "prompt_embeddings.safetensors",
+            "model_index.json",
+            "a/b/c-d_e.f.g",
+        ] {
+            assert_eq!(check_url(url), Ok(()), "{url}");
+        }
     }
 }
