@@ -155,11 +155,17 @@ describe('the JS API on WebGPU', () => {
     console.log(`run with the style cached:   ${out.timesB.seconds.toFixed(2)} s ${JSON.stringify(out.timesB.stages)}`);
   });
 
-  test('a non-image blob is a clear error; bad options are named', { timeout: T }, async () => {
+  test('a truncated JPEG and a non-image blob are clear errors naming the input; bad options are named', { timeout: T }, async () => {
     const out = await inPage(browser.page, async (api, opts) => {
       const style = await (await fetch('/www/examples/style.png')).blob();
+      // A photo cut short in transfer: the first quarter of a JPEG.
+      const canvas = new OffscreenCanvas(64, 64);
+      const g = canvas.getContext('2d');
+      g.drawImage(await createImageBitmap(style), 0, 0, 64, 64);
+      const jpeg = await canvas.convertToBlob({ type: 'image/jpeg', quality: 0.95 });
+      const truncated = jpeg.slice(0, Math.floor(jpeg.size / 4), 'image/jpeg');
       const errors = [];
-      for (const [c, o] of [[new Blob(['definitely not an image'], { type: 'image/png' }), opts],
+      for (const [c, o] of [[truncated, opts], [new Blob(['definitely not an image'], { type: 'image/png' }), opts],
         [style, { ...opts, steps: 'two' }], [style, { ...opts, resolution: 60 }], [style, { ...opts, colour: 1 }]]) {
         try {
           await api.stylize(c, style, o);
@@ -171,7 +177,9 @@ describe('the JS API on WebGPU', () => {
       return errors;
     }, OPTS);
     assert.ok(!out.error, JSON.stringify(out.error));
-    const [img, steps, res, unknown] = out;
+    const [cut, img, steps, res, unknown] = out;
+    assert.equal(cut?.name, 'ImageError');
+    assert.match(cut.message, /content image.*truncated JPEG/);
     assert.equal(img?.name, 'ImageError');
     assert.match(img.message, /content image/);
     assert.equal(steps?.name, 'InvalidOption');
