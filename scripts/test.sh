@@ -4,7 +4,7 @@
 # Installs what it needs (idempotent, quiet; see scripts/setup.sh), then runs
 #   1. cargo test                      every Rust test on burn's CPU backend
 #   1b. fuzz                           tests/fuzz.rs: every parser of outside input, for a fixed
-#                                      budget ($ZEPO_FUZZ_SECONDS per target, 24 here)
+#                                      budget ($ZEPO_FUZZ_SECONDS per target, 10 here)
 #   2. parity on wgpu                  tests/parity again on wgpu, on lavapipe (Mesa's CPU Vulkan),
 #                                      the f16 compute path (tests/f16_wgpu.rs) and the GPU
 #                                      kernels against burn's plain paths (tests/gpu_ops.rs)
@@ -50,7 +50,7 @@ cpu_tests() {
 }
 
 fuzz() {
-    ZEPO_FUZZ_SECONDS="${ZEPO_FUZZ_SECONDS:-24}" cargo test --quiet --test fuzz -- --nocapture
+    ZEPO_FUZZ_SECONDS="${ZEPO_FUZZ_SECONDS:-10}" cargo test --quiet --test fuzz -- --nocapture
 }
 
 wgpu_parity() {

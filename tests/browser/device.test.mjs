@@ -51,7 +51,10 @@ after(async () => {
 });
 
 
-test('a lost device is a DeviceLost error, and the next call works on a new engine', { timeout: T }, async () => {
+// One flow, so that the one full run on a new engine serves both: a device lost between runs and
+// during one, the GPU out of memory during one, then stylize()'s shared engine (a new Worker with
+// a new device) gives the first run's image, which is the native pipeline's.
+test('a lost device is a DeviceLost error, out of memory an OutOfMemory error; the next call works on a new engine', { timeout: 2 * T }, async () => {
   await browser.page.goto(`${server.url}/package.json`);
   const out = await inPage(browser.page, async (api, opts, _weights, kit) => {
     const [content, style] = await kit.examples();
@@ -72,44 +75,33 @@ test('a lost device is a DeviceLost error, and the next call works on a new engi
       ...opts, onProgress: kit.atStage('denoise', () => second.worker.postMessage({ type: 'test:destroy-device' })),
     }));
 
+    // Out of memory in the middle of a run.
+    const third = await api.ZePo.load({ model: opts.model });
+    const oomMidRun = await attempt(() => third.stylize(content, style, {
+      ...opts, onProgress: kit.atStage('denoise', () => third.worker.postMessage({ type: 'test:out-of-memory' })),
+    }));
+    const afterOom = await attempt(() => third.stylize(content, style, opts));
+
     // stylize()'s shared engine is a new Worker, with a new device.
     const recovered = await attempt(async () => bytes(await api.stylize(content, style, opts)));
-    return { before, between, afterLoss, midRun, recovered };
+    return { before, between, afterLoss, midRun, oomMidRun, afterOom, recovered };
   }, OPTS);
   assert.ok(!out.error, JSON.stringify(out.error));
 
   assert.equal(out.between.error?.name, 'DeviceLost', JSON.stringify(out.between));
   assert.match(out.between.error.message, /lost/i);
   assert.equal(out.afterLoss.error?.name, 'DeviceLost', `the dead engine keeps saying why: ${JSON.stringify(out.afterLoss)}`);
-
   assert.equal(out.midRun.error?.name, 'DeviceLost', `lost during a run: ${JSON.stringify(out.midRun)}`);
 
-  assert.ok(out.recovered.ok, `a new engine after the loss: ${JSON.stringify(out.recovered.error)}`);
+  assert.equal(out.oomMidRun.error?.name, 'OutOfMemory', JSON.stringify(out.oomMidRun));
+  assert.match(out.oomMidRun.error.message, /^the GPU ran out of memory \(try a smaller resolution.*\): wgpu error: Out of Memory\. /);
+  assert.doesNotMatch(out.oomMidRun.error.message, /panicked at|\.rs:/, 'no source location in the message');
+  assert.equal(out.afterOom.error?.name, 'OutOfMemory', `the dead engine keeps saying why: ${JSON.stringify(out.afterOom)}`);
+  console.log(`out of memory: ${out.oomMidRun.error.name}: ${out.oomMidRun.error.message}`);
+
+  assert.ok(out.recovered.ok, `a new engine after the loss and the out-of-memory error: ${JSON.stringify(out.recovered.error)}`);
   const [a, b] = [decodePng(Buffer.from(out.before)), decodePng(Buffer.from(out.recovered.ok))];
   assert.deepEqual([b.width, b.height], [64, 64]);
   assert.deepEqual(Buffer.from(b.data), Buffer.from(a.data), 'the new engine gives the same image');
-});
-
-test('the GPU running out of memory is an OutOfMemory error, and the next call works on a new engine', { timeout: T }, async () => {
-  await browser.page.goto(`${server.url}/package.json`);
-  const out = await inPage(browser.page, async (api, opts, _weights, kit) => {
-    const [content, style] = await kit.examples();
-    const { attempt, bytes } = kit;
-    const engine = await api.ZePo.load({ model: opts.model });
-    const midRun = await attempt(() => engine.stylize(content, style, {
-      ...opts, onProgress: kit.atStage('denoise', () => engine.worker.postMessage({ type: 'test:out-of-memory' })),
-    }));
-    const afterOom = await attempt(() => engine.stylize(content, style, opts));
-    const recovered = await attempt(async () => bytes(await api.stylize(content, style, opts)));
-    return { midRun, afterOom, recovered };
-  }, OPTS);
-  assert.ok(!out.error, JSON.stringify(out.error));
-  assert.equal(out.midRun.error?.name, 'OutOfMemory', JSON.stringify(out.midRun));
-  assert.match(out.midRun.error.message, /^the GPU ran out of memory \(try a smaller resolution.*\): wgpu error: Out of Memory\. /);
-  assert.doesNotMatch(out.midRun.error.message, /panicked at|\.rs:/, 'no source location in the message');
-  assert.equal(out.afterOom.error?.name, 'OutOfMemory', `the dead engine keeps saying why: ${JSON.stringify(out.afterOom)}`);
-  assert.ok(out.recovered.ok, `a new engine after the error: ${JSON.stringify(out.recovered.error)}`);
-  const png = decodePng(Buffer.from(out.recovered.ok));
-  assertMatchesNative(png, readSafetensors(REF).image, 'after OutOfMemory');
-  console.log(`out of memory: ${out.midRun.error.name}: ${out.midRun.error.message}`);
+  assertMatchesNative(b, readSafetensors(REF).image, 'after DeviceLost and OutOfMemory');
 });

@@ -211,9 +211,11 @@ test('the page: size before the download, paste and keyboard input, before/after
     state: document.body.dataset.state,
     error: document.getElementById('error').textContent,
     result: window.zepo.result,
+    stages: [...new Set(window.zepo.progress.map((p) => p.stage))],
     before: [document.getElementById('compare-before').naturalWidth, document.getElementById('compare-before').naturalHeight],
   }));
   assert.equal(result.state, 'done', result.error);
+  for (const st of ['download', 'denoise', 'decode']) assert.ok(result.stages.includes(st), `progress stage ${st} shown: ${result.stages}`);
   assert.deepEqual([result.result.width, result.result.height], [64, 64]);
   assert.deepEqual(result.before, [64, 64], 'the portrait under the slider is at the result\'s size');
   console.log(`page: stylize ${result.result.seconds.toFixed(1)} s`);

@@ -6,7 +6,7 @@
 // - the second visit downloads nothing (Cache API); an interrupted download resumes (Range);
 // - truncated and tampered weights are clear errors naming the file, and are not cached;
 // - an AbortSignal cancels a run; a non-image blob is a clear error;
-// - the page flow (upload, progress, result, download); no request carries image bytes.
+// (The page flow, and that no request carries image bytes: page.test.mjs.)
 // SwiftShader is slow: 64² images (8×8 latents) and 2 steps.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -366,59 +366,6 @@ describe('weights: cache, resume, integrity', () => {
       await srv.close();
     }
   });
-});
-
-test('the page: upload, progress, result, download; no image leaves the page', { timeout: T }, async () => {
-  const browser = await launch({ webgpu: true });
-  const srv = await serve();
-  try {
-    const { page } = browser;
-    const requests = [];
-    page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), body: r.postDataBuffer()?.length || 0 }));
-    await page.goto(`${srv.url}/?resolution=64&steps=2&seed=7`);
-    await page.waitForFunction(() => ['loaded', 'error', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: T, polling: 250 });
-    const state = await page.evaluate(() => document.body.dataset.state);
-    assert.equal(state, 'loaded', await page.textContent('#error'));
-    assert.ok(await page.isDisabled('#stylize'), 'Stylize waits for both images');
-    await page.setInputFiles('#content-file', path.join(ROOT, 'www/examples/portrait.png'));
-    await page.setInputFiles('#style-file', path.join(ROOT, 'www/examples/style.png'));
-    await page.waitForFunction(() => !document.getElementById('content-preview').hidden && !document.getElementById('style-preview').hidden);
-    await screenshot(page, 'page-before-run.png');
-    await page.click('#stylize');
-    await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state), null, { timeout: T, polling: 250 });
-    const result = await page.evaluate(() => ({
-      state: document.body.dataset.state,
-      error: document.getElementById('error').textContent,
-      result: window.zepo.result,
-      stages: [...new Set(window.zepo.progress.map((p) => p.stage))],
-      shown: !document.getElementById('result').hidden,
-    }));
-    await screenshot(page, 'page-after-run.png');
-    assert.equal(result.state, 'done', result.error);
-    assert.ok(result.shown, 'the result is shown');
-    assert.deepEqual([result.result.width, result.result.height], [64, 64]);
-    for (const s of ['download', 'denoise', 'decode']) assert.ok(result.stages.includes(s), `stage ${s} seen: ${result.stages}`);
-    console.log(`page: stylize ${result.result.seconds.toFixed(1)} s, stages ${JSON.stringify(result.result.stages)}`);
-
-    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
-    assert.equal(download.suggestedFilename(), 'zepo-portrait-style-seed7-64x64.png', 'the file name says what was made');
-    const file = path.join(browser.dir || os.tmpdir(), `zepo-download-${process.pid}.png`);
-    await download.saveAs(file);
-    const png = decodePng(fs.readFileSync(file));
-    fs.rmSync(file, { force: true });
-    assert.deepEqual([png.width, png.height], [64, 64]);
-
-    // No request carries image bytes: only bodiless GETs/HEADs, to the page's own server.
-    for (const r of [...requests, ...srv.requests]) {
-      assert.ok(!r.body && !r.bodyBytes, `a request with a body: ${JSON.stringify(r)}`);
-    }
-    assert.ok(srv.requests.every((r) => ['GET', 'HEAD'].includes(r.method)), 'only GET/HEAD');
-    assert.ok(requests.every((r) => r.url.startsWith(srv.url) || r.url.startsWith('blob:') || r.url.startsWith('data:')),
-      `no other host: ${requests.map((r) => r.url).filter((u) => !u.startsWith(srv.url))}`);
-  } finally {
-    await srv.close();
-    await browser.close();
-  }
 });
 
 test('without WebGPU, stylize() rejects with WebGpuUnavailable', { timeout: 120_000 }, async () => {
