@@ -64,7 +64,9 @@ async function readManifest(files) {
     const r = await files.request('manifest.json');
     if (r.status === 404) return null;
     if (!r.ok) throw named('DownloadError', `${files.url('manifest.json')}: HTTP ${r.status} ${r.statusText}`);
-    text = await r.text();
+    // weights.js's limits: at most MAX_TEXT_BYTES (an endless body is cut off), and its
+    // redirect rule (files.request): a text file comes from the model's own origin.
+    text = new TextDecoder().decode(await files.readText('manifest.json', r));
   }
   try {
     return JSON.parse(text);
@@ -143,7 +145,7 @@ async function optionalText(files, path) {
   const r = await files.request(path);
   if (r.status === 404) return null;
   if (!r.ok) throw named('DownloadError', `${files.url(path)}: HTTP ${r.status} ${r.statusText}`);
-  return r.text();
+  return new TextDecoder().decode(await files.readText(path, r));
 }
 
 /** The size of a stored file (weights.js's complete entries), or null. */
