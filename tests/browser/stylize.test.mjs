@@ -93,8 +93,8 @@ describe('the JS API on WebGPU', () => {
   });
 
   test('a 3:4 portrait keeps its shape (fit contain), matches the native CLI, and its PNG carries the settings', { timeout: T }, async () => {
+    // The first test's page and its shared engine (warm: a new engine compiles its GPU pipelines).
     const { page } = browser;
-    await apiPage(page);
     const out = await inPage(page, async (api, opts, _weights, kit) => {
       const [content, style] = await kit.examples();
       // The middle 3:4 of the example portrait (pixels copied, not resampled).
