@@ -17,7 +17,7 @@ use crate::weights::bundle::{
     check_files, convert_part, copy_file, load_bundle_part, read_manifest, write_f32_safetensors, write_manifest, PartSpec,
     DEFAULT_SHARD_BYTES,
 };
-use crate::weights::manifest::{Manifest, PromptEmbeddings, PromptEntry, FORMAT, FORMAT_VERSION, MANIFEST_FILE, PARTS};
+use crate::weights::manifest::{Manifest, PrecomputedPrompts, PromptEntry, FORMAT, FORMAT_VERSION, MANIFEST_FILE, PARTS};
 use crate::weights::{load_dir_part, LoadOptions, WeightsError};
 use crate::{Error, Result};
 
@@ -113,7 +113,7 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(&str)) -> Result<
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
         rows.into_iter().enumerate().map(|(i, v)| (format!("prompt_{i}"), shape.clone(), v)).collect();
     let file = write_f32_safetensors(out, PROMPT_EMBEDDINGS_FILE, &tensors)?;
-    let prompt_embeddings = PromptEmbeddings {
+    let prompt_embeddings = PrecomputedPrompts {
         file,
         dtype: "F32".into(),
         shape,

@@ -98,7 +98,7 @@ pub struct PromptEntry {
 /// Text-encoder outputs (`last_hidden_state`, one `[positions, hidden]` tensor per prompt)
 /// computed at conversion time, so that the browser needs no text encoder for these prompts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PromptEmbeddings {
+pub struct PrecomputedPrompts {
     #[serde(flatten)]
     pub file: FileRef,
     /// `F32`: the encoder's f32 output as is (a few hundred KB; no second rounding).
@@ -108,7 +108,7 @@ pub struct PromptEmbeddings {
     pub prompts: Vec<PromptEntry>,
 }
 
-impl PromptEmbeddings {
+impl PrecomputedPrompts {
     /// The precomputed embedding of `text` from the parsed `prompt_embeddings.safetensors`
     /// (`[positions, hidden]` f32 values, row-major), checked against the manifest's dtype and
     /// shape; `None` when `text` is not one of the precomputed prompts.
@@ -151,7 +151,7 @@ pub struct Manifest {
     /// The source's `model_index.json`, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_index: Option<FileRef>,
-    pub prompt_embeddings: Option<PromptEmbeddings>,
+    pub prompt_embeddings: Option<PrecomputedPrompts>,
 }
 
 impl Manifest {
