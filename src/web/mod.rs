@@ -21,6 +21,8 @@ mod bundle;
 mod engine;
 mod files;
 mod gpu;
+mod load;
+mod prompts;
 
 pub use engine::Engine;
 
