@@ -90,20 +90,28 @@ impl ModelFiles {
         store: &mut VarStore,
         check: impl Fn(&Header) -> Result<(), WeightsError>,
     ) -> Result<(), JsValue> {
-        let name = self.name(path);
-        let dl: Download = self.open(path, false).await?.unchecked_into();
-        let result = stream(&dl, &name, store, check).await;
-        finish(&dl, result).await
+        self.stream_file(path, false, store, check).await.map(|_| ())
     }
 
     /// Like [`ModelFiles::stream_into`], but `Ok(false)` when the server has no such file.
     pub async fn stream_optional(&self, path: &str, store: &mut VarStore) -> Result<bool, JsValue> {
-        let dl = self.open(path, true).await?;
+        self.stream_file(path, true, store, |_| Ok(())).await
+    }
+
+    /// Opens `path` (with `optional`, `Ok(false)` on a 404) and streams it into `store`.
+    async fn stream_file(
+        &self,
+        path: &str,
+        optional: bool,
+        store: &mut VarStore,
+        check: impl Fn(&Header) -> Result<(), WeightsError>,
+    ) -> Result<bool, JsValue> {
+        let dl = self.open(path, optional).await?;
         if dl.is_null() || dl.is_undefined() {
             return Ok(false);
         }
         let dl: Download = dl.unchecked_into();
-        let result = stream(&dl, &self.name(path), store, |_| Ok(())).await;
+        let result = stream(&dl, &self.name(path), store, check).await;
         finish(&dl, result).await.map(|_| true)
     }
 
