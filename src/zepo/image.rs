@@ -19,6 +19,13 @@ fn decode_limits() -> image::Limits {
     limits
 }
 
+/// A reader of encoded bytes, its format guessed from them, under [`decode_limits`].
+fn reader(bytes: &[u8]) -> std::result::Result<image::ImageReader<std::io::Cursor<&[u8]>>, String> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    reader.limits(decode_limits());
+    Ok(reader)
+}
+
 const UNSUPPORTED: &str = "not an image in a supported format (PNG, JPEG, WebP, BMP, GIF)";
 
 fn decode_error(e: image::ImageError) -> String {
@@ -115,8 +122,7 @@ impl RgbImage {
     /// embedded colour profile is not applied (sRGB is assumed, as the model was trained on).
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
         let bad = |reason: String| Error::Image { name: name.to_string(), reason };
-        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
-        reader.limits(decode_limits());
+        let reader = reader(bytes).map_err(bad)?;
         let Some(format) = reader.format() else { return Err(bad(UNSUPPORTED.into())) };
         match format {
             image::ImageFormat::Jpeg => jpeg_is_complete(bytes).map_err(bad)?,
@@ -151,11 +157,8 @@ impl RgbImage {
 
     /// The width and height of encoded image bytes, from the header alone.
     pub fn dimensions(bytes: &[u8], name: &str) -> Result<(usize, usize)> {
-        let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| Error::Image { name: name.to_string(), reason: e.to_string() })?;
-        let (w, h) =
-            reader.into_dimensions().map_err(|e| Error::Image { name: name.to_string(), reason: format!("cannot read its size: {e}") })?;
+        let bad = |reason: String| Error::Image { name: name.to_string(), reason };
+        let (w, h) = reader(bytes).map_err(bad)?.into_dimensions().map_err(|e| bad(decode_error(e)))?;
         Ok((w as usize, h as usize))
     }
 
