@@ -57,6 +57,11 @@ const ENGINE_KEYS = new Set(['model', 'revision', 'variant', 'precision', 'onPro
 // the next call starts a new one.
 const FATAL = new Set(['DeviceLost', 'DeviceError', 'OutOfMemory', 'EngineCrashed', 'EngineMissing']);
 
+/** The pipeline's options of `opts`: without the engine's own keys and undefined values. */
+function pipelineOptions(opts) {
+  return Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
+}
+
 function abortError() {
   return Object.assign(new Error('the stylization was cancelled'), { name: 'AbortError' });
 }
@@ -151,7 +156,7 @@ export class ZePo {
 
   async run(content, style, opts) {
     const { onProgress, signal } = opts;
-    const options = Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
+    const options = pipelineOptions(opts);
     if (signal?.aborted) throw abortError();
     if (this.dead) throw this.dead;
     const [c, s] = await Promise.all([bytesOf(content, 'content'), bytesOf(style, 'style')]);
@@ -176,7 +181,7 @@ export class ZePo {
    * right after loading. Queued like stylize(); resolves to the seconds it took.
    */
   warmup(opts = {}, { onProgress, signal } = {}) {
-    const options = Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
+    const options = pipelineOptions(opts);
     const run = this.queue.then(async () => {
       if (signal?.aborted) throw abortError();
       let id = null;
@@ -199,7 +204,7 @@ export class ZePo {
    * `content` is needed where the size follows the portrait's shape (`fit`).
    */
   async hasStyle(style, opts = {}, content) {
-    const options = Object.fromEntries(Object.entries(opts).filter(([k, v]) => !ENGINE_KEYS.has(k) && v !== undefined));
+    const options = pipelineOptions(opts);
     const s = await bytesOf(style, 'style');
     const c = content === undefined ? null : await bytesOf(content, 'content');
     return this.call('hasStyle', { style: s.buffer, options, content: c?.buffer }, null, c ? [s.buffer, c.buffer] : [s.buffer]);
