@@ -20,6 +20,11 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// A model file could not be fetched or kept (the browser's download layer, `www/weights.js`:
+    /// network, HTTP status, integrity, storage); `name` is its error name (`NetworkError`,
+    /// `IntegrityError`, `StorageFull`…), kept for the page.
+    #[error("{message}")]
+    Fetch { name: String, message: String },
     /// The run was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use zepo::models::tokenizer::ClipTokenizer;
-use zepo::weights::manifest::Manifest;
+use zepo::weights::bundle::Manifest;
 use zepo::weights::{SafetensorsBytes, StreamParser};
 use zepo::zepo::image::{RgbImage, MAX_PIXELS};
 use zepo::zepo::ZepoOptions;

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use zepo::models::bundle::{convert, verify, ConvertOptions};
+use zepo::tools::convert::{convert, ConvertOptions};
+use zepo::tools::verify::verify;
 use zepo::Result;
 
 #[derive(Subcommand)]
@@ -21,9 +22,9 @@ pub enum WeightsCommand {
         /// Shard size cap in MiB (a tensor larger than that gets a shard of its own).
         #[arg(long, default_value_t = 256)]
         shard_mb: u64,
-        /// Comma-separated prompts whose text embeddings are precomputed; the unconditional
-        /// "" is always added.
-        #[arg(long, value_delimiter = ',', default_value = "face")]
+        /// Comma-separated prompts whose text embeddings are precomputed (default: the
+        /// pipeline's default prompt); the unconditional "" is always added.
+        #[arg(long, value_delimiter = ',')]
         prompts: Vec<String>,
         /// One more prompt to precompute, verbatim (may contain commas); repeatable.
         #[arg(long)]
@@ -31,9 +32,6 @@ pub enum WeightsCommand {
         /// Leave out the text encoder and tokenizer (only precomputed prompts can be used).
         #[arg(long)]
         no_text_encoder: bool,
-        /// Leave out the VAE encoder (decode-only use).
-        #[arg(long)]
-        no_vae_encoder: bool,
         /// Model name in the manifest (default: the model directory's name).
         #[arg(long)]
         name: Option<String>,
@@ -59,15 +57,16 @@ pub enum WeightsCommand {
 
 pub fn run(cmd: WeightsCommand) -> Result<()> {
     match cmd {
-        WeightsCommand::Convert { model, out, shard_mb, prompts, prompt, no_text_encoder, no_vae_encoder, name } => {
+        WeightsCommand::Convert { model, out, shard_mb, prompts, prompt, no_text_encoder, name } => {
             if shard_mb == 0 {
                 return Err(zepo::Error::InvalidOption("--shard-mb must be at least 1".into()));
             }
             let mut opts = ConvertOptions::new(model, out);
             opts.shard_bytes = shard_mb << 20;
-            opts.prompts = prompts.into_iter().chain(prompt).collect();
+            if !prompts.is_empty() || !prompt.is_empty() {
+                opts.prompts = prompts.into_iter().chain(prompt).collect();
+            }
             opts.text_encoder = !no_text_encoder;
-            opts.vae_encoder = !no_vae_encoder;
             opts.name = name;
             let manifest = convert(&opts, &mut |msg| eprintln!("{msg}"))?;
             for (part, p) in &manifest.parts {

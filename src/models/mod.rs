@@ -3,8 +3,6 @@
 //! the UNet's self-attentions accept an [`attention::AttentionController`].
 
 pub mod attention;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod bundle;
 pub mod clip;
 pub mod resnet;
 pub mod tokenizer;

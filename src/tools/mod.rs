@@ -1,3 +1,8 @@
-//! Native tools over the library (used by the CLI): making test and benchmark checkpoints.
+//! Native tools over the library (the CLI's `zepo weights …`): converting a diffusers checkpoint
+//! into an fp16 bundle, verifying a bundle, and making random checkpoints with the real
+//! structure. Tool code: it reads and writes files, and loads models only through
+//! `zepo::load`.
 
+pub mod convert;
 pub mod random_checkpoint;
+pub mod verify;

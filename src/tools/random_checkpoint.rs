@@ -13,11 +13,8 @@ use std::path::Path;
 use burn::tensor::{DType, Device};
 use half::f16;
 
-use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::read_config;
-use crate::models::unet::{UNet2DConditionModel, UNetConfig};
-use crate::models::vae::{AutoencoderKL, VaeConfig};
-use crate::weights::bundle::header_bytes;
+use super::convert::header_bytes;
+use crate::zepo::load::{block_on, Loader, WeightSource};
 use crate::weights::{random_weight, Dtype, LoadOptions, VarStore};
 use crate::{Error, Result};
 
@@ -28,24 +25,12 @@ const PARTS: &[(&str, &str, u64)] =
 /// The keys and shapes the loader of `part` asks for, configured from `config_dir`.
 fn structure(config_dir: &Path, part: &str, device: &Device) -> Result<Vec<(String, Vec<usize>)>> {
     // f16 zeros: the structure costs half of an f32 model's memory, briefly.
-    let store = VarStore::zeros(device, &LoadOptions { dtype: DType::F16, ..Default::default() });
+    let options = LoadOptions { dtype: DType::F16, ..Default::default() };
+    let store = VarStore::zeros(device, &options);
     let requests = store.requests();
-    let config = config_dir.join(part).join("config.json");
-    match part {
-        "unet" => {
-            let cfg: UNetConfig = read_config(&config)?;
-            cfg.validate().map_err(|e| Error::config(config.display(), e))?;
-            drop(UNet2DConditionModel::load(&store.into_builder(), &cfg)?);
-        }
-        "vae" => {
-            let cfg: VaeConfig = read_config(&config)?;
-            drop(AutoencoderKL::load(&store.into_builder(), &cfg)?);
-        }
-        "text_encoder" => {
-            let cfg: ClipTextConfig = read_config(&config)?;
-            drop(ClipTextModel::from_store(store, &cfg)?);
-        }
-        other => return Err(Error::InvalidOption(format!("no loader for part {other}"))),
+    let loader = Loader::dir(config_dir, device, &options, WeightSource::Checkpoint)?;
+    if !block_on(loader.build_part(part, store))? {
+        return Err(Error::InvalidOption(format!("no loader for part {part}")));
     }
     let list = requests.borrow().clone();
     // A key asked twice (shared weights) is stored once.

@@ -1,478 +1,466 @@
-//! The fp16 weight bundle on disk (native): writing a part's shards by streaming a diffusers
-//! checkpoint tensor by tensor, checking every file of a bundle against its manifest, and
-//! loading a part of a bundle into a [`VarStore`]. The model-aware steps (prompt embeddings,
-//! shapes against the model loaders) are in `crate::models::bundle`.
-//!
-//! Memory: the source files are memory-mapped and each tensor's pages are dropped once it is
-//! written; a shard is written as it is produced, through a buffer of [`CHUNK`] elements.
+//! The fp16 weight bundle's format (`weights/README.md`), in one place: `manifest.json` (what a
+//! browser fetches, in which files, with their sizes and sha256), how a model is told to be a
+//! bundle ([`is_manifest`]), and how a part's tensors are packed into shards ([`plan_shards`]).
+//! No file system here: the browser engine, the native loader (`super::source`) and the
+//! converter and verifier (`crate::tools`) all read and write bundles through this module.
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 
-use burn::tensor::Device;
-use half::{bf16, f16};
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 
-use super::manifest::{FileRef, Manifest, Part, Shard, MANIFEST_FILE};
-use super::safetensors::{Dtype, SafetensorsBytes, TensorEntry};
-use super::store::{map_file, part_files, release_pages};
-use super::{LoadOptions, VarStore, WeightsError};
+use super::safetensors::{Dtype, Header, SafetensorsBytes};
+use super::WeightsError;
 
-/// Elements converted per step: bounds the converter's working memory (4 MB of f32).
-pub const CHUNK: usize = 1 << 20;
+/// The `format` field of every bundle manifest.
+pub const FORMAT: &str = "zepo-fp16-bundle";
+/// The version this crate writes and reads; a reader refuses any other.
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name at the bundle's root.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The model parts a bundle may hold, with their diffusers weight-file stems.
+pub const PARTS: &[(&str, &str)] = &[("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+/// The file of precomputed prompt embeddings, relative to the bundle's root.
+pub const PROMPT_EMBEDDINGS_FILE: &str = "prompt_embeddings.safetensors";
 /// The default shard cap, 256 MiB: well under what a fetch, a Cache API entry or a GPU
 /// buffer comfortably takes.
 pub const DEFAULT_SHARD_BYTES: u64 = 256 << 20;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
-    move |source| WeightsError::Io { file: path.display().to_string(), source }
+/// Whether `manifest.json`'s text is a bundle's manifest (it has a `format`; [`Manifest::parse`]
+/// then checks which), rather than the plain `{ "files": … }` checksum list a diffusers layout
+/// may carry. The one test of "is this model a bundle?", natively and in the browser.
+pub fn is_manifest(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.get("format").is_some())
 }
 
-fn bundle_err(file: impl std::fmt::Display, reason: impl Into<String>) -> WeightsError {
-    WeightsError::Bundle { file: file.to_string(), reason: reason.into() }
+/// The shard file of shard `n` (0-based) of `count` of `part`.
+pub fn shard_url(part: &str, n: usize, count: usize) -> String {
+    format!("{part}/fp16-{:05}-of-{count:05}.safetensors", n + 1)
 }
 
-/// A writer that hashes and counts what goes through it.
-struct HashWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> HashWriter<W> {
-    fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), written: 0 }
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
-        self.inner.write_all(bytes)
-    }
-
-    fn finish(mut self) -> std::io::Result<(u64, String)> {
-        self.inner.flush()?;
-        Ok((self.written, hex(&self.hasher.finalize())))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The sha256 (hex) and size of a file, read in 1 MiB pieces.
-pub fn sha256_file(path: &Path) -> Result<(u64, String), WeightsError> {
-    let mut file = File::open(path).map_err(io(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex(&hasher.finalize())))
-}
-
-/// A safetensors header for tensors laid out back to back in the given order, padded with
-/// spaces so that the data starts 8-byte aligned (as the Python writer does). Written here, not
-/// by the `safetensors` crate, because the converter streams: the crate's writers take every
-/// tensor's bytes at once (`TensorView`s), the converter writes the header, then each tensor as
-/// it is rounded to f16, and so holds 0.5 GB for a 3.4 GB UNet. (The parser's round-trip tests
-/// read what this writes.)
-pub fn header_bytes(tensors: &[(&str, Dtype, &[usize])]) -> Vec<u8> {
-    let mut map = serde_json::Map::new();
-    map.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
-    let mut offset = 0u64;
-    for (name, dtype, shape) in tensors {
-        let len = shape.iter().product::<usize>() as u64 * dtype.size() as u64;
-        map.insert(name.to_string(), serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}));
-        offset += len;
-    }
-    let mut json = serde_json::to_vec(&map).expect("a header always serializes");
-    while !(8 + json.len()).is_multiple_of(8) {
-        json.push(b' ');
-    }
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend(json);
-    out
-}
-
-/// Which source tensors a part carries: every float tensor not under an omitted prefix.
-pub struct PartSpec<'a> {
-    pub part: &'a str,
-    /// The weight files' stem (`diffusion_pytorch_model`, `model`).
-    pub stem: &'a str,
-    /// Key prefixes to leave out (`encoder.` for a decode-only VAE).
-    pub omit: &'a [&'a str],
-}
-
-/// Converts one part of the diffusers checkpoint in `model` into f16 shards of at most
-/// `shard_bytes` (a tensor larger than that gets a shard of its own) under `out/<part>/`, and
-/// copies its `config.json`. `progress` is told about each shard written.
-pub fn convert_part(
-    model: &Path,
-    spec: &PartSpec,
-    out: &Path,
-    shard_bytes: u64,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Part, WeightsError> {
-    let files = part_files(model, spec.part, spec.stem)?;
-    let maps = files.iter().map(|p| map_file(p)).collect::<Result<Vec<_>, _>>()?;
-    let sources = files.iter().zip(&maps).map(|(p, m)| SafetensorsBytes::new(m, p.display().to_string())).collect::<Result<Vec<_>, _>>()?;
-
-    // Plan: the carried tensors in source order, packed greedily into shards.
-    let mut seen = std::collections::HashMap::new();
-    let mut carried: Vec<(usize, &TensorEntry)> = Vec::new();
-    let mut skipped = Vec::new();
-    for (i, st) in sources.iter().enumerate() {
-        for t in &st.header().tensors {
-            if let Some(first) = seen.insert(t.name.clone(), i) {
-                return Err(WeightsError::Duplicate {
-                    key: t.name.clone(),
-                    first: sources[first].name().to_string(),
-                    second: st.name().to_string(),
-                });
-            }
-            if spec.omit.iter().any(|p| t.name.starts_with(p)) {
-                continue;
-            }
-            if t.dtype.is_float() {
-                carried.push((i, t));
-            } else {
-                skipped.push(t.name.clone());
-            }
-        }
-    }
-    if carried.is_empty() {
-        return Err(bundle_err(model.join(spec.part).display(), "no float tensors to convert"));
-    }
+/// Packs a part's tensors (`(name, shape)`, in source order) greedily into shards whose files
+/// stay within `cap` bytes once written as f16 (a tensor larger than that gets a shard of its
+/// own). Returns each shard's tensor indices.
+pub fn plan_shards(tensors: &[(&str, &[usize])], cap: u64) -> Vec<Vec<usize>> {
     // A tensor's bytes in a shard: its f16 data plus a bound on its header entry
-    // (`"name":{"dtype":"F16","shape":[..],"data_offsets":[a,b]},`), so that whole files stay
-    // within the cap.
-    let cost = |t: &TensorEntry| t.shape.iter().product::<usize>() as u64 * 2 + (t.name.len() + 21 * t.shape.len() + 96) as u64;
+    // (`"name":{"dtype":"F16","shape":[..],"data_offsets":[a,b]},`).
+    let cost = |(name, shape): &(&str, &[usize])| shape.iter().product::<usize>() as u64 * 2 + (name.len() + 21 * shape.len() + 96) as u64;
     const HEADER_BASE: u64 = 64; // length prefix, braces, `__metadata__`, alignment
-    let mut plan: Vec<Vec<(usize, &TensorEntry)>> = vec![Vec::new()];
+    let mut plan: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = HEADER_BASE;
-    for (i, t) in carried {
-        let current = plan.last_mut().unwrap();
-        if !current.is_empty() && size + cost(t) > shard_bytes {
+    for (i, t) in tensors.iter().enumerate() {
+        if !plan.last().unwrap().is_empty() && size + cost(t) > cap {
             plan.push(Vec::new());
             size = HEADER_BASE;
         }
-        plan.last_mut().unwrap().push((i, t));
+        plan.last_mut().unwrap().push(i);
         size += cost(t);
     }
-
-    let part_dir = out.join(spec.part);
-    std::fs::create_dir_all(&part_dir).map_err(io(&part_dir))?;
-    let mut shards = Vec::with_capacity(plan.len());
-    for (n, tensors) in plan.iter().enumerate() {
-        let url = format!("{}/fp16-{:05}-of-{:05}.safetensors", spec.part, n + 1, plan.len());
-        let path = out.join(&url);
-        let file = File::create(&path).map_err(io(&path))?;
-        let mut w = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
-        let layout: Vec<(&str, Dtype, &[usize])> = tensors.iter().map(|(_, t)| (t.name.as_str(), Dtype::F16, t.shape.as_slice())).collect();
-        w.write_all(&header_bytes(&layout)).map_err(io(&path))?;
-        for (i, t) in tensors {
-            let st = &sources[*i];
-            let bytes = &maps[*i][st.header().data_start as usize + t.start as usize..][..(t.end - t.start) as usize];
-            to_f16(t, bytes, st.name(), &mut |b| w.write_all(b).map_err(io(&path)))?;
-            release_pages(&maps[*i], st.header().data_start as usize + t.start as usize, bytes.len());
-        }
-        let (size, sha256) = w.finish().map_err(io(&path))?;
-        progress(&format!("{url}: {} tensors, {:.1} MB", tensors.len(), size as f64 / 1e6));
-        shards.push(Shard {
-            file: FileRef { url, size, sha256 },
-            dtype: Dtype::F16.name().into(),
-            tensors: tensors.iter().map(|(_, t)| t.name.clone()).collect(),
-        });
-    }
-    let config = copy_file(&model.join(spec.part).join("config.json"), out, &format!("{}/config.json", spec.part))?;
-    Ok(Part {
-        config,
-        total_bytes: shards.iter().map(|s| s.file.size).sum(),
-        shards,
-        omitted: spec.omit.iter().map(|p| p.to_string()).collect(),
-        skipped,
-    })
+    plan
 }
 
-/// Rounds one float tensor to f16 (round to nearest, ties to even), [`CHUNK`] elements at a
-/// time, handing the little-endian bytes to `sink`. A value that is not finite in f16 (beyond
-/// ±65504 after rounding, or inf / NaN in the source) is an error naming the tensor.
-pub fn to_f16(
-    entry: &TensorEntry,
-    bytes: &[u8],
-    file: &str,
-    sink: &mut dyn FnMut(&[u8]) -> Result<(), WeightsError>,
-) -> Result<(), WeightsError> {
-    let size = entry.dtype.size();
-    let mut wide: Vec<f32> = Vec::with_capacity(CHUNK.min(bytes.len() / size));
-    let mut half: Vec<f16> = Vec::with_capacity(wide.capacity());
-    let mut out: Vec<u8> = Vec::with_capacity(wide.capacity() * 2);
-    let bad = |value: String| WeightsError::OutOfRange { key: entry.name.clone(), file: file.to_string(), value };
-    for chunk in bytes.chunks(CHUNK * size) {
-        half.clear();
-        match entry.dtype {
-            Dtype::F16 => half.extend(chunk.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]))),
-            // f64 rounds to f16 directly: going through f32 could round twice.
-            Dtype::F64 => half.extend(chunk.chunks_exact(8).map(|b| f16::from_f64(f64::from_le_bytes(b.try_into().unwrap())))),
-            Dtype::F32 | Dtype::BF16 => {
-                wide.clear();
-                if entry.dtype == Dtype::F32 {
-                    wide.extend(chunk.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())));
-                } else {
-                    wide.extend(chunk.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()));
-                }
-                half.extend(wide.iter().map(|&v| f16::from_f32(v)));
+/// A checksum list, the optional `manifest.json` of a diffusers layout:
+/// `{ "files": { "unet/diffusion_pytorch_model.safetensors": { "size": 123, "sha256": "ab…" } } }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChecksumList {
+    #[serde(default)]
+    pub files: BTreeMap<String, ChecksumEntry>,
+}
+
+/// One file of a [`ChecksumList`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChecksumEntry {
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+impl ChecksumList {
+    /// Parses a checksum list; `name` is used in errors.
+    pub fn parse(text: &str, name: &str) -> Result<Self, WeightsError> {
+        serde_json::from_str(text).map_err(|e| WeightsError::Bundle { file: name.to_string(), reason: format!("not a checksum list: {e}") })
+    }
+}
+
+/// A file of the bundle: its URL relative to the bundle's root, size and sha256 (lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub url: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One safetensors shard of a part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    #[serde(flatten)]
+    pub file: FileRef,
+    /// The safetensors dtype of every tensor in it (`F16`).
+    pub dtype: String,
+    /// The tensors it holds, in file order.
+    pub tensors: Vec<String>,
+}
+
+impl Shard {
+    /// Checks a shard's parsed header against this entry: every tensor of the stated dtype,
+    /// exactly the listed tensors in the listed order. `file` is used in errors.
+    pub fn check_header(&self, header: &Header, file: &str) -> Result<(), WeightsError> {
+        let bad = |reason: String| WeightsError::Bundle { file: file.to_string(), reason };
+        if let Some(t) = header.tensors.iter().find(|t| t.dtype.name() != self.dtype) {
+            return Err(bad(format!("tensor `{}` is {}, the manifest says {}", t.name, t.dtype.name(), self.dtype)));
+        }
+        let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+        let listed: Vec<&str> = self.tensors.iter().map(String::as_str).collect();
+        if names != listed {
+            let i = names.iter().zip(&listed).position(|(a, b)| a != b).unwrap_or(names.len().min(listed.len()));
+            return Err(bad(format!(
+                "holds other tensors than the manifest lists: tensor #{i} is {:?}, the manifest says {:?} ({} held, {} listed)",
+                names.get(i),
+                listed.get(i),
+                names.len(),
+                listed.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One model part (`unet`, `vae`, `text_encoder`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// The part's diffusers / transformers `config.json`, copied verbatim.
+    pub config: FileRef,
+    pub shards: Vec<Shard>,
+    /// Sum of the shards' sizes.
+    pub total_bytes: u64,
+    /// Key prefixes left out (`encoder.` of a decode-only VAE, which older converters could
+    /// write; the loader refuses such a bundle by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<String>,
+    /// Non-float source tensors not carried: buffers no module uses (CLIP's `position_ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+impl Part {
+    pub fn tensor_count(&self) -> usize {
+        self.shards.iter().map(|s| s.tensors.len()).sum()
+    }
+
+    /// Whether keys under `prefix` (e.g. `encoder.`) were left out.
+    pub fn omits(&self, prefix: &str) -> bool {
+        self.omitted.iter().any(|p| p == prefix)
+    }
+}
+
+/// One precomputed prompt: its text and the tensor holding its embedding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptEntry {
+    pub text: String,
+    pub tensor: String,
+}
+
+/// Text-encoder outputs (`last_hidden_state`, one `[positions, hidden]` tensor per prompt)
+/// computed at conversion time, so that the browser needs no text encoder for these prompts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrecomputedPrompts {
+    #[serde(flatten)]
+    pub file: FileRef,
+    /// `F32`: the encoder's f32 output as is (a few hundred KB; no second rounding).
+    pub dtype: String,
+    /// `[max_position_embeddings, hidden_size]` of the text encoder.
+    pub shape: Vec<usize>,
+    pub prompts: Vec<PromptEntry>,
+}
+
+impl PrecomputedPrompts {
+    /// The precomputed embedding of `text` from the parsed `prompt_embeddings.safetensors`
+    /// (`[positions, hidden]` f32 values, row-major), checked against the manifest's dtype and
+    /// shape; `None` when `text` is not one of the precomputed prompts.
+    pub fn values<B: AsRef<[u8]>>(&self, st: &SafetensorsBytes<B>, text: &str) -> Result<Option<Vec<f32>>, WeightsError> {
+        let Some(entry) = self.prompts.iter().find(|p| p.text == text) else { return Ok(None) };
+        let bad = |reason: String| WeightsError::Bundle { file: st.name().to_string(), reason };
+        let (t, bytes) = st.get(&entry.tensor).ok_or_else(|| bad(format!("no tensor `{}` (prompt {:?})", entry.tensor, entry.text)))?;
+        if t.dtype != Dtype::F32 || self.dtype != "F32" || t.shape != self.shape || self.shape.len() != 2 {
+            return Err(bad(format!(
+                "tensor `{}` is {} {:?}, the manifest says {} {:?} (expected F32 [positions, hidden])",
+                entry.tensor,
+                t.dtype.name(),
+                t.shape,
+                self.dtype,
+                self.shape
+            )));
+        }
+        Ok(Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+    }
+}
+
+/// The whole `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    /// The source model's name (its directory name unless given).
+    pub model: String,
+    /// `unet`, `vae`, and `text_encoder` unless left out.
+    pub parts: BTreeMap<String, Part>,
+    /// Whole parts left out on request (`text_encoder`, then also `tokenizer`) and sub-parts
+    /// (`vae.encoder`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<String>,
+    /// The CLIP tokenizer files (absent with the text encoder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokenizer: Vec<FileRef>,
+    /// `scheduler/scheduler_config.json`.
+    pub scheduler: Option<FileRef>,
+    /// The source's `model_index.json`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_index: Option<FileRef>,
+    pub prompt_embeddings: Option<PrecomputedPrompts>,
+}
+
+impl Manifest {
+    /// Parses and checks a manifest's text; `name` is used in errors.
+    pub fn parse(text: &str, name: &str) -> Result<Self, WeightsError> {
+        let bad = |reason: String| WeightsError::Bundle { file: name.to_string(), reason };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        match value.get("format").and_then(|f| f.as_str()) {
+            Some(FORMAT) => {}
+            other => return Err(bad(format!("format is {other:?}, expected \"{FORMAT}\""))),
+        }
+        match value.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == FORMAT_VERSION as u64 => {}
+            other => return Err(bad(format!("format_version {other:?} is not supported (this build reads version {FORMAT_VERSION})"))),
+        }
+        let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        for file in manifest.files() {
+            check_url(&file.url).map_err(|reason| bad(format!("`{}`: {reason}", file.url)))?;
+            if file.sha256.len() != 64 || !file.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!("`{}`: sha256 is not 64 hex digits", file.url)));
             }
-            other => return Err(WeightsError::Dtype { key: entry.name.clone(), dtype: other.name().into() }),
         }
-        if let Some(i) = half.iter().position(|v| !v.is_finite()) {
-            let value = match entry.dtype {
-                Dtype::F32 | Dtype::BF16 => wide[i].to_string(),
-                Dtype::F64 => f64::from_le_bytes(chunk[i * 8..i * 8 + 8].try_into().unwrap()).to_string(),
-                _ => half[i].to_string(),
+        for (name, part) in &manifest.parts {
+            let sum: u64 = part.shards.iter().map(|s| s.file.size).sum();
+            if sum != part.total_bytes {
+                return Err(bad(format!("part {name}: total_bytes {} but its shards add up to {sum}", part.total_bytes)));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest as written to `manifest.json` (pretty, stable key order).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest always serializes") + "\n"
+    }
+
+    /// A part, or an error saying that it was left out (or never there).
+    pub fn part(&self, name: &str) -> Result<&Part, WeightsError> {
+        self.parts.get(name).ok_or_else(|| {
+            let reason = if self.omitted.iter().any(|o| o == name) {
+                format!("the {name} was left out of this bundle at conversion; convert the model again without leaving it out")
+            } else {
+                format!("this bundle has no {name} part (it has: {})", self.parts.keys().cloned().collect::<Vec<_>>().join(", "))
             };
-            return Err(bad(value));
+            WeightsError::Bundle { file: format!("{} ({MANIFEST_FILE})", self.model), reason }
+        })
+    }
+
+    /// The tensor holding the precomputed embedding of `text`, if there is one.
+    pub fn prompt_tensor(&self, text: &str) -> Option<&str> {
+        let pe = self.prompt_embeddings.as_ref()?;
+        pe.prompts.iter().find(|p| p.text == text).map(|p| p.tensor.as_str())
+    }
+
+    /// Whether the VAE's encoder was left out: such a bundle can decode latents but cannot
+    /// encode images (the converter no longer makes them; a hand-made or older one is refused).
+    pub fn vae_encoder_omitted(&self) -> bool {
+        self.omitted.iter().any(|o| o == "vae.encoder") || self.parts.get("vae").is_some_and(|p| p.omits("encoder."))
+    }
+
+    /// Every file the bundle references (configs, shards, tokenizer, scheduler, embeddings).
+    pub fn files(&self) -> Vec<&FileRef> {
+        let mut files = Vec::new();
+        for part in self.parts.values() {
+            files.push(&part.config);
+            files.extend(part.shards.iter().map(|s| &s.file));
         }
-        out.clear();
-        out.extend(half.iter().flat_map(|v| v.to_le_bytes()));
-        sink(&out)?;
+        files.extend(self.tokenizer.iter());
+        files.extend(self.scheduler.iter());
+        files.extend(self.model_index.iter());
+        files.extend(self.prompt_embeddings.iter().map(|p| &p.file));
+        files
+    }
+
+    /// Bytes of every referenced file together.
+    pub fn total_bytes(&self) -> u64 {
+        self.files().iter().map(|f| f.size).sum()
+    }
+}
+
+/// The rule for every `url` of a manifest: it names a file inside the bundle's folder, and means
+/// the same to every URL parser and static server. `/`-separated components of ASCII letters,
+/// digits, `_`, `-` and `.`, none empty and none starting with `.` (so no `.`, `..` or hidden
+/// file), at most 255 bytes each. That refuses absolute URLs (`https://…`, any `:`), `//host` and
+/// `/…`, backslashes (a `/` to a URL parser), `%` escapes (`%2e%2e` is `..` to a URL parser),
+/// `?` and `#`, whitespace and control characters (a URL parser drops tabs and newlines: `.\t.`
+/// is `..`), and anything not ASCII. `Manifest::parse` applies it to every file.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("is empty".into());
+    }
+    if url.starts_with("//") {
+        return Err("points to another host (`//host`): a file must be inside the bundle's folder".into());
+    }
+    if url.starts_with('/') {
+        return Err("is an absolute path: a file must be relative to the manifest, inside the bundle's folder".into());
+    }
+    if url.contains(':') {
+        return Err("has a `:` (an absolute URL, `scheme:…`): a file must be relative to the manifest, inside the bundle's folder".into());
+    }
+    if url.contains('\\') {
+        return Err("has a backslash, which a URL parser reads as `/`: only `/` separates folders".into());
+    }
+    if url.contains('%') {
+        return Err("has a `%` escape (`%2e%2e` is `..` to a URL parser): names must be written plain".into());
+    }
+    if let Some(c) = url.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))) {
+        return Err(format!("has the character {c:?}: only ASCII letters, digits, `_`, `-`, `.` and `/` are allowed"));
+    }
+    for c in url.split('/') {
+        if c.is_empty() {
+            return Err("has an empty folder name (`//` or a trailing `/`)".into());
+        }
+        if c == ".." || c == "." {
+            return Err(format!("has a `{c}` component: a file must be inside the bundle's folder"));
+        }
+        if c.starts_with('.') {
+            return Err(format!("has a name starting with `.` (`{c}`): hidden names are not allowed"));
+        }
+        if c.len() > 255 {
+            return Err("has a name longer than 255 bytes".into());
+        }
     }
     Ok(())
-}
-
-/// Copies `src` to `out/rel`, returning its manifest entry.
-pub fn copy_file(src: &Path, out: &Path, rel: &str) -> Result<FileRef, WeightsError> {
-    let bytes = std::fs::read(src).map_err(io(src))?;
-    write_file(out, rel, &bytes)
-}
-
-/// Writes `bytes` to `out/rel`, returning its manifest entry.
-pub fn write_file(out: &Path, rel: &str, bytes: &[u8]) -> Result<FileRef, WeightsError> {
-    let dest = out.join(rel);
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    std::fs::write(&dest, bytes).map_err(io(&dest))?;
-    Ok(FileRef { url: rel.to_string(), size: bytes.len() as u64, sha256: hex(&Sha256::digest(bytes)) })
-}
-
-/// A small f32 safetensors file (the prompt embeddings) at `out/rel`.
-pub fn write_f32_safetensors(out: &Path, rel: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<FileRef, WeightsError> {
-    for (name, shape, values) in tensors {
-        if shape.iter().product::<usize>() != values.len() {
-            return Err(bundle_err(rel, format!("tensor `{name}`: {} values for shape {shape:?}", values.len())));
-        }
-    }
-    let layout: Vec<(&str, Dtype, &[usize])> = tensors.iter().map(|(n, s, _)| (n.as_str(), Dtype::F32, s.as_slice())).collect();
-    let mut bytes = header_bytes(&layout);
-    for (_, _, values) in tensors {
-        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    }
-    write_file(out, rel, &bytes)
-}
-
-/// Reads and checks `dir/manifest.json`.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, WeightsError> {
-    let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    Manifest::parse(&text, &path.display().to_string())
-}
-
-/// Whether `dir` holds a bundle (a `manifest.json`) rather than a diffusers checkpoint.
-pub fn is_bundle(dir: &Path) -> bool {
-    dir.join(MANIFEST_FILE).is_file()
-}
-
-/// Writes `dir/manifest.json`: the last file written, so that a bundle whose conversion
-/// stopped half-way has none.
-pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), WeightsError> {
-    let path = dir.join(MANIFEST_FILE);
-    std::fs::write(&path, manifest.to_json()).map_err(io(&path))
-}
-
-/// A shard opened and checked against its manifest entry: size, header, dtype, tensor list.
-fn open_shard(dir: &Path, shard: &Shard) -> Result<(PathBuf, memmap2::Mmap), WeightsError> {
-    let path = dir.join(&shard.file.url);
-    let found = std::fs::metadata(&path).map_err(io(&path))?.len();
-    if found < shard.file.size {
-        return Err(WeightsError::Truncated { file: path.display().to_string(), needed: shard.file.size, found });
-    }
-    if found > shard.file.size {
-        return Err(bundle_err(path.display(), format!("{found} bytes, the manifest says {}", shard.file.size)));
-    }
-    let map = map_file(&path)?;
-    Ok((path, map))
-}
-
-fn check_shard_header(st: &SafetensorsBytes<&memmap2::Mmap>, shard: &Shard) -> Result<(), WeightsError> {
-    shard.check_header(st.header(), st.name())
-}
-
-/// The precomputed embedding of `text` (`[positions, hidden]` f32) from the bundle in `dir`,
-/// or `None` when the bundle has none for it.
-pub fn read_prompt_embedding(dir: &Path, manifest: &Manifest, text: &str) -> Result<Option<Vec<f32>>, WeightsError> {
-    let Some(pe) = &manifest.prompt_embeddings else { return Ok(None) };
-    if manifest.prompt_tensor(text).is_none() {
-        return Ok(None);
-    }
-    let path = dir.join(&pe.file.url);
-    let map = map_file(&path)?;
-    let st = SafetensorsBytes::new(&map, path.display().to_string())?;
-    pe.values(&st, text)
-}
-
-/// Loads one part of the bundle in `dir` into a [`VarStore`] (sizes, headers and tensor lists
-/// are checked against the manifest; the sha256 are not: that is [`check_files`]' job).
-pub fn load_bundle_part(dir: &Path, part: &str, device: &Device, options: &LoadOptions) -> Result<VarStore, WeightsError> {
-    let manifest = read_manifest(dir)?;
-    let entry = manifest.part(part)?;
-    let mut store = VarStore::new(device, options, format!("{} (bundle part {part})", dir.display()));
-    for shard in &entry.shards {
-        let (path, map) = open_shard(dir, shard)?;
-        let st = SafetensorsBytes::new(&map, path.display().to_string())?;
-        check_shard_header(&st, shard)?;
-        let base = st.header().data_start as usize;
-        for (t, bytes) in st.tensors() {
-            store.insert(t, bytes, st.name())?;
-            release_pages(&map, base + t.start as usize, bytes.len());
-        }
-    }
-    Ok(store)
-}
-
-/// Checks every file of the bundle in `dir` against `manifest`: present, of the stated size,
-/// of the stated sha256; shards are valid safetensors of the stated dtype holding exactly the
-/// listed tensors; the prompt embeddings hold each listed prompt with the stated shape.
-/// Returns every problem found (empty: all good), each naming its file.
-pub fn check_files(dir: &Path, manifest: &Manifest) -> Vec<WeightsError> {
-    let mut problems = Vec::new();
-    for file in manifest.files() {
-        let path = dir.join(&file.url);
-        match sha256_file(&path) {
-            Err(e) => problems.push(e),
-            Ok((size, _)) if size != file.size => problems.push(if size < file.size {
-                WeightsError::Truncated { file: path.display().to_string(), needed: file.size, found: size }
-            } else {
-                bundle_err(path.display(), format!("{size} bytes, the manifest says {}", file.size))
-            }),
-            Ok((_, sha)) if sha != file.sha256 => {
-                problems.push(WeightsError::Checksum { file: path.display().to_string(), expected: file.sha256.clone(), found: sha })
-            }
-            Ok(_) => {}
-        }
-    }
-    if !problems.is_empty() {
-        return problems;
-    }
-    for part in manifest.parts.values() {
-        for shard in &part.shards {
-            let checked = open_shard(dir, shard).and_then(|(path, map)| {
-                let st = SafetensorsBytes::new(&map, path.display().to_string())?;
-                check_shard_header(&st, shard)
-            });
-            problems.extend(checked.err());
-        }
-    }
-    if let Some(pe) = &manifest.prompt_embeddings {
-        let path = dir.join(&pe.file.url);
-        let checked = map_file(&path).and_then(|map| {
-            let st = SafetensorsBytes::new(&map, path.display().to_string())?;
-            for p in &pe.prompts {
-                let (t, _) = st
-                    .get(&p.tensor)
-                    .ok_or_else(|| bundle_err(path.display(), format!("no tensor `{}` (prompt {:?})", p.tensor, p.text)))?;
-                if t.dtype.name() != pe.dtype || t.shape != pe.shape {
-                    return Err(bundle_err(
-                        path.display(),
-                        format!("tensor `{}` is {} {:?}, the manifest says {} {:?}", p.tensor, t.dtype.name(), t.shape, pe.dtype, pe.shape),
-                    ));
-                }
-            }
-            Ok(())
-        });
-        problems.extend(checked.err());
-    }
-    problems
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(dtype: Dtype, n: usize) -> TensorEntry {
-        TensorEntry { name: "down.0.w".into(), dtype, shape: vec![n], start: 0, end: (n * dtype.size()) as u64 }
+    fn file(url: &str, size: u64) -> FileRef {
+        FileRef { url: url.into(), size, sha256: "0".repeat(64) }
     }
 
-    fn convert(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f16>, WeightsError> {
-        let mut out = Vec::new();
-        to_f16(&entry(dtype, bytes.len() / dtype.size()), bytes, "x.safetensors", &mut |b| {
-            out.extend(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])));
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    #[test]
-    fn rounds_to_nearest_even() {
-        let ulp = 2f32.powi(-10); // f16's spacing in [1, 2)
-        let values = [1.0 + ulp / 2.0, 1.0 + 1.5 * ulp, 1.0 + 0.51 * ulp, 65519.0, -65519.0, 1e-9, 0.1];
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let got: Vec<f32> = convert(Dtype::F32, &bytes).unwrap().iter().map(|v| v.to_f32()).collect();
-        // Ties go to the even neighbour (1.0 and 1 + 2 ulp); 65519 is still below the midpoint
-        // to infinity; 1e-9 is below half the smallest subnormal.
-        assert_eq!(got[..6], [1.0, 1.0 + 2.0 * ulp, 1.0 + ulp, 65504.0, -65504.0, 0.0]);
-        assert_eq!(got[6], f16::from_f32(0.1).to_f32());
-
-        let bf: Vec<u8> = [bf16::from_f32(3.5), bf16::from_f32(-0.25)].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let got: Vec<f32> = convert(Dtype::BF16, &bf).unwrap().iter().map(|v| v.to_f32()).collect();
-        assert_eq!(got, [3.5, -0.25]);
-    }
-
-    #[test]
-    fn out_of_range_is_an_error_naming_the_tensor() {
-        for (dtype, bytes) in [
-            (Dtype::F32, 65520f32.to_le_bytes().to_vec()),
-            (Dtype::F32, f32::NAN.to_le_bytes().to_vec()),
-            (Dtype::BF16, bf16::from_f32(1e6).to_le_bytes().to_vec()),
-            (Dtype::F64, (-1e5f64).to_le_bytes().to_vec()),
-            (Dtype::F16, f16::INFINITY.to_le_bytes().to_vec()),
-        ] {
-            let err = convert(dtype, &bytes).unwrap_err().to_string();
-            assert!(err.contains("`down.0.w`") && err.contains("x.safetensors") && err.contains("f16"), "{dtype:?}: {err}");
+    fn sample() -> Manifest {
+        let shard = Shard { file: file("unet/fp16-00001-of-00001.safetensors", 10), dtype: "F16".into(), tensors: vec!["a".into()] };
+        let part = Part { config: file("unet/config.json", 3), shards: vec![shard], total_bytes: 10, omitted: vec![], skipped: vec![] };
+        Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            model: "m".into(),
+            parts: [("unet".to_string(), part)].into(),
+            omitted: vec!["text_encoder".into()],
+            tokenizer: vec![],
+            scheduler: None,
+            model_index: None,
+            prompt_embeddings: None,
         }
     }
 
     #[test]
-    fn long_tensors_convert_chunk_by_chunk() {
-        let n = CHUNK * 2 + 3;
-        let bytes: Vec<u8> = (0..n).flat_map(|i| ((i % 1000) as f32).to_le_bytes()).collect();
-        let mut pieces = 0;
-        let mut count = 0;
-        to_f16(&entry(Dtype::F32, n), &bytes, "x", &mut |b| {
-            pieces += 1;
-            count += b.len() / 2;
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!((pieces, count), (3, n));
+    fn round_trips_and_names_left_out_parts() {
+        let m = sample();
+        let back = Manifest::parse(&m.to_json(), "manifest.json").unwrap();
+        assert_eq!(back, m);
+        let err = back.part("text_encoder").unwrap_err().to_string();
+        assert!(err.contains("left out"), "{err}");
+        let err = back.part("vae").unwrap_err().to_string();
+        assert!(err.contains("no vae part") && err.contains("unet"), "{err}");
     }
 
     #[test]
-    fn headers_are_aligned_and_parse() {
-        let h = header_bytes(&[("a", Dtype::F16, &[3]), ("b", Dtype::F32, &[2, 2])]);
-        assert_eq!(h.len() % 8, 0);
-        let mut file = h.clone();
-        file.extend(vec![0u8; 6 + 16]);
-        let st = SafetensorsBytes::new(file, "t").unwrap();
-        let names: Vec<_> = st.tensors().map(|(t, b)| (t.name.clone(), b.len())).collect();
-        assert_eq!(names, [("a".to_string(), 6), ("b".to_string(), 16)]);
+    fn rejects_other_versions_escaping_urls_and_bad_totals() {
+        let mut m = sample();
+        m.format_version = 2;
+        let err = Manifest::parse(&m.to_json(), "x/manifest.json").unwrap_err().to_string();
+        assert!(err.contains("x/manifest.json") && err.contains("format_version"), "{err}");
+
+        for url in ["../secret", "/etc/passwd", "https://a/b", "a//b"] {
+            let mut m = sample();
+            m.parts.get_mut("unet").unwrap().config.url = url.into();
+            let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
+            assert!(err.contains(url), "{url}: {err}");
+        }
+
+        let mut m = sample();
+        m.parts.get_mut("unet").unwrap().total_bytes = 11;
+        let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
+        assert!(err.contains("total_bytes"), "{err}");
+    }
+
+    /// Every way a manifest's `url` could name something outside the bundle's folder (once
+    /// joined to the model's base URL and parsed by a browser, or resolved by a server) is
+    /// refused by `Manifest::parse`, the error naming the manifest, the url and the reason.
+    #[test]
+    fn urls_outside_the_bundle_are_refused_by_name() {
+        let refused: &[(&str, &str)] = &[
+            ("../model.safetensors", "`..` component"),
+            ("unet/../../x.safetensors", "`..` component"),
+            ("unet/./config.json", "`.` component"),
+            ("..", "`..` component"),
+            ("/etc/passwd", "absolute path"),
+            ("//evil.example/x.safetensors", "another host"),
+            ("https://evil.example/x.safetensors", "`:`"),
+            ("http:x.safetensors", "`:`"),
+            ("file:///etc/passwd", "`:`"),
+            ("javascript:alert(1)", "`:`"),
+            ("C:/x.safetensors", "`:`"),
+            ("%2e%2e/x.safetensors", "`%` escape"),
+            ("unet/%2E%2E/%2e%2e/x", "`%` escape"),
+            (".%2e/x", "`%` escape"),
+            ("unet%2f..%2fx", "`%` escape"),
+            ("..\\x.safetensors", "backslash"),
+            ("unet\\..\\..\\x", "backslash"),
+            ("\\\\evil\\x", "backslash"),
+            (".\t./x", "'\\t'"),
+            (".\n./x", "'\\n'"),
+            ("unet/config.json?x=1", "'?'"),
+            ("unet/config.json#x", "'#'"),
+            ("unet/con fig.json", "' '"),
+            ("unet/\u{ff0e}\u{ff0e}/x", "'\u{ff0e}'"),
+            ("unet/\0x", "'\\0'"),
+            ("", "empty"),
+            ("unet//x", "empty folder"),
+            ("unet/", "empty folder"),
+            (".zepo-complete", "starting with `.`"),
+            ("unet/.hidden", "starting with `.`"),
+        ];
+        for (url, why) in refused {
+            for place in 0..4 {
+                let mut m = sample();
+                match place {
+                    0 => m.parts.get_mut("unet").unwrap().config.url = url.to_string(),
+                    1 => m.parts.get_mut("unet").unwrap().shards[0].file.url = url.to_string(),
+                    2 => m.tokenizer.push(file(url, 1)),
+                    _ => m.scheduler = Some(file(url, 1)),
+                }
+                let err = Manifest::parse(&m.to_json(), "https://host/m/manifest.json").unwrap_err().to_string();
+                assert!(err.starts_with("https://host/m/manifest.json"), "{url:?}: {err}");
+                assert!(err.contains(&format!("`{url}`")), "{url:?} named: {err}");
+                assert!(err.contains(why), "{url:?}: expected {why:?} in: {err}");
+            }
+        }
+        assert!(check_url(&format!("unet/{}", "a".repeat(256))).unwrap_err().contains("255"));
+
+        // What the converter writes (and any plain relative name) passes.
+        for url in [
+            "unet/config.json",
+            "unet/fp16-00001-of-00007.safetensors",
+            "text_encoder/fp16-00001-of-00001.safetensors",
+            "tokenizer/special_tokens_map.json",
+            "prompt_embeddings.safetensors",
+            "model_index.json",
+            "a/b/c-d_e.f.g",
+        ] {
+            assert_eq!(check_url(url), Ok(()), "{url}");
+        }
     }
 }

@@ -1,21 +1,21 @@
-//! Weights: safetensors parsing (whole files, sharded checkpoints, byte streams) and the
-//! [`VarBuilder`] through which model constructors take their tensors by diffusers key name.
+//! Weights: where a model's files come from ([`source`]: a directory or the browser's
+//! downloads, laid out as an fp16 [`bundle`] or a [`diffusers`] checkpoint), safetensors parsing
+//! (whole files, byte streams), and the [`VarStore`] / [`VarBuilder`] through which model
+//! constructors take their tensors by diffusers key name.
 //!
 //! Every failure names what it concerns: the file, the key, the expected and found shape.
 
-#[cfg(not(target_arch = "wasm32"))]
-#[cfg(not(target_arch = "wasm32"))]
 pub mod bundle;
 pub mod diffusers;
-pub mod manifest;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod dir;
 mod safetensors;
+pub mod source;
 mod store;
 
 pub use safetensors::{parse_header, Dtype, Header, SafetensorsBytes, StreamParser, StreamedTensor, TensorEntry};
 pub use store::{random_weight, LoadOptions, Requests, VarBuilder, VarStore, MAX_WEIGHT_BUFFER_BYTES};
-
-#[cfg(not(target_arch = "wasm32"))]
-pub use store::{load_dir_part, part_files};
+pub use source::{Layout, ModelSource};
 
 /// What can go wrong while reading or assigning weights.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,8 @@ pub enum WeightsError {
     Bundle { file: String, reason: String },
     #[error("{file}: sha256 is {found}, the manifest says {expected} (a corrupt or replaced file)")]
     Checksum { file: String, expected: String, found: String },
+    #[error("{part}: no weights found (looked for {looked_for})")]
+    NoWeights { part: String, looked_for: String },
     #[error("weight `{key}` in {file}: value {value} cannot be stored as f16 (finite range ±65504), refusing to write it as inf/NaN")]
     OutOfRange { key: String, file: String, value: String },
 }

@@ -1,21 +1,23 @@
-//! Loading a whole model directory (natively) into a [`Zepo`] pipeline: a diffusers
-//! checkpoint (`unet/diffusion_pytorch_model.safetensors` …) or an fp16 bundle (`manifest.json`).
+//! Loading a model: the one path from a [`ModelSource`] (a directory natively, the browser's
+//! downloads in the engine) through its [`Layout`] (fp16 bundle or diffusers checkpoint) to the
+//! scheduler, the UNet, the VAE, the text stack and the precomputed prompts. Each part: its
+//! config parsed (errors name the file), its weights streamed into a store, the model built by
+//! its constructor (which validates the config), every weight used (`VarBuilder::finish`).
 
-use std::path::Path;
+use burn::tensor::Device;
 
-use burn::tensor::{Device, Tensor, TensorData};
-
-use super::pipeline::{PromptEmbeddings, TextStack, Zepo};
-use super::scheduler::{LcmScheduler, LcmSchedulerConfig};
+use super::pipeline::TextStack;
+use super::scheduler::LcmScheduler;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::read_config;
+use crate::models::parse_config;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
-use crate::weights::{load_dir_part, LoadOptions, VarStore};
-use crate::{Error, Result};
+use crate::weights::source::PrecomputedValues;
+use crate::weights::{Layout, LoadOptions, ModelSource, VarBuilder, VarStore, WeightsError};
+use crate::Result;
 
-/// Which weights to use: a checkpoint directory, or random weights for the configs in it.
+/// Which weights to use: the model's, or random weights for its configs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightSource {
     Checkpoint,
@@ -23,75 +25,204 @@ pub enum WeightSource {
     Random(u64),
 }
 
-/// A part's tensors: from a diffusers directory, an fp16 bundle (`manifest.json`), or random.
-fn store(dir: &Path, part: &str, stem: &str, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<VarStore> {
-    Ok(match src {
-        WeightSource::Checkpoint if crate::weights::bundle::is_bundle(dir) => {
-            crate::weights::bundle::load_bundle_part(dir, part, device, opts)?
+/// A model's source and layout, and how its weights become device tensors.
+pub struct Loader<S> {
+    pub source: S,
+    pub layout: Layout,
+    pub device: Device,
+    pub options: LoadOptions,
+    pub weights: WeightSource,
+}
+
+impl<S: ModelSource> Loader<S> {
+    /// Tells the source's layout ([`Layout::detect`]: a bundle's files are declared to it).
+    pub async fn open(source: S, device: &Device, options: LoadOptions, weights: WeightSource) -> Result<Self> {
+        let layout = Layout::detect(&source).await?;
+        Ok(Self { source, layout, device: device.clone(), options, weights })
+    }
+
+    /// A text file that must be there (the source's error names it otherwise).
+    async fn text(&self, path: &str) -> Result<String> {
+        Ok(self.source.text(path, false).await?.unwrap_or_default())
+    }
+
+    /// A part's config, parsed; errors name the file.
+    pub async fn config<C: serde::de::DeserializeOwned>(&self, part: &str) -> Result<C> {
+        let path = self.layout.config_path(part)?;
+        parse_config(&self.text(&path).await?, &self.source.name(&path))
+    }
+
+    /// A part's weights, in one store.
+    pub async fn store(&self, part: &str) -> Result<VarStore> {
+        match self.weights {
+            WeightSource::Checkpoint => self.layout.load_part(&self.source, part, &self.device, &self.options).await,
+            WeightSource::Random(seed) => Ok(VarStore::random(&self.device, &self.options, seed)),
         }
-        WeightSource::Checkpoint => load_dir_part(dir, part, stem, device, opts)?,
-        WeightSource::Random(seed) => VarStore::random(device, opts, seed),
-    })
-}
-
-/// The UNet of `dir/unet`.
-pub fn load_unet(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<UNet2DConditionModel> {
-    let cfg: UNetConfig = read_config(&dir.join("unet/config.json"))?;
-    cfg.validate().map_err(|e| Error::config(dir.join("unet/config.json").display(), e))?;
-    let vb = store(dir, "unet", "diffusion_pytorch_model", device, opts, src)?.into_builder();
-    let unet = UNet2DConditionModel::load(&vb, &cfg)?;
-    vb.finish()?;
-    Ok(unet)
-}
-
-/// The VAE of `dir/vae`.
-pub fn load_vae(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<AutoencoderKL> {
-    let cfg: VaeConfig = read_config(&dir.join("vae/config.json"))?;
-    let vb = store(dir, "vae", "diffusion_pytorch_model", device, opts, src)?.into_builder();
-    let vae = AutoencoderKL::load(&vb, &cfg)?;
-    vb.finish()?;
-    Ok(vae)
-}
-
-/// The tokenizer and text encoder of `dir/tokenizer`, `dir/text_encoder`.
-pub fn load_text(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<TextStack> {
-    let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-    let cfg: ClipTextConfig = read_config(&dir.join("text_encoder/config.json"))?;
-    let encoder = ClipTextModel::from_store(store(dir, "text_encoder", "model", device, opts, src)?, &cfg)?;
-    Ok(TextStack { tokenizer, encoder })
-}
-
-/// The scheduler of `dir/scheduler`.
-pub fn load_scheduler(dir: &Path) -> Result<LcmScheduler> {
-    let cfg: LcmSchedulerConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
-    LcmScheduler::new(cfg)
-}
-
-/// Every part of a diffusers directory (`model_index.json` layout).
-pub fn load_dir(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<Zepo> {
-    if !dir.is_dir() {
-        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
     }
-    let text = load_text(dir, device, opts, src)?;
-    let unet = load_unet(dir, device, opts, src)?;
-    let vae = load_vae(dir, device, opts, src)?;
-    Ok(Zepo::new(unet, vae, Some(text), load_scheduler(dir)?, device.clone()))
+
+    pub async fn scheduler(&self) -> Result<LcmScheduler> {
+        let path = self.layout.scheduler_path()?;
+        LcmScheduler::from_json(&self.text(&path).await?, &self.source.name(&path))
+    }
+
+    /// The UNet, with its config.
+    pub async fn unet(&self) -> Result<(UNet2DConditionModel, UNetConfig)> {
+        self.unet_from(self.store("unet").await?).await
+    }
+
+    pub async fn vae(&self) -> Result<AutoencoderKL> {
+        self.vae_from(self.store("vae").await?).await
+    }
+
+    async fn unet_from(&self, store: VarStore) -> Result<(UNet2DConditionModel, UNetConfig)> {
+        let cfg: UNetConfig = self.config("unet").await?;
+        Ok((build(store, |vb| UNet2DConditionModel::load(vb, &cfg))?, cfg))
+    }
+
+    async fn vae_from(&self, store: VarStore) -> Result<AutoencoderKL> {
+        let cfg: VaeConfig = self.config("vae").await?;
+        build(store, |vb| AutoencoderKL::load(vb, &cfg))
+    }
+
+    async fn text_encoder_from(&self, store: VarStore) -> Result<ClipTextModel> {
+        let cfg: ClipTextConfig = self.config("text_encoder").await?;
+        ClipTextModel::from_store(store, &cfg)
+    }
+
+    /// Builds `part`'s model from `store` and drops it: what the verifier checks a bundle's
+    /// shapes with, and what records a part's keys and shapes from a store of zeros (random
+    /// checkpoints). `Ok(false)`: this build has no model for that part.
+    pub async fn build_part(&self, part: &str, store: VarStore) -> Result<bool> {
+        match part {
+            "unet" => drop(self.unet_from(store).await?),
+            "vae" => drop(self.vae_from(store).await?),
+            "text_encoder" => drop(self.text_encoder_from(store).await?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The tokenizer and the text encoder.
+    pub async fn text_stack(&self) -> Result<TextStack> {
+        let vocab = self.tokenizer_file("vocab.json", true).await?.unwrap_or_default();
+        let merges = self.tokenizer_file("merges.txt", true).await?.unwrap_or_default();
+        let config = self.tokenizer_file("tokenizer_config.json", false).await?;
+        let map = self.tokenizer_file("special_tokens_map.json", false).await?;
+        let tokenizer = ClipTokenizer::from_strings(&vocab, &merges, config.as_deref(), map.as_deref())?;
+        let encoder = self.text_encoder_from(self.store("text_encoder").await?).await?;
+        Ok(TextStack { tokenizer, encoder })
+    }
+
+    /// A tokenizer file; a `required` one missing is an error naming it.
+    async fn tokenizer_file(&self, file: &str, required: bool) -> Result<Option<String>> {
+        match self.layout.tokenizer_path(file) {
+            Some(path) => self.source.text(&path, !required).await,
+            None if required => {
+                let reason = format!("lists no tokenizer/{file}");
+                Err(WeightsError::Bundle { file: self.source.name(crate::weights::bundle::MANIFEST_FILE), reason }.into())
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The bundle's precomputed prompt embeddings (none for a diffusers layout).
+    pub async fn precomputed_prompts(&self, cross_attention_dim: usize) -> Result<PrecomputedValues> {
+        self.layout.precomputed_prompts(&self.source, cross_attention_dim).await
+    }
 }
 
-/// The prompt pair's embeddings for a model loaded from `dir`: each prompt a bundle has
-/// precomputed (`prompt_embeddings.safetensors`, made from the source's f32 weights) is taken
-/// from there, as the browser does; any other through the text encoder.
-pub fn embed_prompts(dir: &Path, model: &Zepo, prompt: &str, negative: &str) -> Result<PromptEmbeddings> {
-    let manifest = crate::weights::bundle::is_bundle(dir).then(|| crate::weights::bundle::read_manifest(dir)).transpose()?;
-    let precomputed = |text: &str| -> Result<Option<Tensor<3>>> {
-        let (Some(m), Some(pe)) = (&manifest, manifest.as_ref().and_then(|m| m.prompt_embeddings.as_ref())) else { return Ok(None) };
-        let values = crate::weights::bundle::read_prompt_embedding(dir, m, text)?;
-        Ok(values.map(|v| Tensor::<3>::from_data(TensorData::new(v, [1, pe.shape[0], pe.shape[1]]), &model.device)))
-    };
-    let (cond, uncond) = (precomputed(prompt)?, precomputed(negative)?);
-    if let (Some(cond), Some(uncond)) = (&cond, &uncond) {
-        return Ok(PromptEmbeddings { cond: cond.clone(), uncond: uncond.clone() });
-    }
-    let encoded = model.embed_prompts(prompt, negative)?;
-    Ok(PromptEmbeddings { cond: cond.unwrap_or(encoded.cond), uncond: uncond.unwrap_or(encoded.uncond) })
+/// Builds a model from a store: every weight must be used.
+fn build<M>(store: VarStore, load: impl FnOnce(&VarBuilder) -> Result<M>) -> Result<M> {
+    let vb = store.into_builder();
+    let model = load(&vb)?;
+    vb.finish()?;
+    Ok(model)
 }
+
+/// The native entry points: a model directory, loaded synchronously.
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::path::Path;
+
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::{Loader, WeightSource};
+    use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+    use crate::models::vae::AutoencoderKL;
+    use crate::weights::dir::DirSource;
+    use crate::weights::{LoadOptions, VarStore};
+    use crate::zepo::pipeline::{PromptEmbeddings, TextStack, Zepo};
+    use crate::zepo::scheduler::LcmScheduler;
+    use crate::Result;
+
+    /// Runs a load step to completion: a directory's reads never wait.
+    pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        futures_lite::future::block_on(f)
+    }
+
+    impl Loader<DirSource> {
+        /// The model in the directory `dir`.
+        pub fn dir(dir: &Path, device: &Device, options: &LoadOptions, weights: WeightSource) -> Result<Self> {
+            block_on(Loader::open(DirSource::new(dir)?, device, options.clone(), weights))
+        }
+    }
+
+    /// One part's weights from `dir` (tests, tools).
+    pub fn load_part(dir: &Path, part: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore> {
+        block_on(Loader::dir(dir, device, opts, WeightSource::Checkpoint)?.store(part))
+    }
+
+    /// The UNet of `dir`.
+    pub fn load_unet(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<UNet2DConditionModel> {
+        Ok(block_on(Loader::dir(dir, device, opts, src)?.unet())?.0)
+    }
+
+    /// The VAE of `dir`.
+    pub fn load_vae(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<AutoencoderKL> {
+        block_on(Loader::dir(dir, device, opts, src)?.vae())
+    }
+
+    /// The tokenizer and text encoder of `dir`.
+    pub fn load_text(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<TextStack> {
+        block_on(Loader::dir(dir, device, opts, src)?.text_stack())
+    }
+
+    /// The scheduler of `dir`.
+    pub fn load_scheduler(dir: &Path) -> Result<LcmScheduler> {
+        block_on(Loader::dir(dir, &Device::default(), &LoadOptions::default(), WeightSource::Checkpoint)?.scheduler())
+    }
+
+    /// Every part of the model in `dir`, the text encoder included.
+    pub fn load_dir(dir: &Path, device: &Device, opts: &LoadOptions, src: WeightSource) -> Result<Zepo> {
+        let loader = Loader::dir(dir, device, opts, src)?;
+        block_on(async {
+            let text = loader.text_stack().await?;
+            let (unet, _) = loader.unet().await?;
+            let vae = loader.vae().await?;
+            Ok(Zepo::new(unet, vae, Some(text), loader.scheduler().await?, device.clone()))
+        })
+    }
+
+    /// The prompt pair's embeddings for a model loaded from `dir`: each prompt a bundle has
+    /// precomputed (made from the source's f32 weights) is taken from there, as the browser
+    /// does; any other through the text encoder.
+    pub fn embed_prompts(dir: &Path, model: &Zepo, prompt: &str, negative: &str) -> Result<PromptEmbeddings> {
+        let loader = Loader::dir(dir, &model.device, &LoadOptions::default(), WeightSource::Checkpoint)?;
+        let unet: UNetConfig = block_on(loader.config("unet"))?;
+        let pre = block_on(loader.precomputed_prompts(unet.cross_attention_dim))?;
+        let precomputed = |text: &str| {
+            let (_, values) = pre.prompts.iter().find(|(t, _)| t == text)?;
+            let [l, d] = pre.shape;
+            Some(Tensor::<3>::from_data(TensorData::new(values.clone(), [1, l, d]), &model.device))
+        };
+        let (cond, uncond) = (precomputed(prompt), precomputed(negative));
+        if let (Some(cond), Some(uncond)) = (&cond, &uncond) {
+            return Ok(PromptEmbeddings { cond: cond.clone(), uncond: uncond.clone() });
+        }
+        let encoded = model.embed_prompts(prompt, negative)?;
+        Ok(PromptEmbeddings { cond: cond.unwrap_or(encoded.cond), uncond: uncond.unwrap_or(encoded.uncond) })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::{block_on, embed_prompts, load_dir, load_part, load_scheduler, load_text, load_unet, load_vae};

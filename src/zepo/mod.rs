@@ -3,7 +3,6 @@
 pub mod control;
 pub mod image;
 mod libstdcxx_introsort;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod load;
 pub mod noise;
 pub mod options;

@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 use half::f16;
-use zepo::models::bundle::{convert, verify, ConvertOptions};
+use zepo::tools::convert::{convert, convert_part, part_files, read_manifest, ConvertOptions};
+use zepo::tools::verify::verify;
 use zepo::models::clip::{ClipTextConfig, ClipTextModel};
 use zepo::models::read_config;
 use zepo::models::tokenizer::ClipTokenizer;
 use zepo::models::unet::{UNet2DConditionModel, UNetConfig};
 use zepo::models::vae::{AutoencoderKL, VaeConfig};
-use zepo::weights::bundle::{convert_part, load_bundle_part, read_manifest, PartSpec};
-use zepo::weights::manifest::{Manifest, PARTS};
-use zepo::weights::{load_dir_part, part_files, Dtype, LoadOptions, SafetensorsBytes, VarStore};
+use zepo::weights::bundle::{Manifest, PARTS};
+use zepo::weights::{Dtype, LoadOptions, SafetensorsBytes, VarStore};
+use zepo::zepo::load::load_part;
 
 use crate::common::*;
 
@@ -65,11 +66,11 @@ fn embeddings(dir: &Path, manifest: &Manifest, text: &str) -> Vec<f32> {
 #[test]
 fn bundle_tensors_are_the_checkpoint_rounded_to_f16() {
     let (dir, manifest) = convert_tiny("exact", |_| {});
-    for &(part, stem) in PARTS {
+    for &(part, _) in PARTS {
         let p = manifest.part(part).unwrap();
         // Every source float tensor, as f16 rounding to nearest-even.
         let mut expected = std::collections::HashMap::new();
-        for file in part_files(&tiny_model(), part, stem).unwrap() {
+        for file in part_files(&tiny_model(), part).unwrap() {
             let st = SafetensorsBytes::new(std::fs::read(&file).unwrap(), "src").unwrap();
             for (t, b) in st.tensors().filter(|(t, _)| t.dtype.is_float()) {
                 let v: Vec<u16> = b.chunks_exact(4).map(|c| f16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_bits()).collect();
@@ -94,9 +95,9 @@ fn bundle_tensors_are_the_checkpoint_rounded_to_f16() {
 
 /// The checkpoint's part with every float weight rounded to f16 (as the converter does) and
 /// decoded back: what the bundle must load to, exactly.
-fn rounded_source(part: &str, stem: &str, device: &Device) -> VarStore {
+fn rounded_source(part: &str, device: &Device) -> VarStore {
     let mut store = VarStore::new(device, &LoadOptions::default(), "rounded checkpoint");
-    for file in part_files(&tiny_model(), part, stem).unwrap() {
+    for file in part_files(&tiny_model(), part).unwrap() {
         let st = SafetensorsBytes::new(std::fs::read(&file).unwrap(), "src").unwrap();
         for (t, b) in st.tensors() {
             let mut entry = t.clone();
@@ -124,15 +125,15 @@ fn bundle_loads_the_same_models_as_the_checkpoint() {
     let fx = Fixture::load("components.safetensors");
     let device = Device::flex();
     let opts = LoadOptions::default();
-    let load = |part: &str| load_bundle_part(&*dir, part, &device, &opts).unwrap();
-    let load_src = |part: &str, stem: &str| load_dir_part(&tiny_model(), part, stem, &device, &opts).unwrap();
+    let load = |part: &str| load_part(&*dir, part, &device, &opts).unwrap();
+    let load_src = |part: &str| load_part(&tiny_model(), part, &device, &opts).unwrap();
     let exact = |what: &str, a: &[f32], b: &[f32]| assert_eq!(max_abs_diff(a, b), 0.0, "{what}: bundle vs rounded checkpoint");
 
     let t: Vec<f32> = fx.f32("unet_in_timestep");
     let run = |u: &UNet2DConditionModel| values(u.forward(fx.tensor("unet_in_sample", &device), &t, &fx.tensor("unet_in_ehs", &device)));
     let from_bundle = run(&unet(load("unet"), &*dir));
-    exact("unet", &from_bundle, &run(&unet(rounded_source("unet", "diffusion_pytorch_model", &device), &tiny_model())));
-    let from_ckpt = run(&unet(load_src("unet", "diffusion_pytorch_model"), &tiny_model()));
+    exact("unet", &from_bundle, &run(&unet(rounded_source("unet", &device), &tiny_model())));
+    let from_ckpt = run(&unet(load_src("unet"), &tiny_model()));
     let e = assert_close_rel("unet bundle vs f32 checkpoint", &from_bundle, &from_ckpt, FP16_TOL);
     let r = assert_close_rel("unet bundle vs PyTorch", &from_bundle, &fx.f32("unet_out"), FP16_TOL);
     println!("unet: bundle vs f32 checkpoint {e:.2e}, vs PyTorch {r:.2e}");
@@ -141,8 +142,8 @@ fn bundle_loads_the_same_models_as_the_checkpoint() {
     let tok = ClipTokenizer::from_dir(&dir.join("tokenizer")).unwrap();
     let ids = || tok.encode_batch(&["face", ""], &device);
     let from_bundle = values(text_encoder(load("text_encoder"), &*dir).forward(ids()));
-    exact("clip", &from_bundle, &values(text_encoder(rounded_source("text_encoder", "model", &device), &tiny_model()).forward(ids())));
-    let from_ckpt = values(text_encoder(load_src("text_encoder", "model"), &tiny_model()).forward(ids()));
+    exact("clip", &from_bundle, &values(text_encoder(rounded_source("text_encoder", &device), &tiny_model()).forward(ids())));
+    let from_ckpt = values(text_encoder(load_src("text_encoder"), &tiny_model()).forward(ids()));
     let e = assert_close_rel("clip bundle vs f32 checkpoint", &from_bundle, &from_ckpt, FP16_TOL);
     let r = assert_close_rel("clip bundle vs PyTorch", &from_bundle, &fx.f32("clip_last_hidden_state"), FP16_TOL);
     println!("clip: bundle vs f32 checkpoint {e:.2e}, vs PyTorch {r:.2e}");
@@ -154,8 +155,8 @@ fn bundle_loads_the_same_models_as_the_checkpoint() {
 
     let z: Tensor<4> = fx.tensor("vae_dec_in", &device);
     let from_bundle = values(vae(load("vae"), &*dir).decode(z.clone()));
-    exact("vae", &from_bundle, &values(vae(rounded_source("vae", "diffusion_pytorch_model", &device), &tiny_model()).decode(z.clone())));
-    let from_ckpt = values(vae(load_src("vae", "diffusion_pytorch_model"), &tiny_model()).decode(z));
+    exact("vae", &from_bundle, &values(vae(rounded_source("vae", &device), &tiny_model()).decode(z.clone())));
+    let from_ckpt = values(vae(load_src("vae"), &tiny_model()).decode(z));
     let e = assert_close_rel("vae decode bundle vs f32 checkpoint", &from_bundle, &from_ckpt, FP16_TOL);
     let r = assert_close_rel("vae decode bundle vs PyTorch", &from_bundle, &fx.f32("vae_dec_out"), FP16_TOL);
     println!("vae decode: bundle vs f32 checkpoint {e:.2e}, vs PyTorch {r:.2e}");
@@ -213,7 +214,7 @@ fn verify_catches_a_flipped_byte_a_truncated_and_a_swapped_shard() {
     });
     assert!(err.contains(a.as_str()) && !err.contains(&format!("{}:", b)), "{err}");
     // Loading (which skips the sha256) still refuses the swapped shard, by its size or content.
-    let err = load_bundle_part(&*copy, "unet", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
+    let err = load_part(&*copy, "unet", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains(a.as_str()), "{err}");
 
     let (_c, err) = damaged("config", &|d| {
@@ -231,9 +232,9 @@ fn verify_checks_shapes_through_the_model_loaders() {
     let (dir, mut manifest) = convert_tiny("shapes", |_| {});
     let cfg = dir.join("unet/config.json");
     let text = std::fs::read_to_string(&cfg).unwrap().replace("\"cross_attention_dim\": 32", "\"cross_attention_dim\": 48");
-    let entry = zepo::weights::bundle::write_file(&*dir, "unet/config.json", text.as_bytes()).unwrap();
+    let entry = zepo::tools::convert::write_file(&*dir, "unet/config.json", text.as_bytes()).unwrap();
     manifest.parts.get_mut("unet").unwrap().config = entry;
-    zepo::weights::bundle::write_manifest(&*dir, &manifest).unwrap();
+    zepo::tools::convert::write_manifest(&*dir, &manifest).unwrap();
     let err = verify(&*dir).unwrap_err().to_string();
     assert!(err.contains("unet:") && err.contains("attn2.to_k.weight") && err.contains("48"), "{err}");
     assert!(err.contains("prompt_embeddings.safetensors") && err.contains("cross_attention_dim"), "{err}");
@@ -241,20 +242,15 @@ fn verify_checks_shapes_through_the_model_loaders() {
 
 #[test]
 fn left_out_parts_are_recorded_and_refused_clearly() {
-    let (dir, manifest) = convert_tiny("leftout", |o| {
+    let (dir, mut manifest) = convert_tiny("leftout", |o| {
         o.text_encoder = false;
-        o.vae_encoder = false;
         o.prompts = vec!["a portrait, oil painting".into(), "face".into()];
     });
-    assert_eq!(manifest.omitted, ["vae.encoder", "text_encoder", "tokenizer"]);
+    assert_eq!(manifest.omitted, ["text_encoder", "tokenizer"]);
     assert!(manifest.tokenizer.is_empty() && !dir.join("tokenizer").exists() && !dir.join("text_encoder").exists());
-    let vae_part = manifest.part("vae").unwrap();
-    assert!(vae_part.omits("encoder.") && vae_part.omits("quant_conv."));
-    assert!(vae_part.shards.iter().flat_map(|s| &s.tensors).all(|t| !t.starts_with("encoder.") && !t.starts_with("quant_conv.")));
 
-    let err = load_bundle_part(&*dir, "text_encoder", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
+    let err = load_part(&*dir, "text_encoder", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("text_encoder") && err.contains("left out"), "{err}");
-    // Decode-only VAE: verify builds the decoder from it.
     let report = verify(&*dir).unwrap();
     assert_eq!(report.parts.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["unet", "vae"]);
 
@@ -263,6 +259,14 @@ fn left_out_parts_are_recorded_and_refused_clearly() {
     let fx = Fixture::load("components.safetensors");
     let face: Vec<f32> = fx.f32("clip_last_hidden_state")[..77 * 32].to_vec();
     assert_close_rel("precomputed face", &embeddings(&*dir, &manifest, "face"), &face, 1e-4);
+
+    // A decode-only VAE (which older converters could write): the converter no longer makes
+    // one, and the loader (so the engine and the verifier) refuses it by name.
+    manifest.parts.get_mut("vae").unwrap().omitted = vec!["encoder.".into(), "quant_conv.".into()];
+    zepo::tools::convert::write_manifest(&*dir, &manifest).unwrap();
+    let err = load_part(&*dir, "unet", &Device::flex(), &LoadOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("manifest.json") && err.contains("VAE encoder"), "{err}");
+    assert!(verify(&*dir).unwrap_err().to_string().contains("VAE encoder"));
 }
 
 #[test]
@@ -284,8 +288,7 @@ fn out_of_range_weight_is_an_error_naming_the_tensor() {
     file.extend(values);
     std::fs::write(part.join("diffusion_pytorch_model.safetensors"), file).unwrap();
 
-    let spec = PartSpec { part: "unet", stem: "diffusion_pytorch_model", omit: &[] };
-    let err = convert_part(&dir.join("m"), &spec, &dir.join("out"), 1 << 20, &mut |_| {}).unwrap_err().to_string();
+    let err = convert_part(&dir.join("m"), "unet", &dir.join("out"), 1 << 20, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("`up_blocks.1.conv.weight`") && err.contains("-70000") && err.contains("f16"), "{err}");
 }
 
@@ -324,7 +327,7 @@ fn second_tiny_bundle_matches_pytorch() {
     let manifest = verify(&dir).and_then(|_| Ok(read_manifest(&dir)?)).unwrap();
     let fx = Fixture::load("tiny-lcm-2/reference.safetensors");
     for (name, device) in devices() {
-        let load = |part: &str| load_bundle_part(&dir, part, &device, &LoadOptions::default()).unwrap();
+        let load = |part: &str| load_part(&dir, part, &device, &LoadOptions::default()).unwrap();
         let tok = ClipTokenizer::from_dir(&dir.join("tokenizer")).unwrap();
         let ids = tok.encode_batch(&["face", ""], &device);
         let out = values(text_encoder(load("text_encoder"), &dir).forward(ids));

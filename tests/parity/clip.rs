@@ -5,7 +5,8 @@ use burn::tensor::Device;
 use zepo::models::clip::{ClipTextConfig, ClipTextModel};
 use zepo::models::read_config;
 use zepo::models::tokenizer::ClipTokenizer;
-use zepo::weights::{load_dir_part, Dtype, LoadOptions, SafetensorsBytes, TensorEntry, VarStore};
+use zepo::zepo::load::load_part;
+use zepo::weights::{Dtype, LoadOptions, SafetensorsBytes, TensorEntry, VarStore};
 
 use crate::common::{assert_close_rel, devices, fixture, tiny_model, values, Fixture};
 
@@ -18,7 +19,7 @@ fn config() -> ClipTextConfig {
 }
 
 fn text_encoder(device: &Device) -> ClipTextModel {
-    let store = load_dir_part(&tiny_model(), "text_encoder", "model", device, &LoadOptions::default()).unwrap();
+    let store = load_part(&tiny_model(), "text_encoder", device, &LoadOptions::default()).unwrap();
     ClipTextModel::from_store(store, &config()).unwrap()
 }
 

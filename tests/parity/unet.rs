@@ -3,13 +3,14 @@
 use crate::common::*;
 use zepo::models::read_config;
 use zepo::models::unet::{UNet2DConditionModel, UNetConfig};
-use zepo::weights::{load_dir_part, LoadOptions};
+use zepo::zepo::load::load_part;
+use zepo::weights::{LoadOptions};
 
 fn load(device: &burn::tensor::Device) -> UNet2DConditionModel {
     let dir = tiny_model();
     let cfg: UNetConfig = read_config(&dir.join("unet/config.json")).unwrap();
     cfg.validate().unwrap();
-    let vb = load_dir_part(&dir, "unet", "diffusion_pytorch_model", device, &LoadOptions::default()).unwrap().into_builder();
+    let vb = load_part(&dir, "unet", device, &LoadOptions::default()).unwrap().into_builder();
     let unet = UNet2DConditionModel::load(&vb, &cfg).unwrap();
     vb.finish().unwrap();
     unet
@@ -55,7 +56,7 @@ fn wrong_checkpoint_names_the_key() {
     let mut cfg: UNetConfig = read_config(&dir.join("unet/config.json")).unwrap();
     cfg.block_out_channels[0] = 64;
     let device = burn::tensor::Device::flex();
-    let vb = load_dir_part(&dir, "unet", "diffusion_pytorch_model", &device, &LoadOptions::default()).unwrap().into_builder();
+    let vb = load_part(&dir, "unet", &device, &LoadOptions::default()).unwrap().into_builder();
     let err = UNet2DConditionModel::load(&vb, &cfg).unwrap_err().to_string();
     assert!(err.contains("conv_in.weight") && err.contains("[64, 4, 3, 3]") && err.contains("[32, 4, 3, 3]"), "{err}");
 }

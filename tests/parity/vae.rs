@@ -3,7 +3,8 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use zepo::models::vae::{decode_plan, encode_plan, AutoencoderKL, BandedRun, BufferPlan, VaeConfig, VaeOptions, VaeShape};
-use zepo::weights::{load_dir_part, LoadOptions};
+use zepo::zepo::load::load_part;
+use zepo::weights::{LoadOptions};
 
 use crate::common::{assert_close_rel, devices, tiny_model, values, Fixture};
 
@@ -17,7 +18,7 @@ fn config(dir: &std::path::Path) -> VaeConfig {
 
 fn load(device: &Device) -> AutoencoderKL {
     let dir = tiny_model();
-    let store = load_dir_part(&dir, "vae", "diffusion_pytorch_model", device, &LoadOptions::default()).unwrap();
+    let store = load_part(&dir, "vae", device, &LoadOptions::default()).unwrap();
     let vb = store.into_builder();
     let vae = AutoencoderKL::load(&vb, &config(&dir)).unwrap();
     vb.finish().unwrap();
@@ -222,11 +223,11 @@ fn vae_config_rejects_unsupported() {
     cfg.validate().unwrap();
     let mut bad = cfg.clone();
     bad.up_block_types[0] = "AttnUpDecoderBlock2D".into();
-    assert!(bad.validate().unwrap_err().contains("AttnUpDecoderBlock2D"));
+    assert!(bad.validate().unwrap_err().to_string().contains("AttnUpDecoderBlock2D"));
     let mut bad = cfg.clone();
     bad.block_out_channels.push(48);
     assert!(bad.validate().is_err());
     let mut bad = cfg;
     bad.block_out_channels[0] += 1;
-    assert!(bad.validate().unwrap_err().contains("groups"));
+    assert!(bad.validate().unwrap_err().to_string().contains("groups"));
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::common::*;
-use zepo::weights::{load_dir_part, Dtype, LoadOptions, SafetensorsBytes};
+use zepo::zepo::load::load_part;
+use zepo::weights::{Dtype, LoadOptions, SafetensorsBytes};
 use zepo::zepo::load::{load_unet, load_vae, WeightSource};
 
 fn scratch(tag: &str) -> Scratch {
@@ -93,11 +94,11 @@ fn broken_files_are_clear_errors() {
     let bytes = std::fs::read(&file).unwrap();
 
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let err = load_dir_part(&dir, "unet", "diffusion_pytorch_model", &device, &LoadOptions::default()).err().unwrap().to_string();
+    let err = load_part(&dir, "unet", &device, &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("diffusion_pytorch_model.safetensors") && err.contains("truncated"), "{err}");
 
     std::fs::write(&file, b"<html>404 not found</html>").unwrap();
-    let err = load_dir_part(&dir, "unet", "diffusion_pytorch_model", &device, &LoadOptions::default()).err().unwrap().to_string();
+    let err = load_part(&dir, "unet", &device, &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("diffusion_pytorch_model.safetensors") && err.contains("not a valid safetensors"), "{err}");
 
     std::fs::remove_file(&file).unwrap();

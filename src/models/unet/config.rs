@@ -132,8 +132,13 @@ impl UNetConfig {
         self.block_out_channels[0] * 4
     }
 
-    /// Rejects configurations this port does not implement, with the offending field named.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Rejects configurations this port does not implement, with the offending field named
+    /// (the model's constructor calls it: no model is built from a config that fails it).
+    pub fn validate(&self) -> crate::Result<()> {
+        self.problem().map_err(|reason| crate::Error::config("unet/config.json", reason))
+    }
+
+    fn problem(&self) -> Result<(), String> {
         let n = self.block_out_channels.len();
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err("down_block_types / up_block_types must have one entry per block_out_channels".into());

@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor};
 use crate::models::attention::{AttentionController, NoControl};
 use crate::models::resnet::TimeShare;
 use crate::nn::{conv2d, conv_forward, fuse_linears, group_norm, group_norm_silu, silu, Linear};
-use crate::weights::{VarBuilder, WeightsError};
+use crate::weights::VarBuilder;
 
 /// What a UNet call's cross-attentions read of the text context, computed once per context:
 /// each transformer block's keys and values (`[B, heads, 77, d]`), by block index.
@@ -47,8 +47,9 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    /// Builds the UNet from its weights; the config must have passed [`UNetConfig::validate`].
-    pub fn load(vb: &VarBuilder, cfg: &UNetConfig) -> Result<Self, WeightsError> {
+    /// Builds the UNet from its weights (after [`UNetConfig::validate`]).
+    pub fn load(vb: &VarBuilder, cfg: &UNetConfig) -> crate::Result<Self> {
+        cfg.validate()?;
         let boc = &cfg.block_out_channels;
         let n = boc.len();
         let temb = cfg.time_embed_dim();

@@ -70,8 +70,13 @@ fn d_true() -> bool {
 pub const VAE_NORM_EPS: f64 = 1e-6;
 
 impl VaeConfig {
-    /// Rejects configurations this port does not implement, with the offending field named.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Rejects configurations this port does not implement, with the offending field named
+    /// (the model's constructor calls it: no model is built from a config that fails it).
+    pub fn validate(&self) -> crate::Result<()> {
+        self.problem().map_err(|reason| crate::Error::config("vae/config.json", reason))
+    }
+
+    fn problem(&self) -> Result<(), String> {
         let n = self.block_out_channels.len();
         if n == 0 {
             return Err("block_out_channels is empty".into());

@@ -62,7 +62,7 @@ pub struct AutoencoderKL {
 impl AutoencoderKL {
     /// Builds the VAE from its weights with the default [`VaeOptions`].
     pub fn load(vb: &VarBuilder, cfg: &VaeConfig) -> crate::Result<Self> {
-        cfg.validate().map_err(|e| crate::Error::config("vae/config.json", e))?;
+        cfg.validate()?;
         let lc = cfg.latent_channels;
         Ok(Self {
             encoder: Encoder::load(&vb.pp("encoder"), cfg)?,
