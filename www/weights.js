@@ -7,8 +7,9 @@
 // manifest.json (optional, at the model's base URL), either
 //   { "files": { "unet/diffusion_pytorch_model.safetensors": { "size": 123, "sha256": "ab…" }, … } }
 // (a diffusers layout's checksums), or an fp16 bundle's manifest (`"format": "zepo-fp16-bundle"`,
-// weights/README.md): then the engine reads it and declares each file's size and sha256 with
-// `expect()` before opening it.
+// weights/README.md). The engine reads it (src/weights/source.rs, `Layout::detect`: the one
+// place that tells a bundle from a diffusers layout) and declares every file it lists with
+// `expect()` before opening any.
 //
 // A download broken off for longer than the in-visit retries keeps its prefix in the origin
 // private file system (OPFS, `zepo-partial/`): the next visit resumes it with an HTTP Range
@@ -83,83 +84,6 @@ async function storageFull(url, bytes, totalBytes) {
     'more storage, then reload; nothing partial was kept.');
 }
 
-const K = new Uint32Array([
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-]);
-
-/** Incremental SHA-256 (WebCrypto's digest needs the whole input at once). */
-export class Sha256 {
-  constructor() {
-    this.h = new Uint32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
-    this.w = new Uint32Array(64);
-    this.buf = new Uint8Array(64);
-    this.bufLen = 0;
-    this.length = 0;
-  }
-
-  update(data) {
-    let i = 0;
-    this.length += data.length;
-    if (this.bufLen > 0) {
-      i = Math.min(64 - this.bufLen, data.length);
-      this.buf.set(data.subarray(0, i), this.bufLen);
-      this.bufLen += i;
-      if (this.bufLen < 64) return this;
-      this.block(this.buf, 0);
-      this.bufLen = 0;
-    }
-    for (; i + 64 <= data.length; i += 64) this.block(data, i);
-    if (i < data.length) {
-      this.buf.set(data.subarray(i), 0);
-      this.bufLen = data.length - i;
-    }
-    return this;
-  }
-
-  block(b, o) {
-    const w = this.w;
-    for (let t = 0; t < 16; t++, o += 4) w[t] = (b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3];
-    for (let t = 16; t < 64; t++) {
-      const x = w[t - 15];
-      const y = w[t - 2];
-      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
-      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
-      w[t] = (w[t - 16] + s0 + w[t - 7] + s1) | 0;
-    }
-    const h = this.h;
-    let a = h[0], bb = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (let t = 0; t < 64; t++) {
-      const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-      const t1 = (hh + S1 + ((e & f) ^ (~e & g)) + K[t] + w[t]) | 0;
-      const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
-      const t2 = (S0 + ((a & bb) ^ (a & c) ^ (bb & c))) | 0;
-      hh = g; g = f; f = e; e = (d + t1) | 0; d = c; c = bb; bb = a; a = (t1 + t2) | 0;
-    }
-    h[0] += a; h[1] += bb; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
-  }
-
-  /** The digest as lowercase hex; the hasher is spent afterwards. */
-  hex() {
-    const bits = this.length * 8;
-    const pad = new Uint8Array(((this.bufLen < 56 ? 56 : 120) - this.bufLen) + 8);
-    pad[0] = 0x80;
-    const view = new DataView(pad.buffer);
-    view.setUint32(pad.length - 8, Math.floor(bits / 2 ** 32));
-    view.setUint32(pad.length - 4, bits >>> 0);
-    const length = this.length;
-    this.update(pad);
-    this.length = length;
-    return Array.from(this.h, (x) => x.toString(16).padStart(8, '0')).join('');
-  }
-}
-
 async function openCache(name) {
   try {
     return globalThis.caches ? await caches.open(name) : null;
@@ -180,8 +104,9 @@ async function partialDir(create = true) {
 }
 
 /** The OPFS names of a URL's partial download: `<sha256(url)>.part` and `.json` (what it is). */
-function partialName(url) {
-  return new Sha256().update(new TextEncoder().encode(url)).hex().slice(0, 32);
+async function partialName(url) {
+  const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(url));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('').slice(0, 32);
 }
 
 async function removePartial(dir, name) {
@@ -194,26 +119,18 @@ async function removePartial(dir, name) {
  * (from the network or the cache), `onOpen(path, size)` each file opened.
  */
 export class ModelFiles {
-  static async open(base, { cacheName = CACHE_NAME, onBytes = () => {}, onOpen = () => {}, fetch: fetchFn, variant = null } = {}) {
-    const files = new ModelFiles(base, await openCache(cacheName), { onBytes, onOpen, fetchFn });
+  static async open(base, { cacheName = CACHE_NAME, onBytes = () => {}, onOpen = () => {}, fetch: fetchFn, variant = null, sha256 } = {}) {
+    const files = new ModelFiles(base, await openCache(cacheName), { onBytes, onOpen, fetchFn, sha256 });
     /** The diffusers weight variant to prefer ('fp16'), read by the engine. */
     files.variant = variant || null;
-    const text = await files.text('manifest.json', true);
-    if (text !== null) {
-      let json;
-      try {
-        json = JSON.parse(text);
-      } catch (e) {
-        throw named('IntegrityError', `${files.url('manifest.json')}: not valid JSON (${e.message})`);
-      }
-      // A bundle's manifest is the engine's to read: it declares each file with expect().
-      files.bundle = json.format !== undefined;
-      files.manifest = files.bundle ? {} : json.files || {};
-    }
     return files;
   }
 
-  /** Declares `path`'s size and sha256 (a bundle's manifest); `now`: loaded by this call. */
+  /**
+   * Declares `path`'s size and sha256 (either may be undefined), from `manifest.json`: the
+   * engine reads it (a bundle's manifest, or a diffusers layout's checksum list) and declares
+   * every file it lists before reading any. `now`: loaded by this call.
+   */
   expect(path, size, sha256, now = false) {
     this.manifest ??= {};
     this.manifest[path] = { size, sha256 };
@@ -272,7 +189,13 @@ export class ModelFiles {
       .catch(() => false);
   }
 
-  constructor(base, cache, { onBytes, onOpen, fetchFn }) {
+  /**
+   * `sha256`: makes an incremental hasher (`update(bytes)`, then `hex()`): the engine's
+   * (`Sha256` of www/engine/zepo.js, the sha2 crate). Needed only for files a manifest gives a
+   * sha256 for.
+   */
+  constructor(base, cache, { onBytes, onOpen, fetchFn, sha256 }) {
+    this.sha256 = sha256 || null;
     this.baseUrl = String(base).replace(/\/+$/, '');
     this.cache = cache;
     this.manifest = null;
@@ -280,7 +203,6 @@ export class ModelFiles {
     this.onOpen = onOpen;
     this.fetch = fetchFn || ((...a) => fetch(...a));
     this.requests = 0;
-    this.bundle = false;
     /** Files read but not stored (storage refused them for another reason than quota). */
     this.unstored = 0;
     /** Text files read but not stored yet: path → { text, bytes, type } (see settle()). */
@@ -289,6 +211,12 @@ export class ModelFiles {
 
   get base() {
     return this.baseUrl;
+  }
+
+  /** A new SHA-256 hasher (see the constructor's `sha256`). */
+  hasher() {
+    if (!this.sha256) throw named('IntegrityError', `${this.baseUrl}: no SHA-256 hasher was given to ModelFiles, and the manifest asks for a sha256 check`);
+    return this.sha256();
   }
 
   url(path) {
@@ -394,7 +322,9 @@ export class ModelFiles {
       throw named('IntegrityError', `${this.url(path)}: ${bytes.length} bytes, the manifest says ${want.size}; not stored`);
     }
     if (want.sha256) {
-      const got = new Sha256().update(bytes).hex();
+      const hash = this.hasher();
+      hash.update(bytes);
+      const got = hash.hex();
       if (got !== want.sha256.toLowerCase()) {
         throw named('IntegrityError', `${this.url(path)}: sha256 ${got} does not match the manifest (${want.sha256}): the file is corrupt or was tampered with; not stored`);
       }
@@ -520,7 +450,7 @@ class Download {
     }
     this.fromCache = false;
     this.expected = this.files.manifest?.[this.path] || null;
-    this.hash = this.expected?.sha256 ? new Sha256() : null;
+    this.hash = this.expected?.sha256 ? this.files.hasher() : null;
     try {
       await this.resumeOrConnect();
       if (this.absent) return;
@@ -721,7 +651,9 @@ class Download {
       throw this.fail('IntegrityError', `${this.url}: truncated: ${this.received} of ${this.size} bytes; not stored`);
     }
     if (this.hash) {
-      const got = this.hash.hex();
+      const hash = this.hash;
+      this.hash = null; // spent by hex()
+      const got = hash.hex();
       if (got !== this.expected.sha256.toLowerCase()) {
         throw this.fail('IntegrityError', `${this.url}: sha256 ${got} does not match the manifest (${this.expected.sha256}): the file is corrupt or was tampered with; not stored`);
       }
@@ -760,6 +692,8 @@ class Download {
   abort(reason) {
     if (this.closed) return;
     this.closed = true;
+    this.hash?.free?.(); // the engine's hasher lives in wasm memory
+    this.hash = null;
     try { this.sink?.error(new Error(String(reason))); } catch { /* already errored */ }
     this.reader?.cancel(String(reason)).catch(() => {});
     this.next?.cancel(String(reason)).catch(() => {});
@@ -777,7 +711,7 @@ class Partial {
   static async open(url) {
     const dir = await partialDir();
     if (!dir || typeof FileSystemFileHandle === 'undefined' || !FileSystemFileHandle.prototype.createSyncAccessHandle) return null;
-    const name = partialName(url);
+    const name = await partialName(url);
     try {
       const handle = await (await dir.getFileHandle(`${name}.part`, { create: true })).createSyncAccessHandle();
       return new Partial(dir, name, handle);

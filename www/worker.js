@@ -5,7 +5,7 @@
 // {id, ok: false, error: {name, message}}, and posts {id, type: 'progress', event} while it
 // works. Requests run one at a time in arrival order; {type: 'cancel', args: {target}} is
 // handled at once and makes the stylization `target` stop at its next step.
-import init, { Engine } from './engine/zepo.js';
+import init, { Engine, Sha256 } from './engine/zepo.js';
 import { ModelFiles, clearCache, storedModels } from './weights.js';
 
 const ready = init().catch((e) => {
@@ -76,7 +76,7 @@ const handlers = {
 
   async load({ model, variant }, post) {
     const t0 = performance.now();
-    files = await ModelFiles.open(model, { onBytes, onOpen, variant });
+    files = await ModelFiles.open(model, { onBytes, onOpen, variant, sha256: () => new Sha256() });
     const requests0 = files.requests;
     op = { loaded: 0, total: 0, counted: new Set(), post };
     // The total grows as each file opens (a bundle's files are declared up front by the engine

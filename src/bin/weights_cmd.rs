@@ -20,7 +20,7 @@ pub enum WeightsCommand {
         #[arg(long)]
         out: PathBuf,
         /// Shard size cap in MiB (a tensor larger than that gets a shard of its own).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = zepo::weights::bundle::DEFAULT_SHARD_BYTES >> 20)]
         shard_mb: u64,
         /// Comma-separated prompts whose text embeddings are precomputed (default: the
         /// pipeline's default prompt); the unconditional "" is always added.

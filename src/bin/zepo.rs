@@ -39,6 +39,11 @@ enum Command {
     },
 }
 
+/// The pipeline's defaults: every option's default below is read from here (one source of truth).
+fn defaults() -> ZepoOptions {
+    ZepoOptions::default()
+}
+
 #[derive(Args)]
 struct StylizeArgs {
     /// Model directory in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/).
@@ -54,7 +59,7 @@ struct StylizeArgs {
     #[arg(long, required_unless_present_any = ["replay", "save_tensor"])]
     out: Option<PathBuf>,
     /// Working size: the square's side, or with --fit cover/contain the long side.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults().resolution)]
     resolution: usize,
     /// Explicit working width (with --height; multiples of 8).
     #[arg(long, requires = "height")]
@@ -64,29 +69,29 @@ struct StylizeArgs {
     /// stretch (the reference: resized to the size whatever its shape), cover (fill the size,
     /// centre-cropped; without --width/--height the portrait's shape), contain (the
     /// portrait's shape, within the size).
-    #[arg(long, default_value = "stretch", value_parser = ["stretch", "cover", "contain"])]
+    #[arg(long, default_value_t = defaults().fit.name().to_string(), value_parser = ["stretch", "cover", "contain"])]
     fit: String,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults().steps)]
     steps: usize,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = defaults().strength)]
     strength: f64,
     /// Guidance scale (the reference's formula).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = defaults().cfg)]
     cfg: f32,
-    #[arg(long, default_value_t = 1.2)]
+    #[arg(long, default_value_t = defaults().style_guidance)]
     style_guidance: f32,
     /// Timestep of the consistency features.
-    #[arg(long, default_value_t = 99)]
+    #[arg(long, default_value_t = defaults().feature_step)]
     feature_step: usize,
     /// First controlled self-attention layer.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults().start_layer)]
     start_layer: usize,
     /// End (exclusive) of the controlled self-attention layers.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults().end_layer)]
     end_layer: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults().mix_q)]
     mix_q: f32,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = defaults().tome.unwrap_or_default().ratio)]
     tome_ratio: f32,
     /// Turn token merging off.
     #[arg(long)]
@@ -94,11 +99,11 @@ struct StylizeArgs {
     /// Token-merging destinations at the top-left of each cell (as the reference cases).
     #[arg(long)]
     tome_deterministic: bool,
-    #[arg(long, default_value = "face")]
+    #[arg(long, default_value_t = defaults().prompt)]
     prompt: String,
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value_t = defaults().negative_prompt)]
     negative_prompt: String,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().seed)]
     seed: u64,
     /// LCM guidance embedding instead of classifier-free guidance (half the UNet work).
     #[arg(long)]
@@ -132,7 +137,7 @@ impl StylizeArgs {
             start_layer: self.start_layer,
             end_layer: self.end_layer,
             mix_q: self.mix_q,
-            tome: (!self.no_tome).then(|| TomeOptions { ratio: self.tome_ratio, sx: 2, sy: 2, deterministic: self.tome_deterministic }),
+            tome: (!self.no_tome).then(|| TomeOptions { ratio: self.tome_ratio, deterministic: self.tome_deterministic, ..TomeOptions::default() }),
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
             seed: self.seed,
@@ -349,5 +354,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI states no default of its own: with no option given it runs `ZepoOptions::default()`.
+    #[test]
+    fn cli_defaults_are_the_pipelines() {
+        let cli = Cli::try_parse_from(["zepo", "stylize", "--model", "m", "--content", "c.png", "--style", "s.png", "--out", "o.png"]).unwrap();
+        let Command::Stylize(args) = cli.command else { panic!("stylize") };
+        assert_eq!(args.options(), ZepoOptions::default());
     }
 }

@@ -11,21 +11,18 @@ use js_sys::{Float32Array, Function, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use super::bundle;
 use super::files::ModelFiles;
 use super::gpu::{self, Gpu, Precision};
-use super::load::{part_config, part_store};
 use super::prompts::prompt_embeddings;
-use super::{crate_err, err, js_error, named_err};
-use crate::models::unet::{UNet2DConditionModel, UNetConfig};
-use crate::models::vae::{AutoencoderKL, VaeConfig, VaeOptions};
-use crate::weights::manifest::{Manifest, MANIFEST_FILE};
+use super::{crate_err, err, named_err};
+use crate::models::unet::UNetConfig;
+use crate::models::vae::VaeOptions;
 use crate::weights::LoadOptions;
 use crate::zepo::image::{FloatImage, RgbImage};
 use crate::zepo::noise::SeededNoise;
 use crate::zepo::pipeline::{FeatureKey, PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
+use crate::zepo::load::{Loader, WeightSource};
 use crate::zepo::progress::Progress;
-use crate::zepo::scheduler::LcmScheduler;
 use crate::zepo::{Size, ZepoOptions};
 
 /// WebGPU's buffers may not reach the binding limit; what the crate plans for stays this far below
@@ -41,9 +38,8 @@ struct CachedStyle {
 pub(super) struct Model {
     pub(super) zepo: Zepo,
     pub(super) unet_config: UNetConfig,
-    pub(super) files: ModelFiles,
-    /// The bundle's manifest, when the model is an fp16 bundle.
-    pub(super) bundle: Option<Manifest>,
+    /// The model's files and layout (the text encoder is loaded from them on demand).
+    pub(super) loader: Loader<ModelFiles>,
     /// The bundle's precomputed prompt embeddings, by prompt text.
     pub(super) precomputed: HashMap<String, Tensor<3>>,
     /// Tokenizer and text encoder, loaded on the first prompt that needs them.
@@ -144,56 +140,34 @@ impl Engine {
                 }
             };
             let opts = LoadOptions { dtype: gpu.dtype, ..Default::default() };
-
-            // An fp16 bundle has a manifest with a `format`; a diffusers layout may have a plain
-            // checksum list there (read by www/weights.js) or nothing.
-            let manifest = match files.get_optional_text(MANIFEST_FILE).await? {
-                Some(text) if bundle::is_bundle(&text) => Some(bundle::open(&files, &text)?),
-                _ => None,
-            };
-            let m = manifest.as_ref();
+            let loader = Loader::open(files, &gpu.device, opts, WeightSource::Checkpoint).await.map_err(crate_err)?;
 
             stage("scheduler");
-            let (path, text) = match m {
-                Some(m) => {
-                    let f = bundle::scheduler(&files, m)?;
-                    (f.url.clone(), bundle::text(&files, &f).await?)
-                }
-                None => ("scheduler/scheduler_config.json".to_string(), files.get_text("scheduler/scheduler_config.json").await?),
-            };
-            let scheduler = LcmScheduler::from_json(&text, &path).map_err(crate_err)?;
+            let scheduler = loader.scheduler().await.map_err(crate_err)?;
 
             stage("unet");
-            let cfg: UNetConfig = part_config(&files, m, "unet").await?;
-            cfg.validate().map_err(|reason| js_error("ConfigError", format!("unet/config.json: {reason}")))?;
-            let vb = part_store(&files, m, "unet", &gpu.device, &opts).await?.into_builder();
-            let unet = UNet2DConditionModel::load(&vb, &cfg).map_err(|e| crate_err(e.into()))?;
-            let unet_config = cfg;
-            vb.finish().map_err(|e| crate_err(e.into()))?;
+            let (unet, unet_config) = loader.unet().await.map_err(crate_err)?;
             settle(&gpu).await?;
             // The weights live in their own buffers; what streaming them needed goes back.
             gpu.device.memory_cleanup();
 
             stage("vae");
-            let cfg: VaeConfig = part_config(&files, m, "vae").await?;
-            cfg.validate().map_err(|reason| js_error("ConfigError", format!("vae/config.json: {reason}")))?;
-            let vb = part_store(&files, m, "vae", &gpu.device, &opts).await?.into_builder();
-            let vae = AutoencoderKL::load(&vb, &cfg).map_err(crate_err)?;
-            vb.finish().map_err(|e| crate_err(e.into()))?;
             // Every activation the VAE makes stays below the device's binding limit.
             let max = gpu.max_binding.saturating_sub(BINDING_MARGIN).max(1 << 20) as usize;
-            let vae = vae.with_options(VaeOptions { max_buffer_bytes: max });
+            let vae = loader.vae().await.map_err(crate_err)?.with_options(VaeOptions { max_buffer_bytes: max });
             settle(&gpu).await?;
             gpu.device.memory_cleanup();
 
             // The bundle's precomputed prompts: the default prompt needs no text encoder.
-            let precomputed = match m {
-                Some(m) => {
-                    stage("prompts");
-                    bundle::prompts(&files, m, &gpu.device, gpu.dtype, unet_config.cross_attention_dim).await?
+            let mut precomputed = HashMap::new();
+            if loader.layout.manifest().is_some() {
+                stage("prompts");
+                let values = loader.precomputed_prompts(unet_config.cross_attention_dim).await.map_err(crate_err)?;
+                let [l, d] = values.shape;
+                for (text, v) in values.prompts {
+                    precomputed.insert(text, Tensor::<3>::from_data(TensorData::new(v, [1, l, d]), (&gpu.device, gpu.dtype)));
                 }
-                None => HashMap::new(),
-            };
+            }
 
             let zepo = Zepo::new(unet, vae, None, scheduler, gpu.device.clone());
             let info = object(&[
@@ -201,14 +175,13 @@ impl Engine {
                 ("in_channels", (unet_config.in_channels as f64).into()),
                 ("cross_attention_dim", (unet_config.cross_attention_dim as f64).into()),
                 ("precision", if gpu.dtype == burn::tensor::DType::F16 { "f16" } else { "f32" }.into()),
-                ("layout", if manifest.is_some() { "bundle" } else { "diffusers" }.into()),
+                ("layout", if loader.layout.manifest().is_some() { "bundle" } else { "diffusers" }.into()),
                 ("precomputed_prompts", precomputed.keys().map(|k| JsValue::from_str(k)).collect::<js_sys::Array>().into()),
             ]);
             *inner.model.borrow_mut() = Some(Rc::new(Model {
                 zepo,
                 unet_config,
-                files,
-                bundle: manifest,
+                loader,
                 precomputed,
                 text: RefCell::new(None),
                 prompts: RefCell::new(HashMap::new()),
@@ -282,7 +255,7 @@ impl Engine {
             let values = data.convert::<f32>().try_to_vec::<f32>().map_err(|e| named_err("DeviceError", format!("result: {e:?}")))?;
             let png = FloatImage::from_decoded(&values, h, w)
                 .to_rgb8()
-                .to_png_with_text(&o.png_text(size, &model.files.base()))
+                .to_png_with_text(&o.png_text(size, &model.loader.source.base()))
                 .map_err(crate_err)?;
             if cached.is_none() {
                 *model.style.borrow_mut() = Some(CachedStyle { key, features: Rc::new(features) });

@@ -8,17 +8,18 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::{js_error, js_message};
-use crate::weights::{Header, SafetensorsBytes, StreamParser, VarStore, WeightsError};
+use crate::weights::{Header, ModelSource, StreamParser, VarStore, WeightsError};
+use crate::{Error, Result};
 
 #[wasm_bindgen]
 extern "C" {
     /// `ModelFiles` of `www/weights.js`: `text(path)`, `open(path)` relative to the model's base.
     pub type ModelFiles;
-    #[wasm_bindgen(method, catch)]
-    async fn text(this: &ModelFiles, path: &str, optional: bool) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = text)]
+    async fn js_text(this: &ModelFiles, path: &str, optional: bool) -> Result<JsValue, JsValue>;
     /// With `optional`, `null` when the server answers 404 (the absence is remembered).
-    #[wasm_bindgen(method, catch)]
-    async fn open(this: &ModelFiles, path: &str, optional: bool) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = open)]
+    async fn js_open(this: &ModelFiles, path: &str, optional: bool) -> Result<JsValue, JsValue>;
     /// The diffusers weight variant to prefer (`fp16`), if any.
     #[wasm_bindgen(method, getter)]
     fn variant(this: &ModelFiles) -> Option<String>;
@@ -30,10 +31,11 @@ extern "C" {
     async fn store_derived(this: &ModelFiles, path: &str, bytes: Uint8Array) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(method, getter)]
     pub fn base(this: &ModelFiles) -> String;
-    /// Declares a bundle file's size and sha256 (from `manifest.json`), checked before it is
-    /// stored; `now`: it is loaded by this call (counted in the download total up front).
+    /// Declares a file's size and sha256 (from `manifest.json`: a bundle's, or a diffusers
+    /// layout's checksum list), checked before it is stored; `now`: it is loaded by this call
+    /// (counted in the download total up front).
     #[wasm_bindgen(method)]
-    fn expect(this: &ModelFiles, path: &str, size: f64, sha256: &str, now: bool);
+    fn expect(this: &ModelFiles, path: &str, size: Option<f64>, sha256: Option<&str>, now: bool);
 
     /// One file being read: `read()` → the next `Uint8Array` or `null` at the end (it rejects
     /// on a network, size or integrity error), `commit()` once the consumer accepted the whole
@@ -52,6 +54,12 @@ extern "C" {
     fn expect_size(this: &Download, size: f64) -> Result<(), JsValue>;
 }
 
+/// A JS error (thrown by `www/weights.js`) as the crate's, its name kept for the page.
+pub(super) fn fetch_err(e: JsValue) -> Error {
+    let name = js_sys::Reflect::get(&e, &"name".into()).ok().and_then(|n| n.as_string()).unwrap_or_else(|| "Error".into());
+    Error::Fetch { name, message: js_message(&e) }
+}
+
 impl ModelFiles {
     pub fn from_js(value: JsValue) -> Result<Self, JsValue> {
         let ok = ["text", "open"].iter().all(|m| js_sys::Reflect::get(&value, &(*m).into()).map(|f| f.is_function()).unwrap_or(false));
@@ -59,69 +67,6 @@ impl ModelFiles {
             return Err(js_error("TypeError", "files: expected an object with text(path) and open(path) (www/weights.js ModelFiles)"));
         }
         Ok(value.unchecked_into())
-    }
-
-    /// A text file (config, tokenizer); an HTTP error names the file.
-    pub async fn get_text(&self, path: &str) -> Result<String, JsValue> {
-        let v = self.text(path, false).await?;
-        v.as_string().ok_or_else(|| js_error("Error", format!("{path}: not text")))
-    }
-
-    /// A text file that may be absent (`None` on HTTP 404).
-    pub async fn get_optional_text(&self, path: &str) -> Result<Option<String>, JsValue> {
-        Ok(self.text(path, true).await?.as_string())
-    }
-
-    /// The URL of `path`, for errors.
-    pub fn name(&self, path: &str) -> String {
-        format!("{}/{path}", self.base().trim_end_matches('/'))
-    }
-
-    /// Declares a file of a bundle (see `expect` above).
-    pub fn declare(&self, path: &str, size: u64, sha256: &str, now: bool) {
-        self.expect(path, size as f64, sha256, now);
-    }
-
-    /// Streams the safetensors file `path` into `store`; `check` sees its header before any of
-    /// its tensors is uploaded. The file is stored (committed) only once parsed to its last byte.
-    pub async fn stream_into(
-        &self,
-        path: &str,
-        store: &mut VarStore,
-        check: impl Fn(&Header) -> Result<(), WeightsError>,
-    ) -> Result<(), JsValue> {
-        self.stream_file(path, false, store, check).await.map(|_| ())
-    }
-
-    /// Like [`ModelFiles::stream_into`], but `Ok(false)` when the server has no such file.
-    pub async fn stream_optional(&self, path: &str, store: &mut VarStore) -> Result<bool, JsValue> {
-        self.stream_file(path, true, store, |_| Ok(())).await
-    }
-
-    /// Opens `path` (with `optional`, `Ok(false)` on a 404) and streams it into `store`.
-    async fn stream_file(
-        &self,
-        path: &str,
-        optional: bool,
-        store: &mut VarStore,
-        check: impl Fn(&Header) -> Result<(), WeightsError>,
-    ) -> Result<bool, JsValue> {
-        let dl = self.open(path, optional).await?;
-        if dl.is_null() || dl.is_undefined() {
-            return Ok(false);
-        }
-        let dl: Download = dl.unchecked_into();
-        let result = stream(&dl, &self.name(path), store, check).await;
-        finish(&dl, result).await.map(|_| true)
-    }
-
-    /// The preferred diffusers weight variant (`ZePo.load({ variant })`), checked.
-    pub fn weight_variant(&self) -> Result<Option<String>, JsValue> {
-        let v = self.variant().filter(|v| !v.is_empty());
-        if let Some(v) = &v {
-            crate::weights::diffusers::check_variant(v).map_err(|e| js_error("InvalidOption", e))?;
-        }
-        Ok(v)
     }
 
     /// Bytes derived from the model and stored with it, if any (never from the network).
@@ -135,19 +80,59 @@ impl ModelFiles {
         let _ = self.store_derived(path, Uint8Array::from(bytes)).await;
     }
 
-    /// A small binary file whole (the prompt embeddings), parsed as safetensors.
-    pub async fn get_safetensors(&self, path: &str) -> Result<SafetensorsBytes<Vec<u8>>, JsValue> {
+    /// Opens `path` (with `optional`, `None` on a 404).
+    async fn download(&self, path: &str, optional: bool) -> Result<Option<Download>> {
+        let dl = self.js_open(path, optional).await.map_err(fetch_err)?;
+        Ok((!dl.is_null() && !dl.is_undefined()).then(|| dl.unchecked_into()))
+    }
+}
+
+impl ModelSource for ModelFiles {
+    fn name(&self, path: &str) -> String {
+        format!("{}/{path}", self.base().trim_end_matches('/'))
+    }
+
+    async fn text(&self, path: &str, optional: bool) -> Result<Option<String>> {
+        let v = self.js_text(path, optional).await.map_err(fetch_err)?;
+        if v.is_null() || v.is_undefined() {
+            return Ok(None);
+        }
+        let text = v.as_string().ok_or_else(|| Error::Fetch { name: "Error".into(), message: format!("{}: not text", self.name(path)) })?;
+        Ok(Some(text))
+    }
+
+    async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
         let name = self.name(path);
-        let dl: Download = self.open(path, false).await?.unchecked_into();
+        let dl = self.download(path, false).await?.ok_or_else(|| Error::Fetch { name: "NotFound".into(), message: format!("{name}: not found") })?;
         let result = async {
             let mut bytes = Vec::new();
             while let Some(chunk) = next_chunk(&dl, &name).await? {
                 bytes.extend_from_slice(&chunk);
             }
-            SafetensorsBytes::new(bytes, name.clone()).map_err(werr)
+            Ok(bytes)
         }
         .await;
         finish(&dl, result).await
+    }
+
+    async fn stream_into(
+        &self,
+        path: &str,
+        optional: bool,
+        store: &mut VarStore,
+        check: &dyn Fn(&Header) -> Result<(), WeightsError>,
+    ) -> Result<bool> {
+        let Some(dl) = self.download(path, optional).await? else { return Ok(false) };
+        let result = stream(&dl, &self.name(path), store, check).await;
+        finish(&dl, result).await.map(|_| true)
+    }
+
+    fn declare(&self, path: &str, size: Option<u64>, sha256: Option<&str>, now: bool) {
+        self.expect(path, size.map(|s| s as f64), sha256, now);
+    }
+
+    fn variants(&self) -> (Option<String>, Option<String>) {
+        (self.variant().filter(|v| !v.is_empty()), None)
     }
 }
 
@@ -155,30 +140,27 @@ impl ModelFiles {
 /// that): the wasm heap never holds a whole weight, let alone a shard.
 const PIECE_BYTES: usize = 4 << 20;
 
-fn werr(e: WeightsError) -> JsValue {
-    js_error("WeightsError", e.to_string())
-}
-
 /// Commits the download on success (only then may the cache keep it), aborts it otherwise.
-async fn finish<T>(dl: &Download, result: Result<T, JsValue>) -> Result<T, JsValue> {
+async fn finish<T>(dl: &Download, result: Result<T>) -> Result<T> {
     match result {
         Ok(v) => {
-            dl.commit().await?;
+            dl.commit().await.map_err(fetch_err)?;
             Ok(v)
         }
         Err(e) => {
-            dl.abort(&js_message(&e));
+            dl.abort(&e.to_string());
             Err(e)
         }
     }
 }
 
-async fn next_chunk(dl: &Download, name: &str) -> Result<Option<Vec<u8>>, JsValue> {
-    let chunk = dl.read().await?;
+async fn next_chunk(dl: &Download, name: &str) -> Result<Option<Vec<u8>>> {
+    let chunk = dl.read().await.map_err(fetch_err)?;
     if chunk.is_null() || chunk.is_undefined() {
         return Ok(None);
     }
-    let chunk: Uint8Array = chunk.dyn_into().map_err(|_| js_error("Error", format!("{name}: a chunk is not bytes")))?;
+    let chunk: Uint8Array =
+        chunk.dyn_into().map_err(|_| Error::Fetch { name: "Error".into(), message: format!("{name}: a chunk is not bytes") })?;
     Ok(Some(chunk.to_vec()))
 }
 
@@ -186,8 +168,8 @@ async fn stream(
     dl: &Download,
     name: &str,
     store: &mut VarStore,
-    check: impl Fn(&Header) -> Result<(), WeightsError>,
-) -> Result<(), JsValue> {
+    check: &dyn Fn(&Header) -> Result<(), WeightsError>,
+) -> Result<()> {
     let mut parser = StreamParser::with_max_piece(name.to_string(), PIECE_BYTES);
     let mut checked = false;
     while let Some(chunk) = next_chunk(dl, name).await? {
@@ -198,15 +180,15 @@ async fn stream(
         // is refused before any byte of its data), before any of its tensors is used.
         if !checked {
             if let Some(h) = parser.header() {
-                dl.expect_size(h.file_len() as f64)?;
-                check(h).map_err(werr)?;
+                dl.expect_size(h.file_len() as f64).map_err(fetch_err)?;
+                check(h)?;
                 checked = true;
             }
         }
-        for t in pushed.map_err(werr)? {
-            store.insert_piece(&t, &t.bytes, name).map_err(werr)?;
+        for t in pushed? {
+            store.insert_piece(&t, &t.bytes, name)?;
         }
     }
-    parser.finish().map_err(werr)?;
+    parser.finish()?;
     Ok(())
 }

@@ -17,14 +17,14 @@
 //! Errors are JS `Error`s whose `name` says what went wrong: `WebGpuUnavailable`,
 //! `DeviceLost`, `InvalidOption`, `ImageError`, `WeightsError`, `AbortError`, `DeviceError`.
 
-mod bundle;
 mod engine;
 mod files;
 mod gpu;
-mod load;
+mod hash;
 mod prompts;
 
 pub use engine::Engine;
+pub use hash::Sha256;
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -58,6 +58,8 @@ pub(crate) fn named_err(name: &str, msg: impl std::fmt::Display) -> JsValue {
 pub(crate) fn crate_err(e: crate::Error) -> JsValue {
     use crate::Error as E;
     let name = match &e {
+        E::Fetch { name, message } => return js_error(name, message),
+        E::Weights(crate::weights::WeightsError::NoWeights { .. }) => "NotFound",
         E::Weights(_) => "WeightsError",
         E::Config { .. } => "ConfigError",
         E::InvalidOption(_) => "InvalidOption",
@@ -78,5 +80,6 @@ pub(crate) fn js_message(value: &JsValue) -> String {
     if let Some(err) = value.dyn_ref::<js_sys::Error>() {
         return String::from(err.message());
     }
-    value.as_string().unwrap_or_else(|| format!("{value:?}"))
+    let message = js_sys::Reflect::get(value, &"message".into()).ok().and_then(|m| m.as_string());
+    message.or_else(|| value.as_string()).unwrap_or_else(|| format!("{value:?}"))
 }

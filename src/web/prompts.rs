@@ -4,20 +4,16 @@
 
 use std::rc::Rc;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use wasm_bindgen::prelude::*;
 
-use super::bundle;
 use super::engine::{settle, Model};
 use super::files::ModelFiles;
 use super::gpu::Gpu;
-use super::load::diffusers_part;
-use super::{crate_err, err, named_err};
-use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::parse_config;
-use crate::models::tokenizer::ClipTokenizer;
-use crate::weights::{Dtype, LoadOptions, SafetensorsBytes};
-use crate::zepo::pipeline::{PromptEmbeddings, TextStack};
+use super::{crate_err, err, js_error, named_err};
+use crate::weights::bundle::Manifest;
+use crate::weights::{Dtype, SafetensorsBytes};
+use crate::zepo::pipeline::PromptEmbeddings;
 use crate::zepo::ZepoOptions;
 
 /// The prompt pair's embeddings: cached, else each from the bundle's precomputed ones or
@@ -40,9 +36,11 @@ pub(super) async fn prompt_embeddings(
         }
         // A diffusers layout keeps the embeddings it computed with the model: the next visit
         // needs no text encoder for them.
-        let stored = model.bundle.is_none().then(|| stored_prompt_path(prompt, gpu.dtype));
+        let files = &model.loader.source;
+        let bundle = model.loader.layout.manifest();
+        let stored = bundle.is_none().then(|| stored_prompt_path(prompt, gpu.dtype));
         if let Some(path) = &stored {
-            if let Some(t) = stored_prompt(&model.files, path, model.unet_config.cross_attention_dim, gpu).await? {
+            if let Some(t) = stored_prompt(files, path, model.unet_config.cross_attention_dim, gpu).await? {
                 pair.push(t);
                 continue;
             }
@@ -52,11 +50,11 @@ pub(super) async fn prompt_embeddings(
         let text = match loaded {
             Some(t) => t,
             None => {
-                let opts = LoadOptions { dtype: gpu.dtype, ..Default::default() };
-                let t = match &model.bundle {
-                    Some(m) => bundle::load_text(&model.files, m, prompt, &gpu.device, &opts).await?,
-                    None => load_diffusers_text(&model.files, &gpu.device, &opts).await?,
-                };
+                let t = model.loader.text_stack().await.map_err(|e| match bundle {
+                    // A bundle may have been made without the text encoder, for its prompts only.
+                    Some(m) => not_precomputed(m, prompt, e),
+                    None => crate_err(e),
+                })?;
                 let t = Rc::new(t);
                 *model.text.borrow_mut() = Some(t.clone());
                 t
@@ -66,7 +64,7 @@ pub(super) async fn prompt_embeddings(
         let n = ids.len();
         let embedding = text.encoder.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &gpu.device));
         if let Some(path) = &stored {
-            store_prompt(&model.files, path, &embedding, gpu).await?;
+            store_prompt(files, path, &embedding, gpu).await?;
         }
         pair.push(embedding);
     }
@@ -118,16 +116,12 @@ async fn store_prompt(files: &ModelFiles, path: &str, embedding: &Tensor<3>, gpu
     Ok(())
 }
 
-async fn load_diffusers_text(files: &ModelFiles, device: &Device, opts: &LoadOptions) -> Result<TextStack, JsValue> {
-    let vocab = files.get_text("tokenizer/vocab.json").await?;
-    let merges = files.get_text("tokenizer/merges.txt").await?;
-    let config = files.get_optional_text("tokenizer/tokenizer_config.json").await?;
-    let map = files.get_optional_text("tokenizer/special_tokens_map.json").await?;
-    let tokenizer = ClipTokenizer::from_strings(&vocab, &merges, config.as_deref(), map.as_deref()).map_err(crate_err)?;
-    let path = "text_encoder/config.json";
-    let cfg: ClipTextConfig = parse_config(&files.get_text(path).await?, path).map_err(crate_err)?;
-    cfg.validate().map_err(crate_err)?;
-    let store = diffusers_part(files, "text_encoder", "model", device, opts).await?;
-    let encoder = ClipTextModel::from_store(store, &cfg).map_err(crate_err)?;
-    Ok(TextStack { tokenizer, encoder })
+/// A bundle could not give its text encoder for `prompt`: the error says which prompts it has.
+fn not_precomputed(manifest: &Manifest, prompt: &str, e: crate::Error) -> JsValue {
+    let listed: Vec<String> = manifest.prompt_embeddings.iter().flat_map(|p| &p.prompts).map(|p| format!("{:?}", p.text)).collect();
+    let message = format!(
+        "the prompt {prompt:?} is not precomputed in this bundle (it has {}), so it needs the text encoder: {e}",
+        listed.join(", ")
+    );
+    js_error("WeightsError", message)
 }

@@ -67,26 +67,42 @@ impl<S: ModelSource> Loader<S> {
 
     /// The UNet, with its config.
     pub async fn unet(&self) -> Result<(UNet2DConditionModel, UNetConfig)> {
-        self.unet_from(self.store("unet").await?).await
+        self.unet_from(None).await
     }
 
     pub async fn vae(&self) -> Result<AutoencoderKL> {
-        self.vae_from(self.store("vae").await?).await
+        Ok(self.vae_from(None).await?.0)
     }
 
-    async fn unet_from(&self, store: VarStore) -> Result<(UNet2DConditionModel, UNetConfig)> {
-        let cfg: UNetConfig = self.config("unet").await?;
-        Ok((build(store, |vb| UNet2DConditionModel::load(vb, &cfg))?, cfg))
+    async fn unet_from(&self, store: Option<VarStore>) -> Result<(UNet2DConditionModel, UNetConfig)> {
+        self.part("unet", store, UNetConfig::validate, |store, cfg| build(store, |vb| UNet2DConditionModel::load(vb, cfg))).await
     }
 
-    async fn vae_from(&self, store: VarStore) -> Result<AutoencoderKL> {
-        let cfg: VaeConfig = self.config("vae").await?;
-        build(store, |vb| AutoencoderKL::load(vb, &cfg))
+    async fn vae_from(&self, store: Option<VarStore>) -> Result<(AutoencoderKL, VaeConfig)> {
+        self.part("vae", store, VaeConfig::validate, |store, cfg| build(store, |vb| AutoencoderKL::load(vb, cfg))).await
     }
 
-    async fn text_encoder_from(&self, store: VarStore) -> Result<ClipTextModel> {
-        let cfg: ClipTextConfig = self.config("text_encoder").await?;
-        ClipTextModel::from_store(store, &cfg)
+    async fn text_encoder_from(&self, store: Option<VarStore>) -> Result<(ClipTextModel, ClipTextConfig)> {
+        self.part("text_encoder", store, ClipTextConfig::validate, ClipTextModel::from_store).await
+    }
+
+    /// One part: its config parsed and validated (before its weights are streamed: a config
+    /// this port cannot run costs no download), then the model built from `store`, or from the
+    /// part's weights. The constructor validates too: no model is ever built from a bad config.
+    async fn part<C: serde::de::DeserializeOwned, M>(
+        &self,
+        part: &str,
+        store: Option<VarStore>,
+        validate: fn(&C) -> Result<()>,
+        make: impl FnOnce(VarStore, &C) -> Result<M>,
+    ) -> Result<(M, C)> {
+        let cfg: C = self.config(part).await?;
+        validate(&cfg)?;
+        let store = match store {
+            Some(s) => s,
+            None => self.store(part).await?,
+        };
+        Ok((make(store, &cfg)?, cfg))
     }
 
     /// Builds `part`'s model from `store` and drops it: what the verifier checks a bundle's
@@ -94,9 +110,9 @@ impl<S: ModelSource> Loader<S> {
     /// checkpoints). `Ok(false)`: this build has no model for that part.
     pub async fn build_part(&self, part: &str, store: VarStore) -> Result<bool> {
         match part {
-            "unet" => drop(self.unet_from(store).await?),
-            "vae" => drop(self.vae_from(store).await?),
-            "text_encoder" => drop(self.text_encoder_from(store).await?),
+            "unet" => drop(self.unet_from(Some(store)).await?),
+            "vae" => drop(self.vae_from(Some(store)).await?),
+            "text_encoder" => drop(self.text_encoder_from(Some(store)).await?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -104,12 +120,14 @@ impl<S: ModelSource> Loader<S> {
 
     /// The tokenizer and the text encoder.
     pub async fn text_stack(&self) -> Result<TextStack> {
+        // A bundle made without the text encoder says so first, rather than "no tokenizer".
+        self.layout.config_path("text_encoder")?;
         let vocab = self.tokenizer_file("vocab.json", true).await?.unwrap_or_default();
         let merges = self.tokenizer_file("merges.txt", true).await?.unwrap_or_default();
         let config = self.tokenizer_file("tokenizer_config.json", false).await?;
         let map = self.tokenizer_file("special_tokens_map.json", false).await?;
         let tokenizer = ClipTokenizer::from_strings(&vocab, &merges, config.as_deref(), map.as_deref())?;
-        let encoder = self.text_encoder_from(self.store("text_encoder").await?).await?;
+        let (encoder, _) = self.text_encoder_from(None).await?;
         Ok(TextStack { tokenizer, encoder })
     }
 
