@@ -455,6 +455,69 @@ mod tests {
         }
     }
 
+    /// Each default as JS writes it (`2`, `0.5`, `'face'`, `true`), by option name.
+    fn js_defaults() -> Vec<(&'static str, String)> {
+        let d = ZepoOptions::default();
+        let text = |s: &str| format!("'{s}'");
+        vec![
+            ("resolution", d.resolution.to_string()),
+            ("fit", text(d.fit.name())),
+            ("steps", d.steps.to_string()),
+            ("strength", d.strength.to_string()),
+            ("cfg", d.cfg.to_string()),
+            ("styleGuidance", d.style_guidance.to_string()),
+            ("featureStep", d.feature_step.to_string()),
+            ("startLayer", d.start_layer.to_string()),
+            ("endLayer", d.end_layer.to_string()),
+            ("mixQ", d.mix_q.to_string()),
+            // `true`: token merging with TomeOptions' defaults.
+            ("tome", (d.tome == Some(TomeOptions::default())).to_string()),
+            ("prompt", text(&d.prompt)),
+            ("negativePrompt", text(&d.negative_prompt)),
+            ("seed", d.seed.to_string()),
+            ("noCfg", d.no_cfg.to_string()),
+        ]
+    }
+
+    /// The defaults the docs state are `ZepoOptions::default()`'s: the package README's table,
+    /// the typings' comments and www/zepo.js's option list.
+    #[test]
+    fn the_documented_defaults_are_the_engines() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("pkg/README.md")).unwrap();
+        let mut table = std::collections::HashMap::new();
+        for row in readme.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            for (name, value) in cells[1].split(',').zip(cells[2].split(", ")) {
+                table.insert(name.trim().trim_matches('`').to_string(), value.trim().trim_matches('`').to_string());
+            }
+        }
+        let dts = std::fs::read_to_string(root.join("pkg/index.d.ts")).unwrap();
+        let body = dts.split("export interface StylizeOptions {").nth(1).unwrap().split("\n}").next().unwrap();
+        let js = std::fs::read_to_string(root.join("www/zepo.js")).unwrap();
+        let js_list: String = js.lines().filter_map(|l| l.strip_prefix("// ")).collect::<Vec<_>>().join(" ");
+        // The README's JS API example spells the defaults out.
+        let main_readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let example = main_readme.split("// One call, with a shared default engine").nth(1).unwrap().split("model:").next().unwrap();
+        let spelled: std::collections::HashMap<&str, &str> = example
+            .split(',')
+            .filter_map(|kv| kv.split_once(": "))
+            .map(|(k, v)| (k.trim().rsplit(['{', ' ', '\n']).next().unwrap(), v.trim()))
+            .collect();
+        assert!(spelled.len() >= 10, "README example: {spelled:?}");
+        for (name, value) in js_defaults() {
+            if let Some(v) = spelled.get(name) {
+                assert_eq!(*v, value, "README.md's JS API example: `{name}`");
+            }
+            assert_eq!(table.get(name), Some(&value), "pkg/README.md's default of `{name}`");
+            // The typing's doc comment ends with the default in parentheses.
+            let before = body.split(&format!("\n  {name}?:")).next().unwrap();
+            let doc = before.rsplit("/**").next().unwrap();
+            assert!(doc.contains(&format!("({value})")), "pkg/index.d.ts: `{name}`'s comment lacks ({value}): {doc}");
+            assert!(js_list.contains(&format!("{name} ({value}")), "www/zepo.js's option list lacks `{name} ({value}`");
+        }
+    }
+
     #[test]
     fn step_counts_follow_the_reference() {
         let o = ZepoOptions { steps: 4, strength: 0.5, ..Default::default() };
