@@ -81,11 +81,13 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String), WeightsError> {
 }
 
 /// A safetensors header for tensors laid out back to back in the given order, padded with
-/// spaces so that the data starts 8-byte aligned (as the Python writer does). Written here, not
-/// by the `safetensors` crate, because the converter streams: the crate's writers take every
-/// tensor's bytes at once (`TensorView`s), the converter writes the header, then each tensor as
-/// it is rounded to f16, and so holds 0.5 GB for a 3.4 GB UNet. (The parser's round-trip tests
-/// read what this writes.)
+/// spaces so that the data starts 8-byte aligned (as the Python writer does). The header is
+/// written here, the data by the converter as it rounds each tensor, because the `safetensors`
+/// crate's streaming writer (`serialize_to_file`) does not fit: it asks each tensor for its
+/// bytes through an infallible `View::data()` (an out-of-range weight could not be refused by
+/// name), writes to a path only (the shard's sha256 could not be taken as it is written), holds
+/// a whole tensor's converted copy (76 MB for CLIP's token table, against 2 MB chunks here) and
+/// reorders the tensors by name. The parser's round-trip tests read what this writes.
 pub fn header_bytes(tensors: &[(&str, Dtype, &[usize])]) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     map.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));

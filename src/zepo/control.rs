@@ -135,11 +135,13 @@ impl AttentionController for StyleInjector<'_> {
 }
 
 /// The reference's way: one batch of six rows `[style, content, target] × [uncond, cond]`,
-/// every branch recomputed at every step.
+/// every branch recomputed at every step. A test oracle (feature `reference-oracle`).
+#[cfg(feature = "reference-oracle")]
 pub struct ReferenceControl<'a> {
     pub spec: &'a ControlSpec,
 }
 
+#[cfg(feature = "reference-oracle")]
 impl AttentionController for ReferenceControl<'_> {
     fn self_attention(&mut self, call: SelfAttentionCall<'_>) -> Option<Tensor<3>> {
         if !self.spec.layers.contains(&call.layer) {

@@ -10,7 +10,9 @@ use std::cell::Cell;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::control::{ControlSpec, FeatureRecorder, ImageFeatures, ReferenceControl, StyleInjector};
+#[cfg(feature = "reference-oracle")]
+use super::control::ReferenceControl;
+use super::control::{ControlSpec, FeatureRecorder, ImageFeatures, StyleInjector};
 use super::image::{FloatImage, RgbImage};
 use super::noise::NoiseSource;
 use super::options::{Fit, Size, ZepoOptions};
@@ -368,7 +370,9 @@ impl Zepo {
 
     /// The reference's uncached path: a 6-row batch `[style, content, target] × [uncond, cond]`
     /// through the UNet at every step, the content encoded twice. Same draws, same output as
-    /// [`Zepo::stylize`]: kept to prove the cache changes nothing.
+    /// [`Zepo::stylize`]: kept to prove the cache changes nothing. A test oracle (feature
+    /// `reference-oracle`, on for the tests only).
+    #[cfg(feature = "reference-oracle")]
     pub fn stylize_uncached(
         &self,
         content: &RgbImage,
