@@ -22,6 +22,11 @@
 //   storedModels(): then the load downloads nothing). Sizes of a stored model are read from the
 //   cache where possible, so this asks the network nothing for a stored bundle.
 //
+// This runs on the page before any engine exists (no wasm there), so it restates two rules of the
+// engine's: a manifest with a `format` is a bundle (src/weights/bundle.rs `is_manifest`), and a
+// diffusers part's weight candidates in order (src/weights/diffusers.rs `candidates`). page.test
+// and hub.test hold both to the same layouts, so the two cannot drift apart unnoticed.
+//
 // Nothing is stored or downloaded beyond manifest.json and the header-only requests. A size that
 // cannot be told is null (`unknown` lists its files); a network failure fetching manifest.json is
 // a DownloadError, a missing model (its weights answer 404) a NotFound.

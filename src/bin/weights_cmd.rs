@@ -1,5 +1,5 @@
-//! `zepo weights convert|verify`: the fp16 weight bundle that the browser streams
-//! (`weights/README.md` describes the format).
+//! `zepo weights convert|random|verify`: the fp16 weight bundle that the browser streams
+//! (`weights/README.md` describes the format), over `zepo::tools`.
 
 use std::path::PathBuf;
 

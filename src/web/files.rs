@@ -1,7 +1,8 @@
 //! The model's files, as handed in by JavaScript (`www/weights.js`: streaming `fetch`, the Cache
-//! API, HTTP Range resume, sha256 checks). Rust pulls chunks and parses them as they arrive:
-//! a checkpoint is never whole in memory, and each tensor goes to the GPU as soon as its bytes
-//! are in.
+//! API, HTTP Range resume, sha256 checks): the browser's [`ModelSource`], so the engine loads
+//! through the same `zepo::load` path as the CLI. Rust pulls chunks and parses them as they
+//! arrive: a checkpoint is never whole in memory, and each tensor goes to the GPU as soon as its
+//! bytes are in. Errors thrown by the JS side keep their names (`Error::Fetch`).
 
 use js_sys::Uint8Array;
 use wasm_bindgen::prelude::*;

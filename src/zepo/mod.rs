@@ -1,4 +1,5 @@
-//! ZePo: the LCM scheduler, attention control, token merging, feature cache and pipeline.
+//! ZePo: the LCM scheduler, attention control, token merging, the pipeline and its feature
+//! cache, images in and out, options, and `load`: the one path from a model's files to a pipeline.
 
 pub mod control;
 pub mod image;
