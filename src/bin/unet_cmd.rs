@@ -8,9 +8,7 @@ use std::time::Instant;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use zepo::device::Backend;
-use zepo::models::read_config;
-use zepo::models::unet::UNetConfig;
-use zepo::zepo::load::{load_unet, WeightSource};
+use zepo::zepo::load::{block_on, Loader, WeightSource};
 use zepo::{Error, Result};
 
 #[derive(Args)]
@@ -52,10 +50,9 @@ pub fn run(args: UnetArgs) -> Result<()> {
     }
     let device = zepo::device::device(args.backend.parse::<Backend>()?)?;
     let t = Instant::now();
-    let unet = load_unet(&args.model, &device, &Default::default(), WeightSource::Checkpoint)?;
+    let (unet, cfg) = block_on(Loader::dir(&args.model, &device, &Default::default(), WeightSource::Checkpoint)?.unet())?;
     eprintln!("UNet loaded in {:.1} s", t.elapsed().as_secs_f64());
     let lat = args.size / 8;
-    let cfg: UNetConfig = read_config(&args.model.join("unet/config.json"))?;
     let sample_shape = [args.batch, cfg.in_channels, lat, lat];
     let context_shape = [args.batch, 77, cfg.cross_attention_dim];
     let sample = normal(sample_shape.iter().product(), args.seed);

@@ -238,13 +238,6 @@ impl LcmScheduler {
         Self::from_config(crate::models::parse_config(text, name)?, name)
     }
 
-    /// Reads `<model_dir>/scheduler/scheduler_config.json`.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn from_dir(model_dir: &std::path::Path) -> Result<Self> {
-        let path = model_dir.join("scheduler/scheduler_config.json");
-        Self::from_config(crate::models::read_config(&path)?, &path.display().to_string())
-    }
-
     /// ᾱ for every training timestep.
     pub fn alphas_cumprod(&self) -> &[f32] {
         &self.alphas_cumprod

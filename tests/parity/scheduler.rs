@@ -1,12 +1,13 @@
 //! LCMScheduler against diffusers 0.30 (`sched_*` in components.safetensors).
 
 use burn::tensor::Tensor;
+use zepo::zepo::load::load_scheduler;
 use zepo::zepo::scheduler::LcmScheduler;
 
 use crate::common::{assert_close_abs, devices, tiny_model, values, Fixture};
 
 fn scheduler() -> LcmScheduler {
-    LcmScheduler::from_dir(&tiny_model()).unwrap()
+    load_scheduler(&tiny_model()).unwrap()
 }
 
 #[test]
