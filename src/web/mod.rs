@@ -22,9 +22,11 @@ mod files;
 mod gpu;
 mod hash;
 mod prompts;
+mod size;
 
 pub use engine::Engine;
 pub use hash::Sha256;
+pub use size::{bundle_sizes, shard_files, weight_candidates};
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;

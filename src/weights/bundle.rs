@@ -19,6 +19,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The model parts a bundle may hold, with their diffusers weight-file stems.
 pub const PARTS: &[(&str, &str)] = &[("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+/// The parts a load reads up front (the text encoder is read on demand).
+pub const LOADED_PARTS: [&str; 2] = ["unet", "vae"];
 /// The file of precomputed prompt embeddings, relative to the bundle's root.
 pub const PROMPT_EMBEDDINGS_FILE: &str = "prompt_embeddings.safetensors";
 /// The default shard cap, 256 MiB: well under what a fetch, a Cache API entry or a GPU
@@ -289,6 +291,29 @@ impl Manifest {
         files
     }
 
+    /// The files a load reads up front: the scheduler config, the UNet's and the VAE's configs
+    /// and shards, the prompt embeddings. The text encoder and tokenizer are read on demand
+    /// (a prompt not precomputed). The engine declares these as loaded now, and the page's
+    /// download question counts them.
+    pub fn load_files(&self) -> Vec<&FileRef> {
+        let mut files: Vec<&FileRef> = self.scheduler.iter().collect();
+        for part in LOADED_PARTS.iter().filter_map(|p| self.parts.get(*p)) {
+            files.push(&part.config);
+            files.extend(part.shards.iter().map(|s| &s.file));
+        }
+        files.extend(self.prompt_embeddings.iter().map(|p| &p.file));
+        files
+    }
+
+    /// The text encoder's files (config, shards, tokenizer), `None` when it was left out.
+    pub fn text_encoder_files(&self) -> Option<Vec<&FileRef>> {
+        let part = self.parts.get("text_encoder")?;
+        let mut files = vec![&part.config];
+        files.extend(part.shards.iter().map(|s| &s.file));
+        files.extend(self.tokenizer.iter());
+        Some(files)
+    }
+
     /// Bytes of every referenced file together.
     pub fn total_bytes(&self) -> u64 {
         self.files().iter().map(|f| f.size).sum()
@@ -374,6 +399,28 @@ mod tests {
         assert!(err.contains("left out"), "{err}");
         let err = back.part("vae").unwrap_err().to_string();
         assert!(err.contains("no vae part") && err.contains("unet"), "{err}");
+    }
+
+    #[test]
+    fn a_load_fetches_the_scheduler_unet_vae_and_prompts_not_the_text_encoder() {
+        let mut m = sample();
+        m.scheduler = Some(file("scheduler/scheduler_config.json", 5));
+        let mut text = m.parts["unet"].clone();
+        text.config = file("text_encoder/config.json", 7);
+        text.shards[0].file = file("text_encoder/fp16-00001-of-00001.safetensors", 10);
+        m.parts.insert("text_encoder".into(), text);
+        m.tokenizer = vec![file("tokenizer/vocab.json", 11)];
+        let urls = |f: Vec<&FileRef>| f.iter().map(|f| f.url.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            urls(m.load_files()),
+            ["scheduler/scheduler_config.json", "unet/config.json", "unet/fp16-00001-of-00001.safetensors"]
+        );
+        assert_eq!(
+            urls(m.text_encoder_files().unwrap()),
+            ["text_encoder/config.json", "text_encoder/fp16-00001-of-00001.safetensors", "tokenizer/vocab.json"]
+        );
+        m.parts.remove("text_encoder");
+        assert!(m.text_encoder_files().is_none());
     }
 
     #[test]

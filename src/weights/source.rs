@@ -55,10 +55,6 @@ pub enum Layout {
     Diffusers,
 }
 
-/// The parts whose weights a load streams (counted in the browser's download up front); the
-/// text encoder is loaded on demand.
-const STREAMED_PARTS: [&str; 2] = ["unet", "vae"];
-
 impl Layout {
     /// Reads `manifest.json` (if any) and tells the layout: a bundle's manifest is parsed (its
     /// format and version checked) and every file it lists declared to the source; a diffusers
@@ -75,14 +71,9 @@ impl Layout {
             return Ok(Layout::Diffusers);
         }
         let manifest = Manifest::parse(&text, &name)?;
-        let streamed: Vec<&str> = STREAMED_PARTS
-            .iter()
-            .filter_map(|p| manifest.parts.get(*p))
-            .flat_map(|p| p.shards.iter().map(|s| s.file.url.as_str()))
-            .chain(manifest.prompt_embeddings.iter().map(|p| p.file.url.as_str()))
-            .collect();
+        let now: Vec<&str> = manifest.load_files().iter().map(|f| f.url.as_str()).collect();
         for f in manifest.files() {
-            source.declare(&f.url, Some(f.size), Some(&f.sha256), streamed.contains(&f.url.as_str()));
+            source.declare(&f.url, Some(f.size), Some(&f.sha256), now.contains(&f.url.as_str()));
         }
         if manifest.vae_encoder_omitted() {
             return Err(WeightsError::Bundle {
