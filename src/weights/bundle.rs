@@ -292,13 +292,20 @@ impl Manifest {
     }
 
     /// The files a load reads up front: the scheduler config, the UNet's and the VAE's configs
-    /// and shards, the prompt embeddings. The text encoder and tokenizer are read on demand
-    /// (a prompt not precomputed). The engine declares these as loaded now, and the page's
-    /// download question counts them.
+    /// and [`Self::load_weights`]. The text encoder and tokenizer are read on demand (a prompt
+    /// not precomputed). The page's download question counts these.
     pub fn load_files(&self) -> Vec<&FileRef> {
         let mut files: Vec<&FileRef> = self.scheduler.iter().collect();
+        files.extend(LOADED_PARTS.iter().filter_map(|p| self.parts.get(*p)).map(|p| &p.config));
+        files.extend(self.load_weights());
+        files
+    }
+
+    /// The weights a load streams up front: the UNet's and the VAE's shards and the prompt
+    /// embeddings (the engine announces their total as the download's before reading any).
+    pub fn load_weights(&self) -> Vec<&FileRef> {
+        let mut files: Vec<&FileRef> = Vec::new();
         for part in LOADED_PARTS.iter().filter_map(|p| self.parts.get(*p)) {
-            files.push(&part.config);
             files.extend(part.shards.iter().map(|s| &s.file));
         }
         files.extend(self.prompt_embeddings.iter().map(|p| &p.file));
@@ -415,6 +422,7 @@ mod tests {
             urls(m.load_files()),
             ["scheduler/scheduler_config.json", "unet/config.json", "unet/fp16-00001-of-00001.safetensors"]
         );
+        assert_eq!(urls(m.load_weights()), ["unet/fp16-00001-of-00001.safetensors"]);
         assert_eq!(
             urls(m.text_encoder_files().unwrap()),
             ["text_encoder/config.json", "text_encoder/fp16-00001-of-00001.safetensors", "tokenizer/vocab.json"]

@@ -71,7 +71,7 @@ impl Layout {
             return Ok(Layout::Diffusers);
         }
         let manifest = Manifest::parse(&text, &name)?;
-        let now: Vec<&str> = manifest.load_files().iter().map(|f| f.url.as_str()).collect();
+        let now: Vec<&str> = manifest.load_weights().iter().map(|f| f.url.as_str()).collect();
         for f in manifest.files() {
             source.declare(&f.url, Some(f.size), Some(&f.sha256), now.contains(&f.url.as_str()));
         }
