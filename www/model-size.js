@@ -22,26 +22,27 @@
 //   storedModels(): then the load downloads nothing). Sizes of a stored model are read from the
 //   cache where possible, so this asks the network nothing for a stored bundle.
 //
-// This runs on the page before any engine exists (no wasm there), so it restates two rules of the
-// engine's: a manifest with a `format` is a bundle (src/weights/bundle.rs `is_manifest`), and a
-// diffusers part's weight candidates in order (src/weights/diffusers.rs `candidates`). page.test
-// and hub.test hold both to the same layouts, so the two cannot drift apart unnoticed.
+// The rules are the engine's own (src/web/size.rs, the wasm module loaded here without a GPU):
+// whether manifest.json is a bundle's and what a load of it fetches, where a diffusers part's
+// weights are looked for, and which shards an index names. This file only asks for sizes.
 //
 // Nothing is stored or downloaded beyond manifest.json and the header-only requests. A size that
 // cannot be told is null (`unknown` lists its files); a network failure fetching manifest.json is
 // a DownloadError, a missing model (its weights answer 404) a NotFound.
+import init, { bundleSizes, shardFiles, weightCandidates } from './engine/zepo.js';
 import { CACHE_NAME, ModelFiles, storedModels } from './weights.js';
 
-export const BUNDLE_FORMAT = 'zepo-fp16-bundle';
+/** The diffusers layout's parts whose weights the first run downloads (the text encoder's at the first run too). */
+export const DIFFUSERS_PARTS = ['unet', 'vae', 'text_encoder'];
 
-/** The diffusers layout's parts whose weights the first run downloads: [folder, file stem]. */
-export const DIFFUSERS_PARTS = { unet: ['unet', 'diffusion_pytorch_model'], vae: ['vae', 'diffusion_pytorch_model'],
-  textEncoder: ['text_encoder', 'model'] };
-
-/** Where a part's weights may be, in the engine's order (src/weights/diffusers.rs `candidates`). */
-function candidates(folder, stem, variant) {
-  const names = variant ? [`${stem}.${variant}.safetensors`, `${stem}.safetensors`] : [`${stem}.safetensors`];
-  return names.flatMap((n) => [{ path: `${folder}/${n}`, sharded: false }, { path: `${folder}/${n}.index.json`, sharded: true }]);
+let engineRules = null;
+/** The engine's module (no GPU is touched): loaded once. */
+function rules() {
+  engineRules ??= init().catch((e) => {
+    engineRules = null;
+    throw named('EngineMissing', `the wasm engine (engine/zepo_bg.wasm) could not be loaded: ${e.message || e}`);
+  });
+  return engineRules;
 }
 
 function named(name, message) {
@@ -59,7 +60,7 @@ async function cachedEntry(files, path) {
   }
 }
 
-/** manifest.json as JSON (from the model cache when stored there), or null when there is none. */
+/** manifest.json's text (from the model cache when stored there), or null when there is none. */
 async function readManifest(files) {
   const hit = await cachedEntry(files, 'manifest.json');
   let text = null;
@@ -74,10 +75,11 @@ async function readManifest(files) {
     text = new TextDecoder().decode(await files.readText('manifest.json', r));
   }
   try {
-    return JSON.parse(text);
+    JSON.parse(text);
   } catch (e) {
     throw named('IntegrityError', `${files.url('manifest.json')}: not valid JSON (${e.message})`);
   }
+  return text;
 }
 
 /** The total size of a file from a Content-Range header (`bytes 0-0/1234`), or null. */
@@ -120,28 +122,6 @@ async function remoteSize(files, path) {
   return null;
 }
 
-/** Sizes from a bundle's manifest (weights/README.md). */
-function bundleSizes(m) {
-  const part = (p) => (p ? (p.config?.size || 0) + sum((p.shards || []).map((s) => s.size || 0)) : 0);
-  const parts = m.parts || {};
-  const bytes = (m.scheduler?.size || 0) + part(parts.unet) + part(parts.vae) + (m.prompt_embeddings?.size || 0);
-  const hasText = !!parts.text_encoder;
-  const textEncoderBytes = hasText ? part(parts.text_encoder) + sum((m.tokenizer || []).map((t) => t.size || 0)) : null;
-  return { bytes, textEncoderBytes, textEncoderAlways: !m.prompt_embeddings, unknown: [] };
-}
-
-/** The shard files a sharded checkpoint's index names (`weight_map` values), each once. */
-function shardNames(text, url) {
-  let map;
-  try {
-    map = JSON.parse(text).weight_map;
-  } catch (e) {
-    throw named('WeightsError', `${url}: not JSON (${e.message})`);
-  }
-  if (!map || typeof map !== 'object') throw named('WeightsError', `${url}: no \`weight_map\` object`);
-  return [...new Set(Object.values(map))].sort();
-}
-
 /** A small text file from the model cache (complete) or the network; null when it is not there (404). */
 async function optionalText(files, path) {
   const hit = await cachedEntry(files, path);
@@ -164,8 +144,8 @@ async function storedSize(files, path) {
  * sharded one: the sum of its shards). Null when a size cannot be told; NotFound when the server
  * has none of them.
  */
-async function partSize(files, [folder, stem], variant, listed, offlineOk) {
-  const list = candidates(folder, stem, variant);
+async function partSize(files, folder, variant, listed, offlineOk) {
+  const list = weightCandidates(folder, variant);
   // What is stored answers first: a stored model needs no network (offline).
   for (const c of list) {
     if (!c.sharded) {
@@ -175,7 +155,7 @@ async function partSize(files, [folder, stem], variant, listed, offlineOk) {
     }
     const hit = await files.cached(c.path).catch(() => null);
     if (!hit) continue;
-    const sizes = await Promise.all(shardNames(await hit.text(), files.url(c.path)).map((s) => storedSize(files, `${folder}/${s}`)));
+    const sizes = await Promise.all(shardFiles(await hit.text(), files.url(c.path)).map((s) => storedSize(files, `${folder}/${s}`)));
     if (sizes.every((n) => n)) return sum(sizes);
   }
   const sizeOf = async (path) => (listed[path]?.size > 0 ? listed[path].size : remoteSize(files, path));
@@ -189,7 +169,7 @@ async function partSize(files, [folder, stem], variant, listed, offlineOk) {
       }
       const text = await optionalText(files, c.path);
       if (text === null) continue;
-      const sizes = await Promise.all(shardNames(text, files.url(c.path)).map((s) => sizeOf(`${folder}/${s}`)));
+      const sizes = await Promise.all(shardFiles(text, files.url(c.path)).map((s) => sizeOf(`${folder}/${s}`)));
       return sizes.some((n) => n == null) ? null : sum(sizes);
     } catch (e) {
       if (e.name === 'NotFound' && !c.sharded) continue; // try the next candidate
@@ -217,19 +197,16 @@ export async function modelSize(base, { variant = 'fp16', fetch: fetchFn, cacheN
   const [store, manifest] = await Promise.all([
     storedModels(cacheName).then((list) => list.find((m) => m.base === root), () => null),
     readManifest(files),
+    rules(),
   ]);
   const stored = { stored: !!store?.complete, storedBytes: store?.bytes || 0 };
-  if (manifest?.format !== undefined) {
-    if (manifest.format !== BUNDLE_FORMAT) {
-      throw named('WeightsError', `${files.url('manifest.json')}: format ${JSON.stringify(manifest.format)} is not ${BUNDLE_FORMAT}`);
-    }
-    return { layout: 'fp16-bundle', ...bundleSizes(manifest), ...stored };
-  }
-  // A diffusers layout: its optional manifest's sizes, else the server's.
-  const listed = manifest?.files || {};
-  const parts = Object.values(DIFFUSERS_PARTS);
+  const bundle = manifest === null ? null : bundleSizes(manifest, files.url('manifest.json'));
+  if (bundle) return { layout: 'fp16-bundle', ...bundle, unknown: [], ...stored };
+  // A diffusers layout: its optional manifest's sizes (a checksum list), else the server's.
+  const listed = (manifest && JSON.parse(manifest).files) || {};
+  const parts = DIFFUSERS_PARTS;
   const [unet, vae, text] = await Promise.all(parts.map((p) => partSize(files, p, variant, listed, stored.stored)));
-  const unknown = parts.filter((_, i) => [unet, vae, text][i] == null).map(([folder]) => folder);
+  const unknown = parts.filter((_, i) => [unet, vae, text][i] == null);
   return {
     layout: 'diffusers',
     bytes: unet != null && vae != null ? unet + vae : null,
