@@ -6,15 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers from the bottom: a module may use its own layer and those below. `error` (the crate's
 /// error type, which wraps every layer's) may be named anywhere.
-const LAYERS: &[(&str, u32)] = &[
-    ("device", 0),
-    ("weights", 1),
-    ("nn", 2),
-    ("models", 3),
-    ("zepo", 4),
-    ("tools", 5),
-    ("web", 5),
-];
+const LAYERS: &[(&str, u32)] = &[("device", 0), ("weights", 1), ("nn", 2), ("models", 3), ("zepo", 4), ("tools", 5), ("web", 5)];
 
 fn rank(module: &str) -> Option<u32> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
@@ -75,7 +67,11 @@ fn imports_follow_the_layering() {
         }
     }
     assert!(checked > 40, "only {checked} files checked");
-    assert!(against.is_empty(), "imports against the layering (device ← weights ← nn ← models ← zepo ← tools, web):\n  {}", against.join("\n  "));
+    assert!(
+        against.is_empty(),
+        "imports against the layering (device ← weights ← nn ← models ← zepo ← tools, web):\n  {}",
+        against.join("\n  ")
+    );
 }
 
 #[test]

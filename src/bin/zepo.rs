@@ -137,7 +137,11 @@ impl StylizeArgs {
             start_layer: self.start_layer,
             end_layer: self.end_layer,
             mix_q: self.mix_q,
-            tome: (!self.no_tome).then(|| TomeOptions { ratio: self.tome_ratio, deterministic: self.tome_deterministic, ..TomeOptions::default() }),
+            tome: (!self.no_tome).then(|| TomeOptions {
+                ratio: self.tome_ratio,
+                deterministic: self.tome_deterministic,
+                ..TomeOptions::default()
+            }),
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
             seed: self.seed,
@@ -364,7 +368,8 @@ mod tests {
     /// The CLI states no default of its own: with no option given it runs `ZepoOptions::default()`.
     #[test]
     fn cli_defaults_are_the_pipelines() {
-        let cli = Cli::try_parse_from(["zepo", "stylize", "--model", "m", "--content", "c.png", "--style", "s.png", "--out", "o.png"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["zepo", "stylize", "--model", "m", "--content", "c.png", "--style", "s.png", "--out", "o.png"]).unwrap();
         let Command::Stylize(args) = cli.command else { panic!("stylize") };
         assert_eq!(args.options(), ZepoOptions::default());
     }

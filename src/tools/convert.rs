@@ -15,8 +15,8 @@ use half::{bf16, f16};
 use sha2::{Digest, Sha256};
 
 use crate::weights::bundle::{
-    plan_shards, shard_url, FileRef, Manifest, Part, PrecomputedPrompts, PromptEntry, Shard, DEFAULT_SHARD_BYTES, FORMAT,
-    FORMAT_VERSION, MANIFEST_FILE, PARTS, PROMPT_EMBEDDINGS_FILE,
+    plan_shards, shard_url, FileRef, Manifest, Part, PrecomputedPrompts, PromptEntry, Shard, DEFAULT_SHARD_BYTES, FORMAT, FORMAT_VERSION,
+    MANIFEST_FILE, PARTS, PROMPT_EMBEDDINGS_FILE,
 };
 use crate::weights::dir::{map_file, release_pages, DirSource};
 use crate::weights::source::diffusers_weights;

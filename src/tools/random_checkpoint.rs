@@ -14,8 +14,8 @@ use burn::tensor::{DType, Device};
 use half::f16;
 
 use super::convert::header_bytes;
-use crate::zepo::load::{block_on, Loader, WeightSource};
 use crate::weights::{random_weight, Dtype, LoadOptions, VarStore};
+use crate::zepo::load::{block_on, Loader, WeightSource};
 use crate::{Error, Result};
 
 /// The parts written: `(part, weight file stem, seed)`. The seeds are `zepo bench`'s.

@@ -19,9 +19,9 @@ use crate::models::unet::UNetConfig;
 use crate::models::vae::VaeOptions;
 use crate::weights::LoadOptions;
 use crate::zepo::image::{FloatImage, RgbImage};
+use crate::zepo::load::{Loader, WeightSource};
 use crate::zepo::noise::SeededNoise;
 use crate::zepo::pipeline::{FeatureKey, PromptEmbeddings, Style, StyleFeatures, TextStack, Zepo};
-use crate::zepo::load::{Loader, WeightSource};
 use crate::zepo::progress::Progress;
 use crate::zepo::{Size, ZepoOptions};
 

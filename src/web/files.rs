@@ -9,7 +9,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::{js_error, js_message};
-use crate::weights::{Header, ModelSource, StreamParser, VarStore, WeightsError};
+use crate::weights::source::HeaderCheck;
+use crate::weights::{ModelSource, StreamParser, VarStore};
 use crate::{Error, Result};
 
 #[wasm_bindgen]
@@ -104,7 +105,10 @@ impl ModelSource for ModelFiles {
 
     async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
         let name = self.name(path);
-        let dl = self.download(path, false).await?.ok_or_else(|| Error::Fetch { name: "NotFound".into(), message: format!("{name}: not found") })?;
+        let dl = self
+            .download(path, false)
+            .await?
+            .ok_or_else(|| Error::Fetch { name: "NotFound".into(), message: format!("{name}: not found") })?;
         let result = async {
             let mut bytes = Vec::new();
             while let Some(chunk) = next_chunk(&dl, &name).await? {
@@ -116,13 +120,7 @@ impl ModelSource for ModelFiles {
         finish(&dl, result).await
     }
 
-    async fn stream_into(
-        &self,
-        path: &str,
-        optional: bool,
-        store: &mut VarStore,
-        check: &dyn Fn(&Header) -> Result<(), WeightsError>,
-    ) -> Result<bool> {
+    async fn stream_into(&self, path: &str, optional: bool, store: &mut VarStore, check: HeaderCheck<'_>) -> Result<bool> {
         let Some(dl) = self.download(path, optional).await? else { return Ok(false) };
         let result = stream(&dl, &self.name(path), store, check).await;
         finish(&dl, result).await.map(|_| true)
@@ -165,12 +163,7 @@ async fn next_chunk(dl: &Download, name: &str) -> Result<Option<Vec<u8>>> {
     Ok(Some(chunk.to_vec()))
 }
 
-async fn stream(
-    dl: &Download,
-    name: &str,
-    store: &mut VarStore,
-    check: &dyn Fn(&Header) -> Result<(), WeightsError>,
-) -> Result<()> {
+async fn stream(dl: &Download, name: &str, store: &mut VarStore, check: HeaderCheck<'_>) -> Result<()> {
     let mut parser = StreamParser::with_max_piece(name.to_string(), PIECE_BYTES);
     let mut checked = false;
     while let Some(chunk) = next_chunk(dl, name).await? {

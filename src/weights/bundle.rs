@@ -418,10 +418,7 @@ mod tests {
         m.parts.insert("text_encoder".into(), text);
         m.tokenizer = vec![file("tokenizer/vocab.json", 11)];
         let urls = |f: Vec<&FileRef>| f.iter().map(|f| f.url.clone()).collect::<Vec<_>>();
-        assert_eq!(
-            urls(m.load_files()),
-            ["scheduler/scheduler_config.json", "unet/config.json", "unet/fp16-00001-of-00001.safetensors"]
-        );
+        assert_eq!(urls(m.load_files()), ["scheduler/scheduler_config.json", "unet/config.json", "unet/fp16-00001-of-00001.safetensors"]);
         assert_eq!(urls(m.load_weights()), ["unet/fp16-00001-of-00001.safetensors"]);
         assert_eq!(
             urls(m.text_encoder_files().unwrap()),

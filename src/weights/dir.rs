@@ -6,8 +6,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::source::ModelSource;
-use super::{Header, SafetensorsBytes, VarStore, WeightsError};
+use super::source::{HeaderCheck, ModelSource};
+use super::{SafetensorsBytes, VarStore, WeightsError};
 use crate::{Error, Result};
 
 /// The files of the model directory `root`.
@@ -75,13 +75,7 @@ impl ModelSource for DirSource {
         std::fs::read(&full).map_err(|e| Error::io(&full, e))
     }
 
-    async fn stream_into(
-        &self,
-        path: &str,
-        optional: bool,
-        store: &mut VarStore,
-        check: &dyn Fn(&Header) -> Result<(), WeightsError>,
-    ) -> Result<bool> {
+    async fn stream_into(&self, path: &str, optional: bool, store: &mut VarStore, check: HeaderCheck<'_>) -> Result<bool> {
         let Some(full) = (if optional { self.open(path)? } else { Some(self.required(path)?) }) else { return Ok(false) };
         let map = map_file(&full)?;
         let st = SafetensorsBytes::new(&map, full.display().to_string())?;

@@ -11,6 +11,10 @@ use super::{Header, LoadOptions, SafetensorsBytes, VarStore, WeightsError};
 use crate::{Error, Result};
 use burn::tensor::Device;
 
+/// A check of a safetensors file's header before any of its tensors is stored (against a
+/// bundle's manifest or a shard index).
+pub type HeaderCheck<'a> = &'a dyn Fn(&Header) -> Result<(), WeightsError>;
+
 /// A model's files, by path relative to the model's root (`unet/config.json`). The browser's is
 /// asynchronous (every file is a download); a directory's completes at once.
 #[allow(async_fn_in_trait)] // the futures are awaited where they are made (one thread in a Worker)
@@ -27,13 +31,7 @@ pub trait ModelSource {
 
     /// Streams the safetensors file `path` into `store`, tensor by tensor; `check` sees its
     /// header before any tensor is stored. `Ok(false)` when `optional` and it does not exist.
-    async fn stream_into(
-        &self,
-        path: &str,
-        optional: bool,
-        store: &mut VarStore,
-        check: &dyn Fn(&Header) -> Result<(), WeightsError>,
-    ) -> Result<bool>;
+    async fn stream_into(&self, path: &str, optional: bool, store: &mut VarStore, check: HeaderCheck<'_>) -> Result<bool>;
 
     /// Tells the source what a manifest says of a file (its size, its sha256), before it is
     /// read: the source refuses a file that disagrees. `now`: the current load reads it (the
@@ -109,7 +107,10 @@ impl Layout {
             Layout::Bundle(m) => Ok(m
                 .scheduler
                 .as_ref()
-                .ok_or_else(|| WeightsError::Bundle { file: format!("{} ({MANIFEST_FILE})", m.model), reason: "lists no scheduler config".into() })?
+                .ok_or_else(|| WeightsError::Bundle {
+                    file: format!("{} ({MANIFEST_FILE})", m.model),
+                    reason: "lists no scheduler config".into(),
+                })?
                 .url
                 .clone()),
             Layout::Diffusers => Ok("scheduler/scheduler_config.json".into()),

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 use half::f16;
-use zepo::tools::convert::{convert, convert_part, part_files, read_manifest, ConvertOptions};
-use zepo::tools::verify::verify;
 use zepo::models::clip::{ClipTextConfig, ClipTextModel};
 use zepo::models::read_config;
 use zepo::models::tokenizer::ClipTokenizer;
 use zepo::models::unet::{UNet2DConditionModel, UNetConfig};
 use zepo::models::vae::{AutoencoderKL, VaeConfig};
+use zepo::tools::convert::{convert, convert_part, part_files, read_manifest, ConvertOptions};
+use zepo::tools::verify::verify;
 use zepo::weights::bundle::{Manifest, PARTS};
 use zepo::weights::{Dtype, LoadOptions, SafetensorsBytes, VarStore};
 use zepo::zepo::load::load_part;

@@ -5,8 +5,8 @@ use burn::tensor::Device;
 use zepo::models::clip::{ClipTextConfig, ClipTextModel};
 use zepo::models::read_config;
 use zepo::models::tokenizer::ClipTokenizer;
-use zepo::zepo::load::load_part;
 use zepo::weights::{Dtype, LoadOptions, SafetensorsBytes, TensorEntry, VarStore};
+use zepo::zepo::load::load_part;
 
 use crate::common::{assert_close_rel, devices, fixture, tiny_model, values, Fixture};
 

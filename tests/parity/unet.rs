@@ -3,8 +3,8 @@
 use crate::common::*;
 use zepo::models::read_config;
 use zepo::models::unet::{UNet2DConditionModel, UNetConfig};
+use zepo::weights::LoadOptions;
 use zepo::zepo::load::load_part;
-use zepo::weights::{LoadOptions};
 
 fn load(device: &burn::tensor::Device) -> UNet2DConditionModel {
     let dir = tiny_model();

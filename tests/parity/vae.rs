@@ -3,8 +3,8 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use zepo::models::vae::{decode_plan, encode_plan, AutoencoderKL, BandedRun, BufferPlan, VaeConfig, VaeOptions, VaeShape};
+use zepo::weights::LoadOptions;
 use zepo::zepo::load::load_part;
-use zepo::weights::{LoadOptions};
 
 use crate::common::{assert_close_rel, devices, tiny_model, values, Fixture};
 

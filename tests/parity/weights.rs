@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::common::*;
-use zepo::zepo::load::load_part;
 use zepo::weights::{Dtype, LoadOptions, SafetensorsBytes};
+use zepo::zepo::load::load_part;
 use zepo::zepo::load::{load_unet, load_vae, WeightSource};
 
 fn scratch(tag: &str) -> Scratch {
