@@ -24,7 +24,10 @@
 //
 // The rules are the engine's own (src/web/size.rs, the wasm module loaded here without a GPU):
 // whether manifest.json is a bundle's and what a load of it fetches, where a diffusers part's
-// weights are looked for, and which shards an index names. This file only asks for sizes.
+// weights are looked for, and which shards an index names. This file only asks for sizes. The
+// module is instantiated on the page for this (no GPU is touched; the browser keeps the compiled
+// module in its code cache, and the Worker fetches the same file from the HTTP or service-worker
+// cache).
 //
 // Nothing is stored or downloaded beyond manifest.json and the header-only requests. A size that
 // cannot be told is null (`unknown` lists its files); a network failure fetching manifest.json is
