@@ -63,7 +63,7 @@ async function cachedEntry(files, path) {
   }
 }
 
-/** manifest.json's text (from the model cache when stored there), or null when there is none. */
+/** manifest.json (from the model cache when stored there) as `{ text, json }`, or null when there is none. */
 async function readManifest(files) {
   const hit = await cachedEntry(files, 'manifest.json');
   let text = null;
@@ -78,11 +78,10 @@ async function readManifest(files) {
     text = new TextDecoder().decode(await files.readText('manifest.json', r));
   }
   try {
-    JSON.parse(text);
+    return { text, json: JSON.parse(text) };
   } catch (e) {
     throw named('IntegrityError', `${files.url('manifest.json')}: not valid JSON (${e.message})`);
   }
-  return text;
 }
 
 /** The total size of a file from a Content-Range header (`bytes 0-0/1234`), or null. */
@@ -203,10 +202,10 @@ export async function modelSize(base, { variant = 'fp16', fetch: fetchFn, cacheN
     rules(),
   ]);
   const stored = { stored: !!store?.complete, storedBytes: store?.bytes || 0 };
-  const bundle = manifest === null ? null : bundleSizes(manifest, files.url('manifest.json'));
+  const bundle = manifest === null ? null : bundleSizes(manifest.text, files.url('manifest.json'));
   if (bundle) return { layout: 'fp16-bundle', ...bundle, unknown: [], ...stored };
   // A diffusers layout: its optional manifest's sizes (a checksum list), else the server's.
-  const listed = (manifest && JSON.parse(manifest).files) || {};
+  const listed = manifest?.json.files || {};
   const parts = DIFFUSERS_PARTS;
   const [unet, vae, text] = await Promise.all(parts.map((p) => partSize(files, p, variant, listed, stored.stored)));
   const unknown = parts.filter((_, i) => [unet, vae, text][i] == null);

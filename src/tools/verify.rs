@@ -10,7 +10,7 @@ use burn::tensor::DType;
 
 use super::convert::{read_manifest, sha256_file};
 use crate::models::clip::ClipTextConfig;
-use crate::weights::bundle::Manifest;
+use crate::weights::bundle::{check_size, Manifest};
 use crate::weights::dir::map_file;
 use crate::weights::{LoadOptions, SafetensorsBytes, WeightsError};
 use crate::zepo::load::{block_on, Loader, WeightSource};
@@ -93,19 +93,14 @@ pub fn check_files(dir: &Path, manifest: &Manifest) -> Vec<Error> {
     for file in manifest.files() {
         let path = dir.join(&file.url);
         let shown = path.display().to_string();
-        match sha256_file(&path) {
-            Err(e) => problems.push(e.into()),
-            Ok((size, _)) if size < file.size => {
-                problems.push(WeightsError::Truncated { file: shown, needed: file.size, found: size }.into())
+        let checked = sha256_file(&path).and_then(|(size, sha)| {
+            check_size(&shown, size, file.size)?;
+            if sha != file.sha256 {
+                return Err(WeightsError::Checksum { file: shown.clone(), expected: file.sha256.clone(), found: sha });
             }
-            Ok((size, _)) if size > file.size => {
-                problems.push(bundle_err(shown, format!("{size} bytes, the manifest says {}", file.size)).into())
-            }
-            Ok((_, sha)) if sha != file.sha256 => {
-                problems.push(WeightsError::Checksum { file: shown, expected: file.sha256.clone(), found: sha }.into())
-            }
-            Ok(_) => {}
-        }
+            Ok(())
+        });
+        problems.extend(checked.err().map(Error::from));
     }
     if !problems.is_empty() {
         return problems;

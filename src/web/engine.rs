@@ -159,15 +159,10 @@ impl Engine {
             gpu.device.memory_cleanup();
 
             // The bundle's precomputed prompts: the default prompt needs no text encoder.
-            let mut precomputed = HashMap::new();
             if loader.layout.manifest().is_some() {
                 stage("prompts");
-                let values = loader.precomputed_prompts(unet_config.cross_attention_dim).await.map_err(crate_err)?;
-                let [l, d] = values.shape;
-                for (text, v) in values.prompts {
-                    precomputed.insert(text, Tensor::<3>::from_data(TensorData::new(v, [1, l, d]), (&gpu.device, gpu.dtype)));
-                }
             }
+            let precomputed = loader.precomputed_prompts(unet_config.cross_attention_dim).await.map_err(crate_err)?;
 
             let zepo = Zepo::new(unet, vae, None, scheduler, gpu.device.clone());
             let info = object(&[

@@ -7,8 +7,9 @@
 use wasm_bindgen::prelude::*;
 
 use super::crate_err;
-use crate::weights::bundle::{is_manifest, FileRef, Manifest, PARTS};
-use crate::weights::diffusers::{self, ShardIndex};
+use crate::weights::bundle::{is_manifest, FileRef, Manifest};
+use crate::weights::diffusers::ShardIndex;
+use crate::weights::source::part_candidates;
 
 fn total(files: &[&FileRef]) -> f64 {
     files.iter().map(|f| f.size as f64).sum()
@@ -38,12 +39,8 @@ pub fn bundle_sizes(manifest_text: &str, name: &str) -> Result<JsValue, JsValue>
 #[wasm_bindgen(js_name = weightCandidates)]
 pub fn weight_candidates(part: &str, variant: Option<String>) -> Result<JsValue, JsValue> {
     let variant = variant.filter(|v| !v.is_empty());
-    if let Some(v) = &variant {
-        diffusers::check_variant(v).map_err(|e| crate_err(crate::Error::InvalidOption(e)))?;
-    }
-    let stem = PARTS.iter().find(|(p, _)| *p == part).map(|(_, s)| *s).ok_or_else(|| super::err(format!("no model part {part}")))?;
     let list = js_sys::Array::new();
-    for c in diffusers::candidates(stem, variant.as_deref(), None) {
+    for c in part_candidates(part, variant.as_deref(), None).map_err(crate_err)? {
         let item = js_sys::Object::new();
         js_sys::Reflect::set(&item, &"path".into(), &format!("{part}/{}", c.file).into())?;
         js_sys::Reflect::set(&item, &"sharded".into(), &c.sharded.into())?;

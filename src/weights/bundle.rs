@@ -27,6 +27,18 @@ pub const PROMPT_EMBEDDINGS_FILE: &str = "prompt_embeddings.safetensors";
 /// buffer comfortably takes.
 pub const DEFAULT_SHARD_BYTES: u64 = 256 << 20;
 
+/// A file of `found` bytes against the `expected` size a manifest gives: shorter is truncated,
+/// longer is not the file listed. Both name `file`.
+pub fn check_size(file: &str, found: u64, expected: u64) -> Result<(), WeightsError> {
+    if found < expected {
+        return Err(WeightsError::Truncated { file: file.to_string(), needed: expected, found });
+    }
+    if found > expected {
+        return Err(WeightsError::Bundle { file: file.to_string(), reason: format!("{found} bytes, the manifest says {expected}") });
+    }
+    Ok(())
+}
+
 /// Whether `manifest.json`'s text is a bundle's manifest (it has a `format`; [`Manifest::parse`]
 /// then checks which), rather than the plain `{ "files": … }` checksum list a diffusers layout
 /// may carry. The one test of "is this model a bundle?", natively and in the browser.

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::bundle::check_size;
 use super::source::{HeaderCheck, ModelSource};
 use super::{SafetensorsBytes, VarStore, WeightsError};
 use crate::{Error, Result};
@@ -35,28 +36,21 @@ impl DirSource {
         self.root.join(path)
     }
 
-    /// Opens `path` for reading, checked against its declared size; `None` if absent.
-    fn open(&self, path: &str) -> Result<Option<PathBuf>> {
+    /// `path` to read, checked against its declared size; `None` if absent and `optional`
+    /// (absent and required: an error naming it).
+    fn open(&self, path: &str, optional: bool) -> Result<Option<PathBuf>> {
         let full = self.path(path);
         let found = match std::fs::metadata(&full) {
             Ok(m) if m.is_file() => m.len(),
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Ok(_) if optional => return Ok(None),
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Ok(_) => return Err(Error::io(&full, std::io::Error::new(std::io::ErrorKind::NotFound, "not found"))),
             Err(e) => return Err(Error::io(&full, e)),
         };
-        let file = full.display().to_string();
-        match self.declared.borrow().get(path) {
-            Some(&needed) if found < needed => return Err(WeightsError::Truncated { file, needed, found }.into()),
-            Some(&size) if found > size => {
-                return Err(WeightsError::Bundle { file, reason: format!("{found} bytes, the manifest says {size}") }.into())
-            }
-            _ => {}
+        if let Some(&expected) = self.declared.borrow().get(path) {
+            check_size(&full.display().to_string(), found, expected)?;
         }
         Ok(Some(full))
-    }
-
-    fn required(&self, path: &str) -> Result<PathBuf> {
-        self.open(path)?.ok_or_else(|| Error::io(self.path(path), std::io::Error::new(std::io::ErrorKind::NotFound, "not found")))
     }
 }
 
@@ -66,17 +60,17 @@ impl ModelSource for DirSource {
     }
 
     async fn text(&self, path: &str, optional: bool) -> Result<Option<String>> {
-        let Some(full) = (if optional { self.open(path)? } else { Some(self.required(path)?) }) else { return Ok(None) };
+        let Some(full) = self.open(path, optional)? else { return Ok(None) };
         std::fs::read_to_string(&full).map(Some).map_err(|e| Error::io(&full, e))
     }
 
     async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
-        let full = self.required(path)?;
+        let full = self.open(path, false)?.expect("a required file is there or an error");
         std::fs::read(&full).map_err(|e| Error::io(&full, e))
     }
 
     async fn stream_into(&self, path: &str, optional: bool, store: &mut VarStore, check: HeaderCheck<'_>) -> Result<bool> {
-        let Some(full) = (if optional { self.open(path)? } else { Some(self.required(path)?) }) else { return Ok(false) };
+        let Some(full) = self.open(path, optional)? else { return Ok(false) };
         let map = map_file(&full)?;
         let st = SafetensorsBytes::new(&map, full.display().to_string())?;
         check(st.header())?;

@@ -182,6 +182,17 @@ pub struct PrecomputedValues {
     pub prompts: Vec<(String, Vec<f32>)>,
 }
 
+/// A diffusers part's weight candidates (relative to its folder) for the given variants, each
+/// checked ([`diffusers::candidates`] with the part's file stem): what the loader walks and what
+/// the page's download question sizes.
+pub fn part_candidates(part: &str, preferred: Option<&str>, fallback: Option<&str>) -> Result<Vec<diffusers::Candidate>> {
+    let (_, stem) = PARTS.iter().find(|(p, _)| *p == part).ok_or_else(|| Error::InvalidOption(format!("no model part `{part}`")))?;
+    for v in [preferred, fallback].into_iter().flatten() {
+        diffusers::check_variant(v).map_err(Error::InvalidOption)?;
+    }
+    Ok(diffusers::candidates(stem, preferred, fallback))
+}
+
 /// Walks a diffusers part's weight candidates in the source's order ([`ModelSource::variants`]):
 /// `read(path, None)` for a single file (it returns whether the file was there), or, for the
 /// first shard index present, `read(shard, Some(index))` for each of its shards. The one
@@ -191,12 +202,8 @@ pub async fn diffusers_weights<S: ModelSource>(
     part: &str,
     read: &mut impl AsyncFnMut(&str, Option<&ShardIndex>) -> Result<bool>,
 ) -> Result<()> {
-    let stem = PARTS.iter().find(|(p, _)| *p == part).map_or("diffusion_pytorch_model", |(_, s)| s);
     let (preferred, fallback) = source.variants();
-    for v in [&preferred, &fallback].into_iter().flatten() {
-        diffusers::check_variant(v).map_err(Error::InvalidOption)?;
-    }
-    let tried = diffusers::candidates(stem, preferred.as_deref(), fallback.as_deref());
+    let tried = part_candidates(part, preferred.as_deref(), fallback.as_deref())?;
     for c in &tried {
         let path = format!("{part}/{}", c.file);
         if !c.sharded {

@@ -4,7 +4,9 @@
 //! config parsed (errors name the file), its weights streamed into a store, the model built by
 //! its constructor (which validates the config), every weight used (`VarBuilder::finish`).
 
-use burn::tensor::Device;
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::pipeline::TextStack;
 use super::scheduler::LcmScheduler;
@@ -13,7 +15,6 @@ use crate::models::parse_config;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
-use crate::weights::source::PrecomputedValues;
 use crate::weights::{Layout, LoadOptions, ModelSource, VarBuilder, VarStore, WeightsError};
 use crate::Result;
 
@@ -143,9 +144,13 @@ impl<S: ModelSource> Loader<S> {
         }
     }
 
-    /// The bundle's precomputed prompt embeddings (none for a diffusers layout).
-    pub async fn precomputed_prompts(&self, cross_attention_dim: usize) -> Result<PrecomputedValues> {
-        self.layout.precomputed_prompts(&self.source, cross_attention_dim).await
+    /// The bundle's precomputed prompt embeddings as `[1, positions, hidden]` tensors in the
+    /// load's dtype, by prompt text (none for a diffusers layout).
+    pub async fn precomputed_prompts(&self, cross_attention_dim: usize) -> Result<HashMap<String, Tensor<3>>> {
+        let values = self.layout.precomputed_prompts(&self.source, cross_attention_dim).await?;
+        let [l, d] = values.shape;
+        let on = (&self.device, self.options.dtype);
+        Ok(values.prompts.into_iter().map(|(text, v)| (text, Tensor::<3>::from_data(TensorData::new(v, [1, l, d]), on))).collect())
     }
 }
 
@@ -162,7 +167,7 @@ fn build<M>(store: VarStore, load: impl FnOnce(&VarBuilder) -> Result<M>) -> Res
 mod native {
     use std::path::Path;
 
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::Device;
 
     use super::{Loader, WeightSource};
     use crate::models::unet::{UNet2DConditionModel, UNetConfig};
@@ -228,12 +233,7 @@ mod native {
         let loader = Loader::dir(dir, &model.device, &LoadOptions::default(), WeightSource::Checkpoint)?;
         let unet: UNetConfig = block_on(loader.config("unet"))?;
         let pre = block_on(loader.precomputed_prompts(unet.cross_attention_dim))?;
-        let precomputed = |text: &str| {
-            let (_, values) = pre.prompts.iter().find(|(t, _)| t == text)?;
-            let [l, d] = pre.shape;
-            Some(Tensor::<3>::from_data(TensorData::new(values.clone(), [1, l, d]), &model.device))
-        };
-        let (cond, uncond) = (precomputed(prompt), precomputed(negative));
+        let (cond, uncond) = (pre.get(prompt).cloned(), pre.get(negative).cloned());
         if let (Some(cond), Some(uncond)) = (&cond, &uncond) {
             return Ok(PromptEmbeddings { cond: cond.clone(), uncond: uncond.clone() });
         }
