@@ -125,7 +125,18 @@ export interface ModelOptions {
    * else the full files; null takes the full files.
    */
   variant?: string | null;
+  /**
+   * Which of a bundle's weights to load, apart from `precision` (the compute type): 'auto'
+   * (default) the smallest variant the bundle has; 'fp16'; or a compact variant made by
+   * `zepo weights convert --variants`: 'q8' (8-bit, about 53% of fp16), 'mixed' (4 to 8 bits
+   * per tensor, chosen by the converter for its PSNR target). A diffusers layout has only its
+   * own weights ('auto' or 'fp16').
+   */
+  weights?: Weights;
 }
+
+/** A bundle's weights: its smallest ('auto'), its fp16 ones, or a compact variant by name. */
+export type Weights = 'auto' | 'fp16' | 'q8' | 'mixed' | (string & {});
 
 /** Options of an engine: which model, in which precision, with which progress callback. */
 export interface LoadOptions extends ModelOptions {
@@ -174,6 +185,8 @@ export interface ModelInfo {
   /** Self-attention layers of the UNet (the range startLayer..endLayer refers to). */
   self_attentions: number;
   precision: 'f16' | 'f32';
+  /** The weights loaded: 'fp16' (a diffusers layout's own weights too) or a compact variant. */
+  weights: string;
   /** Seconds the load took. */
   seconds: number;
   /** Bytes read (network or cache). */

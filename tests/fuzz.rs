@@ -1,6 +1,6 @@
 //! Fuzzing on stable Rust: a time-boxed, seeded driver over every parser that takes input
 //! from outside — the safetensors header and the streaming parser (bytes in arbitrary chunks),
-//! the bundle manifest, the tokenizer (any Unicode, any length), the JS options object (the
+//! the bundle manifest (compact variants included), compact weights' stored rows, the tokenizer (any Unicode, any length), the JS options object (the
 //! engine's parser, natively), image decoding. Properties: never a panic; never an allocation
 //! beyond the stated limit of its target (a counting allocator measures each call's peak); the
 //! streaming parser gives exactly what the whole-file parser gives, for every chunking.
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use zepo::models::tokenizer::ClipTokenizer;
-use zepo::weights::bundle::Manifest;
+use zepo::weights::bundle::{FileRef, Manifest, Shard};
+use zepo::weights::quant::{Quant, QuantTensor};
 use zepo::weights::{SafetensorsBytes, StreamParser};
 use zepo::zepo::image::{RgbImage, MAX_PIXELS};
 use zepo::zepo::ZepoOptions;
@@ -199,6 +200,58 @@ fn safetensors_file(tensors: &[(&str, &str, Vec<usize>, usize)], metadata: bool)
 }
 
 /// The whole-file parse and a streamed parse with random chunks (and piece size) agree.
+/// A compact tensor as a shard holds it: `[bits − 2, k low, k high]` then stored rows of `k`
+/// values (`zepo::weights::quant`).
+fn compact_seeds() -> Vec<Vec<u8>> {
+    [(8u32, 64usize), (4, 37), (5, 96), (2, 1)]
+        .iter()
+        .map(|&(bits, k)| {
+            let q = Quant { bits, block: 32 };
+            let mut out = vec![(bits - 2) as u8, k as u8, (k >> 8) as u8];
+            for r in 0..3 {
+                let row: Vec<f32> = (0..k).map(|i| ((i * 7 + r) % 13) as f32 - 6.0).collect();
+                q.quantize_row(&row, &mut out);
+            }
+            out
+        })
+        .collect()
+}
+
+/// Decoding stored rows never panics: a short or long row, any codes and any scales (a scale
+/// that is not finite is an error, a finite one gives finite values), and the shard entry's
+/// check of a header against its scheme.
+fn check_compact(input: &[u8]) {
+    if input.len() < 3 {
+        return;
+    }
+    let bits = 2 + input[0] as u32 % 7;
+    let k = 1 + (u16::from_le_bytes([input[1], input[2]]) as usize % 2048);
+    let q = Quant { bits, block: 32 };
+    let body = &input[3..];
+    let whole = body.len() / q.row_bytes(k) * q.row_bytes(k);
+    if let Ok(values) = zepo::weights::quant::dequantize(q, &body[..whole], k, "w", "fuzz") {
+        assert!(values.iter().all(|v| v.is_finite()), "finite scales give finite values");
+        assert_eq!(values.len(), whole / q.row_bytes(k) * k);
+    }
+    let mut out = vec![0f32; k];
+    let _ = q.dequantize_row(body, &mut out);
+    let entry = QuantTensor { scheme: format!("q{bits}"), block: 32, shape: vec![2, k] };
+    let shard = Shard {
+        file: FileRef { url: "unet/q8-00001-of-00001.safetensors".into(), size: 0, sha256: "0".repeat(64) },
+        dtype: "F16".into(),
+        tensors: vec!["w".into()],
+        quantized: [("w".to_string(), entry)].into(),
+    };
+    if let Ok(Some(header)) = zepo::weights::parse_header(body, "fuzz") {
+        let _ = shard.check_header(&header, "fuzz");
+    }
+}
+
+/// A version-2 manifest with a compact variant (what `convert --variants` writes).
+fn compact_manifest() -> Vec<u8> {
+    br#"{"format":"zepo-fp16-bundle","format_version":2,"model":"m","parts":{"unet":{"config":{"url":"unet/config.json","size":3,"sha256":"0000000000000000000000000000000000000000000000000000000000000000"},"shards":[{"url":"unet/fp16-00001-of-00001.safetensors","size":10,"sha256":"0000000000000000000000000000000000000000000000000000000000000000","dtype":"F16","tensors":["a","b"]}],"total_bytes":10}},"scheduler":null,"prompt_embeddings":null,"variants":{"q8":{"parts":{"unet":{"shards":[{"url":"unet/q8-00001-of-00001.safetensors","size":8,"sha256":"0000000000000000000000000000000000000000000000000000000000000000","dtype":"F16","tensors":["a","b"],"quantized":{"a":{"scheme":"q8","block":32,"shape":[4,64]}}}],"total_bytes":8}},"measured":{"target_psnr":70.0,"psnr":{"unet":71.5}}}}}"#.to_vec()
+}
+
 fn check_safetensors(input: &[u8]) {
     // The chunking comes from the input itself, so that a saved crash replays exactly.
     let mut rng = Rng64::seed_from_u64(input.iter().fold(7u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64)));
@@ -367,7 +420,7 @@ fn fuzz_every_parser() {
         },
         Target {
             name: "manifest",
-            seeds: vec![manifest],
+            seeds: vec![manifest, compact_manifest()],
             mutate: mutate_bytes,
             check: Box::new(|input| {
                 let _ = Manifest::parse(&String::from_utf8_lossy(input), "manifest.json");
@@ -392,6 +445,15 @@ fn fuzz_every_parser() {
             seeds: vec![b"{}".to_vec(), br#"{"resolution":64,"steps":2,"tome":{"ratio":0.5},"fit":"contain"}"#.to_vec()],
             mutate: mutate_options,
             check: Box::new(check_options),
+            limit: |n| 64 * n + (1 << 20),
+            limit_text: "64 × input + 1 MiB",
+        },
+        Target {
+            name: "compact",
+            seeds: compact_seeds(),
+            mutate: mutate_bytes,
+            check: Box::new(check_compact),
+            // One row's values (f32) and the stored row's copy.
             limit: |n| 64 * n + (1 << 20),
             limit_text: "64 × input + 1 MiB",
         },

@@ -7,6 +7,7 @@
 // the page's handle for the browser tests.
 import { ZePo, resolveModel } from './zepo.js';
 import { modelSize } from './model-size.js';
+import { rememberWeights, showWeightsChoice, weightsFor } from './weights-choice.js';
 import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
 
 const $ = (id) => document.getElementById(id);
@@ -412,16 +413,25 @@ function firstDownload(s) {
 
 /**
  * Before the first download of a large model: says how much it downloads and waits for the
- * "Download model" button, with the choice of precision. Resolves to the chosen precision.
+ * "Download model" button, with the choice of weights (a bundle with compact variants) and of
+ * precision. Resolves to `{ precision, weights }`.
  */
 async function confirmDownload(s) {
-  const total = firstDownload(s);
   const extra = !s.textEncoderAlways && s.textEncoderBytes != null ? ` (${size(s.textEncoderBytes)} more for a custom prompt)` : '';
   const partly = s.storedBytes > 0 ? ` ${size(s.storedBytes)} of it is already stored: only the rest is downloaded.` : '';
-  $('confirm-text').textContent = total == null
-    ? `This model's download size could not be determined; it downloads once, then works offline.${partly}`
-    : `This model downloads ${size(total)} once${extra}, then works offline.${partly}`;
-  $('confirm').dataset.bytes = String(total ?? '');
+  const say = (total) => {
+    $('confirm-text').textContent = total == null
+      ? `This model's download size could not be determined; it downloads once, then works offline.${partly}`
+      : `This model downloads ${size(total)} once${extra}, then works offline.${partly}`;
+    $('confirm').dataset.bytes = String(total ?? '');
+  };
+  const chosenWeights = showWeightsChoice($('weights-choice'), s, {
+    describe: size,
+    extra: s.textEncoderAlways ? (s.textEncoderBytes ?? 0) : 0,
+    onChange: (_name, bytes) => say(bytes),
+  });
+  const initial = s.variants?.find((v) => v.name === chosenWeights());
+  say(initial ? initial.bytes + (s.textEncoderAlways ? (s.textEncoderBytes ?? 0) : 0) : firstDownload(s));
   $('confirm').dataset.textEncoderBytes = String(s.textEncoderBytes ?? '');
   const f16 = await hasF16();
   const f16Input = document.querySelector('input[name="precision"][value="f16"]');
@@ -442,8 +452,10 @@ async function confirmDownload(s) {
       try {
         localStorage.setItem(PRECISION_KEY, precision);
       } catch { /* storage disabled */ }
+      const weights = chosenWeights();
+      if (s.variants?.length > 1) rememberWeights(weights);
       $('confirm').hidden = true;
-      resolve(precision);
+      resolve({ precision, weights });
     }, { once: true });
   });
 }
@@ -470,10 +482,11 @@ async function main() {
   const total = firstDownload(s);
   const ask = params.get('confirm') === '1' || (!s.stored && (total == null || total >= ASK_ABOVE));
   let precision = rememberedPrecision();
-  if (ask) precision = await confirmDownload(s);
+  let weights = weightsFor(s);
+  if (ask) ({ precision, weights } = await confirmDownload(s));
   setState('loading', 'Loading the model…');
   const t0 = performance.now();
-  engine = await ZePo.load({ model: MODEL, precision, onProgress: showProgress });
+  engine = await ZePo.load({ model: MODEL, precision, weights, onProgress: showProgress });
   const seconds = (performance.now() - t0) / 1000;
   showList('device-info', Object.entries(engine.device));
   showList('model-info', [
@@ -482,6 +495,7 @@ async function main() {
     ['requests', engine.info.requests],
     ['load time', `${seconds.toFixed(2)} s`],
     ['precision', engine.info.precision],
+    ['weights', engine.info.weights],
   ]);
   Object.assign(window.zepo, { device: engine.device, info: { ...engine.info, seconds }, engine });
   document.querySelector('.progress-row').hidden = true;

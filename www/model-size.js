@@ -6,7 +6,10 @@
 //
 // - fp16 bundle (`manifest.json` with "format": "zepo-fp16-bundle", weights/README.md): the sizes
 //   come from the manifest. `bytes`: what a load and a run with a precomputed prompt need (the
-//   scheduler config, the UNet's and the VAE's configs and shards, the prompt embeddings);
+//   scheduler config, the UNet's and the VAE's configs and shards, the prompt embeddings), for
+//   the weights `weights` ('auto': the smallest the bundle has; `weights` says which that is);
+//   `variants`: `[{ name, bytes, psnr }]`, each of the bundle's weights (fp16 and its compact
+//   variants) with its load's bytes and the PSNR against fp16 the converter measured;
 //   `textEncoderBytes`: the text encoder's config and shards and the tokenizer, fetched only for
 //   another prompt (null when the bundle left them out).
 // - diffusers layout (no manifest, or one with only `files`): `bytes` = the UNet's and the VAE's
@@ -187,9 +190,10 @@ async function partSize(files, folder, variant, listed, offlineOk) {
  * What the first load of the model at `base` downloads:
  * `{ layout: 'fp16-bundle' | 'diffusers', bytes, textEncoderBytes, textEncoderAlways, stored,
  *    storedBytes, unknown }` (see the top of this file). `variant`: a diffusers layout's weight
- * variant to prefer ('fp16', as ZePo.load; null: the full files). `fetch`: a fetch function (tests).
+ * variant to prefer ('fp16', as ZePo.load; null: the full files). `weights`: a bundle's weights
+ * ('auto', as ZePo.load). `fetch`: a fetch function (tests).
  */
-export async function modelSize(base, { variant = 'fp16', fetch: fetchFn, cacheName = CACHE_NAME } = {}) {
+export async function modelSize(base, { variant = 'fp16', weights = 'auto', fetch: fetchFn, cacheName = CACHE_NAME } = {}) {
   const root = new URL(String(base), globalThis.location?.href).href.replace(/\/+$/, '');
   let cache = null;
   try {
@@ -202,7 +206,7 @@ export async function modelSize(base, { variant = 'fp16', fetch: fetchFn, cacheN
     rules(),
   ]);
   const stored = { stored: !!store?.complete, storedBytes: store?.bytes || 0 };
-  const bundle = manifest === null ? null : bundleSizes(manifest.text, files.url('manifest.json'));
+  const bundle = manifest === null ? null : bundleSizes(manifest.text, files.url('manifest.json'), weights);
   if (bundle) return { layout: 'fp16-bundle', ...bundle, unknown: [], ...stored };
   // A diffusers layout: its optional manifest's sizes (a checksum list), else the server's.
   const listed = manifest?.json.files || {};
@@ -211,6 +215,8 @@ export async function modelSize(base, { variant = 'fp16', fetch: fetchFn, cacheN
   const unknown = parts.filter((_, i) => [unet, vae, text][i] == null);
   return {
     layout: 'diffusers',
+    weights: 'fp16',
+    variants: [],
     bytes: unet != null && vae != null ? unet + vae : null,
     textEncoderBytes: text,
     textEncoderAlways: true,

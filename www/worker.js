@@ -74,7 +74,7 @@ const handlers = {
     return info;
   },
 
-  async load({ model, variant }, post) {
+  async load({ model, variant, weights = 'auto' }, post) {
     const t0 = performance.now();
     files = await ModelFiles.open(model, { onBytes, onOpen, variant, sha256: () => new Sha256() });
     const requests0 = files.requests;
@@ -84,7 +84,7 @@ const handlers = {
     // shards) the engine finds out as it goes.
     let info;
     try {
-      info = await engine.load(files, (part) => post({ stage: 'load', part }));
+      info = await engine.load(files, (part) => post({ stage: 'load', part }), weights);
     } catch (e) {
       await afterFailure(files, e);
       throw e;

@@ -16,7 +16,9 @@
 // seed (0), noCfg (false). Besides: model (base URL of the weights, or a hub repository id
 // 'owner/name' resolved with `env`; by default the public LCM_Dreamshaper_v7 repository),
 // revision ('main'), variant ('fp16': a diffusers repository's .fp16 weight files where it has
-// them, else the full ones; null: the full ones), precision ('auto' | 'f16' | 'f32'), onProgress({stage,
+// them, else the full ones; null: the full ones), weights ('auto': a bundle's smallest variant;
+// 'fp16'; 'q8'; 'mixed': its compact variants, see `zepo weights convert --variants`),
+// precision ('auto' | 'f16' | 'f32'), onProgress({stage,
 // loaded, total, step, steps, fraction}), signal (AbortSignal). ZePo.load also takes warmup
 // (true or the options of the stylizations to come): compile the GPU's pipelines right away.
 // Errors are Errors whose name says what happened: WebGpuUnavailable, InvalidOption,
@@ -52,7 +54,7 @@ export function resolveModel(model = DEFAULT_MODEL, { revision = 'main' } = {}) 
   return new URL(model, globalThis.location?.href).href;
 }
 
-const ENGINE_KEYS = new Set(['model', 'revision', 'variant', 'precision', 'onProgress', 'signal']);
+const ENGINE_KEYS = new Set(['model', 'revision', 'variant', 'weights', 'precision', 'onProgress', 'signal']);
 // After these the Worker's engine is unusable (a failed GPU read leaves it in an unknown state):
 // the next call starts a new one.
 const FATAL = new Set(['DeviceLost', 'DeviceError', 'OutOfMemory', 'EngineCrashed', 'EngineMissing']);
@@ -84,12 +86,12 @@ function noWebGpu() {
 
 /** An engine: a Worker holding the model on the GPU. Make one with `await ZePo.load(...)`. */
 export class ZePo {
-  static async load({ model = DEFAULT_MODEL, revision = 'main', variant = 'fp16', precision = 'auto', onProgress, workerUrl, warmup } = {}) {
+  static async load({ model = DEFAULT_MODEL, revision = 'main', variant = 'fp16', weights = 'auto', precision = 'auto', onProgress, workerUrl, warmup } = {}) {
     if (!globalThis.navigator?.gpu) throw noWebGpu();
     const engine = new ZePo(resolveModel(model, { revision }), workerUrl);
     try {
       engine.device = await engine.call('create', { precision });
-      engine.info = await engine.call('load', { model: engine.model, variant }, onProgress);
+      engine.info = await engine.call('load', { model: engine.model, variant, weights }, onProgress);
       if (warmup) await engine.warmup(warmup === true ? {} : warmup, { onProgress });
     } catch (e) {
       engine.dispose();
@@ -232,18 +234,19 @@ export class ZePo {
 let shared = null;
 
 /**
- * Stylizes with a shared default engine, loaded on first use (and again when `model` or
- * `precision` change, or after a fatal error). Resolves to a PNG Blob.
+ * Stylizes with a shared default engine, loaded on first use (and again when `model`,
+ * `weights` or `precision` change, or after a fatal error). Resolves to a PNG Blob.
  */
 export async function stylize(content, style, opts = {}) {
   const model = resolveModel(opts.model || DEFAULT_MODEL, { revision: opts.revision });
   const precision = opts.precision || 'auto';
   const variant = opts.variant === undefined ? 'fp16' : opts.variant;
+  const weights = opts.weights || 'auto';
   if (opts.signal?.aborted) throw abortError();
-  if (!shared || shared.model !== model || shared.precision !== precision || shared.variant !== variant) {
+  if (!shared || shared.model !== model || shared.precision !== precision || shared.variant !== variant || shared.weights !== weights) {
     const previous = shared;
-    const promise = ZePo.load({ model, precision, variant, onProgress: opts.onProgress });
-    shared = { model, precision, variant, promise };
+    const promise = ZePo.load({ model, precision, variant, weights, onProgress: opts.onProgress });
+    shared = { model, precision, variant, weights, promise };
     previous?.promise.then((e) => e.dispose(), () => {});
     promise.catch(() => { if (shared?.promise === promise) shared = null; });
   }

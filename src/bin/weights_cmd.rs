@@ -35,6 +35,16 @@ pub enum WeightsCommand {
         /// Model name in the manifest (default: the model directory's name).
         #[arg(long)]
         name: Option<String>,
+        /// Compact variants to add beside the fp16 weights, comma-separated: `q8` (linear
+        /// 8-bit, blocks of 32), `mixed` (4 to 8 bits per tensor, chosen by measuring this
+        /// checkpoint for --target-psnr), or `q4` … `q6`. Each one's recipe, size and PSNR are
+        /// printed and recorded in the manifest.
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
+        /// The output PSNR (dB, against the fp16 weights) the variants' recipes must reach
+        /// (default: 70 for `mixed`; none for `q8`, which quantizes every weight).
+        #[arg(long)]
+        target_psnr: Option<f64>,
     },
     /// Write a diffusers-layout checkpoint with the real model's structure and random f16
     /// weights, from a directory of configs (each part's config.json, tokenizer/, scheduler/):
@@ -47,6 +57,29 @@ pub enum WeightsCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Measure a bundle's compact variants end to end on the CPU against its fp16 weights: the
+    /// download for the default prompt, and the PSNR of a whole stylization (same seed, options
+    /// and images) and of one UNet call at ZePo's timestep.
+    Compare {
+        /// Bundle directory (with manifest.json).
+        bundle: PathBuf,
+        /// The variants to compare (default: all the bundle has).
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
+        /// Working size of the stylization.
+        #[arg(long, default_value_t = 256)]
+        resolution: usize,
+        #[arg(long, default_value_t = zepo::zepo::ZepoOptions::default().steps)]
+        steps: usize,
+        #[arg(long, default_value_t = zepo::zepo::ZepoOptions::default().seed)]
+        seed: u64,
+        /// Content portrait (default: a synthetic one).
+        #[arg(long)]
+        content: Option<PathBuf>,
+        /// Style image (default: a synthetic one).
+        #[arg(long)]
+        style: Option<PathBuf>,
+    },
     /// Re-check a bundle: every sha256, every shard against the manifest, every tensor's shape
     /// against the configs (through the model loaders).
     Verify {
@@ -57,7 +90,7 @@ pub enum WeightsCommand {
 
 pub fn run(cmd: WeightsCommand) -> Result<()> {
     match cmd {
-        WeightsCommand::Convert { model, out, shard_mb, prompts, prompt, no_text_encoder, name } => {
+        WeightsCommand::Convert { model, out, shard_mb, prompts, prompt, no_text_encoder, name, variants, target_psnr } => {
             if shard_mb == 0 {
                 return Err(zepo::Error::InvalidOption("--shard-mb must be at least 1".into()));
             }
@@ -68,9 +101,19 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
             }
             opts.text_encoder = !no_text_encoder;
             opts.name = name;
+            opts.variants = variants;
+            if target_psnr.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+                return Err(zepo::Error::InvalidOption("--target-psnr must be a positive number of dB".into()));
+            }
+            opts.target_psnr = target_psnr;
             let manifest = convert(&opts, &mut |msg| eprintln!("{msg}"))?;
             for (part, p) in &manifest.parts {
                 println!("{part}: {} tensors in {} shard(s), {:.1} MB", p.tensor_count(), p.shards.len(), p.total_bytes as f64 / 1e6);
+            }
+            for (name, v) in &manifest.variants {
+                let bytes: u64 = v.parts.values().map(|p| p.total_bytes).sum();
+                let psnr = v.measured.iter().flat_map(|m| &m.psnr).map(|(k, db)| format!("{k} {db:.1} dB")).collect::<Vec<_>>().join(", ");
+                println!("{name}: {:.1} MB of weights (unet, vae); PSNR against fp16: {psnr}", bytes as f64 / 1e6);
             }
             if !manifest.omitted.is_empty() {
                 println!("left out: {}", manifest.omitted.join(", "));
@@ -80,6 +123,35 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
         WeightsCommand::Random { config, out } => {
             let bytes = zepo::tools::random_checkpoint::write_random_checkpoint(&config, &out, &mut |msg| eprintln!("{msg}"))?;
             println!("{}: random weights, {:.1} MB", out.display(), bytes as f64 / 1e6);
+        }
+        WeightsCommand::Compare { bundle, variants, resolution, steps, seed, content, style } => {
+            let manifest = zepo::tools::convert::read_manifest(&bundle)?;
+            let variants = if variants.is_empty() { manifest.variants.keys().cloned().collect() } else { variants };
+            let opts = zepo::zepo::ZepoOptions { resolution, steps, seed, ..Default::default() };
+            let picture = |path: Option<PathBuf>, style: bool| -> Result<zepo::zepo::image::RgbImage> {
+                match path {
+                    Some(p) => {
+                        let bytes = std::fs::read(&p).map_err(|e| zepo::Error::io(&p, e))?;
+                        zepo::zepo::image::RgbImage::decode(&bytes, &p.display().to_string())
+                    }
+                    None => Ok(zepo::tools::compare::synthetic_picture(resolution, style)),
+                }
+            };
+            let (content, style) = (picture(content, false)?, picture(style, true)?);
+            let fp16: u64 = manifest.load_files(zepo::weights::bundle::FP16).iter().map(|f| f.size).sum();
+            println!("{:<8} {:>12} {:>8} {:>14} {:>12}", "weights", "download MB", "of fp16", "image PSNR dB", "UNet PSNR dB");
+            println!("{:<8} {:>12.1} {:>7.1}% {:>14} {:>12}", "fp16", fp16 as f64 / 1e6, 100.0, "-", "-");
+            for c in zepo::tools::compare::compare(&bundle, &variants, &opts, &content, &style)? {
+                let share = 100.0 * c.download_bytes as f64 / fp16 as f64;
+                println!(
+                    "{:<8} {:>12.1} {:>7.1}% {:>14.1} {:>12.1}",
+                    c.variant,
+                    c.download_bytes as f64 / 1e6,
+                    share,
+                    c.image_psnr,
+                    c.unet_psnr
+                );
+            }
         }
         WeightsCommand::Verify { bundle } => {
             let report = verify(&bundle)?;

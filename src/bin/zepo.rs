@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use zepo::device::Backend;
+use zepo::weights::bundle::WeightsChoice;
+use zepo::weights::LoadOptions;
 use zepo::zepo::image::{FloatImage, RgbImage};
 use zepo::zepo::load::{embed_prompts, load_dir, WeightSource};
 use zepo::zepo::noise::{NoiseSource, ReplayNoise, SeededNoise};
@@ -110,6 +112,10 @@ struct StylizeArgs {
     no_cfg: bool,
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Which of a bundle's weights to load: auto (the smallest it has), fp16, or a compact
+    /// variant (q8, mixed, …: `zepo weights convert --variants`); apart from the compute dtype.
+    #[arg(long, default_value = "auto")]
+    weights: String,
     /// Reference case file: its content_rgb_u8, style_rgb_u8 and rand_* draws are the inputs
     /// (the resolution is the case's; token merging is deterministic, as in the cases).
     #[arg(long)]
@@ -257,7 +263,8 @@ fn stylize(args: StylizeArgs) -> Result<()> {
     }
     let device = zepo::device::device(backend)?;
     let model_name = args.model.display().to_string();
-    let model = load_dir(&args.model, &device, &Default::default(), WeightSource::Checkpoint)?;
+    let load = LoadOptions { weights: WeightsChoice::parse(&args.weights), ..Default::default() };
+    let model = load_dir(&args.model, &device, &load, WeightSource::Checkpoint)?;
     model.check_options(&opts)?;
     // A bundle's precomputed prompts are used as the browser uses them.
     let prompts = embed_prompts(&args.model, &model, &opts.prompt, &opts.negative_prompt)?;

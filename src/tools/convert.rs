@@ -14,11 +14,15 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use sha2::{Digest, Sha256};
 
+use std::collections::BTreeMap;
+
+use super::calibrate::{calibrate, Scheme};
 use crate::weights::bundle::{
-    plan_shards, shard_url, FileRef, Manifest, Part, PrecomputedPrompts, PromptEntry, Shard, DEFAULT_SHARD_BYTES, FORMAT, FORMAT_VERSION,
-    MANIFEST_FILE, PARTS, PROMPT_EMBEDDINGS_FILE,
+    plan_shards, shard_url, FileRef, Manifest, Measured, Part, PrecomputedPrompts, PromptEntry, Shard, Variant, VariantPart,
+    DEFAULT_SHARD_BYTES, FORMAT, FORMAT_VERSION, FORMAT_VERSION_VARIANTS, FP16, LOADED_PARTS, MANIFEST_FILE, PARTS, PROMPT_EMBEDDINGS_FILE,
 };
 use crate::weights::dir::{map_file, release_pages, DirSource};
+use crate::weights::quant::{rows_cols, Quant, QuantTensor};
 use crate::weights::source::diffusers_weights;
 use crate::weights::{Dtype, LoadOptions, SafetensorsBytes, TensorEntry, WeightsError};
 use crate::zepo::load::{block_on, Loader, WeightSource};
@@ -129,6 +133,23 @@ pub fn part_files(model: &Path, part: &str) -> Result<Vec<PathBuf>> {
 /// Non-float tensors (buffers no module uses) are listed as skipped. `progress` is told about
 /// each shard written.
 pub fn convert_part(model: &Path, part: &str, out: &Path, shard_bytes: u64, progress: &mut dyn FnMut(&str)) -> Result<Part> {
+    let (shards, skipped) = write_shards(model, part, out, shard_bytes, FP16, &|_| None, progress)?;
+    let config = copy_file(&model.join(part).join("config.json"), out, &format!("{part}/config.json"))?;
+    Ok(Part { config, total_bytes: shards.iter().map(|s| s.file.size).sum(), shards, omitted: Vec::new(), skipped })
+}
+
+/// Writes a part's float tensors as the shards of `variant` (`out/<part>/<variant>-*`): each in
+/// f16, or compact where `packing` gives it one (`crate::weights::quant`, from the f16 values:
+/// what the recipe measured). Returns the shards and the non-float tensors skipped.
+pub fn write_shards(
+    model: &Path,
+    part: &str,
+    out: &Path,
+    shard_bytes: u64,
+    variant: &str,
+    packing: &dyn Fn(&str) -> Option<Quant>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<Shard>, Vec<String>)> {
     let files = part_files(model, part)?;
     let maps = files.iter().map(|p| map_file(p)).collect::<Result<Vec<_>, _>>()?;
     let sources = files.iter().zip(&maps).map(|(p, m)| SafetensorsBytes::new(m, p.display().to_string())).collect::<Result<Vec<_>, _>>()?;
@@ -153,36 +174,82 @@ pub fn convert_part(model: &Path, part: &str, out: &Path, shard_bytes: u64, prog
     if carried.is_empty() {
         return Err(bundle_err(model.join(part).display(), "no float tensors to convert").into());
     }
-    let shapes: Vec<(&str, &[usize])> = carried.iter().map(|(_, t)| (t.name.as_str(), t.shape.as_slice())).collect();
-    let plan = plan_shards(&shapes, shard_bytes);
+    // Each tensor's storage: its name, dtype, stored shape and packing.
+    let stored: Vec<(Dtype, Vec<usize>, Option<Quant>)> = carried
+        .iter()
+        .map(|(_, t)| match packing(&t.name) {
+            Some(q) => {
+                let (rows, k) = rows_cols(&t.shape);
+                (Dtype::U8, vec![rows, q.row_bytes(k)], Some(q))
+            }
+            None => (Dtype::F16, t.shape.clone(), None),
+        })
+        .collect();
+    let sizes: Vec<(&str, usize)> =
+        carried.iter().zip(&stored).map(|((_, t), (d, s, _))| (t.name.as_str(), s.iter().product::<usize>() * d.size())).collect();
+    let plan = plan_shards(&sizes, shard_bytes);
 
     let part_dir = out.join(part);
     std::fs::create_dir_all(&part_dir).map_err(io(&part_dir))?;
     let mut shards = Vec::with_capacity(plan.len());
     for (n, members) in plan.iter().enumerate() {
-        let tensors: Vec<(usize, &TensorEntry)> = members.iter().map(|&k| carried[k]).collect();
-        let url = shard_url(part, n, plan.len());
+        let url = shard_url(part, variant, n, plan.len());
         let path = out.join(&url);
         let file = File::create(&path).map_err(io(&path))?;
         let mut w = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
-        let layout: Vec<(&str, Dtype, &[usize])> = tensors.iter().map(|(_, t)| (t.name.as_str(), Dtype::F16, t.shape.as_slice())).collect();
+        let layout: Vec<(&str, Dtype, &[usize])> =
+            members.iter().map(|&k| (carried[k].1.name.as_str(), stored[k].0, stored[k].1.as_slice())).collect();
         w.write_all(&header_bytes(&layout)).map_err(io(&path))?;
-        for (i, t) in &tensors {
-            let st = &sources[*i];
-            let bytes = &maps[*i][st.header().data_start as usize + t.start as usize..][..(t.end - t.start) as usize];
-            to_f16(t, bytes, st.name(), &mut |b| w.write_all(b).map_err(io(&path)))?;
-            release_pages(&maps[*i], st.header().data_start as usize + t.start as usize, bytes.len());
+        let mut quantized = BTreeMap::new();
+        for &k in members {
+            let (i, t) = carried[k];
+            let st = &sources[i];
+            let bytes = &maps[i][st.header().data_start as usize + t.start as usize..][..(t.end - t.start) as usize];
+            match stored[k].2 {
+                None => to_f16(t, bytes, st.name(), &mut |b| w.write_all(b).map_err(io(&path)))?,
+                Some(q) => {
+                    write_quantized(t, bytes, st.name(), q, &mut |b| w.write_all(b).map_err(io(&path)))?;
+                    quantized.insert(t.name.clone(), QuantTensor { scheme: q.name(), block: q.block, shape: t.shape.clone() });
+                }
+            }
+            release_pages(&maps[i], st.header().data_start as usize + t.start as usize, bytes.len());
         }
         let (size, sha256) = w.finish().map_err(io(&path))?;
-        progress(&format!("{url}: {} tensors, {:.1} MB", tensors.len(), size as f64 / 1e6));
+        progress(&format!("{url}: {} tensors ({} compact), {:.1} MB", members.len(), quantized.len(), size as f64 / 1e6));
         shards.push(Shard {
             file: FileRef { url, size, sha256 },
             dtype: Dtype::F16.name().into(),
-            tensors: tensors.iter().map(|(_, t)| t.name.clone()).collect(),
+            tensors: members.iter().map(|&k| carried[k].1.name.clone()).collect(),
+            quantized,
         });
     }
-    let config = copy_file(&model.join(part).join("config.json"), out, &format!("{part}/config.json"))?;
-    Ok(Part { config, total_bytes: shards.iter().map(|s| s.file.size).sum(), shards, omitted: Vec::new(), skipped })
+    Ok((shards, skipped))
+}
+
+/// Quantizes one float tensor with `q`, from its f16 rounding (what the fp16 bundle holds and
+/// the recipe measured), whole rows at a time, handing the stored bytes to `sink`.
+fn write_quantized(
+    entry: &TensorEntry,
+    bytes: &[u8],
+    file: &str,
+    q: Quant,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), WeightsError>,
+) -> Result<(), WeightsError> {
+    let (_, k) = rows_cols(&entry.shape);
+    let mut values: Vec<f32> = Vec::with_capacity(entry.shape.iter().product());
+    to_f16(entry, bytes, file, &mut |b| {
+        values.extend(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()));
+        Ok(())
+    })?;
+    let mut out = Vec::new();
+    for rows in values.chunks(k * (CHUNK / k).max(1)) {
+        out.clear();
+        for row in rows.chunks(k) {
+            q.quantize_row(row, &mut out);
+        }
+        sink(&out)?;
+    }
+    Ok(())
 }
 
 /// Rounds one float tensor to f16 (round to nearest, ties to even), [`CHUNK`] elements at a
@@ -292,6 +359,11 @@ pub struct ConvertOptions {
     pub prompts: Vec<String>,
     /// Carry the text encoder and tokenizer (needed for prompts not precomputed).
     pub text_encoder: bool,
+    /// Compact variants to add beside the fp16 weights (`q8`, `mixed`, …; see
+    /// [`Scheme::named`]), each with its recipe measured on this checkpoint.
+    pub variants: Vec<String>,
+    /// The PSNR target of the variants' recipes (dB; the scheme's default if `None`).
+    pub target_psnr: Option<f64>,
 }
 
 impl ConvertOptions {
@@ -303,6 +375,8 @@ impl ConvertOptions {
             shard_bytes: DEFAULT_SHARD_BYTES,
             prompts: vec![crate::zepo::ZepoOptions::default().prompt],
             text_encoder: true,
+            variants: Vec::new(),
+            target_psnr: None,
         }
     }
 }
@@ -338,6 +412,7 @@ pub fn prompt_embeddings(model: &Path, prompts: &[String]) -> Result<(Vec<usize>
 /// manifest written. `progress` is told about each step.
 pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
     let model = DirSource::new(&opts.model)?;
+    let schemes = opts.variants.iter().map(|v| Scheme::named(v, opts.target_psnr)).collect::<Result<Vec<_>>>()?;
     if opts.out.exists() && std::fs::read_dir(&opts.out).map_err(|e| Error::io(&opts.out, e))?.next().is_some() {
         return Err(Error::InvalidOption(format!("output directory {} is not empty; remove it or choose another", opts.out.display())));
     }
@@ -352,6 +427,9 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(&str)) -> Result<
     let prompts = prompt_list(&opts.prompts);
     progress(&format!("prompt embeddings: {prompts:?}"));
     let (shape, rows) = prompt_embeddings(model.root(), &prompts)?;
+    // The calibration's text: the first prompt's (the pipeline's default unless given).
+    let context = rows[0].clone();
+    let context_shape = [shape[0], shape[1]];
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
         rows.into_iter().enumerate().map(|(i, v)| (format!("prompt_{i}"), shape.clone(), v)).collect();
     let file = write_f32_safetensors(out, PROMPT_EMBEDDINGS_FILE, &tensors)?;
@@ -372,6 +450,7 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(&str)) -> Result<
         scheduler: None,
         model_index: None,
         prompt_embeddings: Some(prompt_embeddings),
+        variants: BTreeMap::new(),
     };
     for &(part, _) in PARTS {
         if part == "text_encoder" && !opts.text_encoder {
@@ -381,6 +460,29 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(&str)) -> Result<
         progress(&format!("{part}:"));
         let converted = convert_part(model.root(), part, out, opts.shard_bytes, progress)?;
         manifest.parts.insert(part.to_string(), converted);
+    }
+    for scheme in &schemes {
+        let mut parts = BTreeMap::new();
+        let mut psnr = BTreeMap::new();
+        for part in LOADED_PARTS {
+            let started = std::time::Instant::now();
+            let recipe = calibrate(model.root(), part, scheme, &context, context_shape, progress)?;
+            progress(&format!("{} {part} recipe ({:.0} s, {} runs): {recipe}", scheme.name, started.elapsed().as_secs_f64(), recipe.runs));
+            let (shards, _) = write_shards(
+                model.root(),
+                part,
+                out,
+                opts.shard_bytes,
+                &scheme.name,
+                &|n| recipe.choice.get(n).copied().flatten(),
+                progress,
+            )?;
+            parts.insert(part.to_string(), VariantPart { total_bytes: shards.iter().map(|s| s.file.size).sum(), shards });
+            psnr.extend(recipe.psnr);
+        }
+        let measured = Some(Measured { target_psnr: scheme.target_psnr, psnr });
+        manifest.variants.insert(scheme.name.clone(), Variant { parts, measured });
+        manifest.format_version = FORMAT_VERSION_VARIANTS;
     }
     if opts.text_encoder {
         manifest.tokenizer = copy_dir_files(model.root(), "tokenizer", out)?;
@@ -392,6 +494,10 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(&str)) -> Result<
     }
     write_manifest(out, &manifest)?;
     progress(&format!("{}: {:.1} MB in all", out.join(MANIFEST_FILE).display(), manifest.total_bytes() as f64 / 1e6));
+    for v in manifest.variant_names() {
+        let bytes: u64 = manifest.load_weights(v).iter().map(|f| f.size).sum();
+        progress(&format!("  {v}: {:.1} MB to download for the default prompt", bytes as f64 / 1e6));
+    }
     Ok(manifest)
 }
 

@@ -3,6 +3,8 @@
 //! structure. Tool code: it reads and writes files, and loads models only through
 //! `zepo::load`.
 
+pub mod calibrate;
+pub mod compare;
 pub mod convert;
 pub mod random_checkpoint;
 pub mod verify;

@@ -10,7 +10,7 @@ use burn::tensor::DType;
 
 use super::convert::{read_manifest, sha256_file};
 use crate::models::clip::ClipTextConfig;
-use crate::weights::bundle::{check_size, Manifest};
+use crate::weights::bundle::{check_size, Manifest, WeightsChoice, FP16};
 use crate::weights::dir::map_file;
 use crate::weights::{LoadOptions, SafetensorsBytes, WeightsError};
 use crate::zepo::load::{block_on, Loader, WeightSource};
@@ -38,18 +38,27 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let mut report = VerifyReport { files: manifest.files().len(), bytes: manifest.total_bytes(), parts: Vec::new(), notes: Vec::new() };
     if problems.is_empty() {
         let device = crate::device::device(crate::device::Backend::Cpu)?;
-        let options = LoadOptions { dtype: DType::F16, ..Default::default() };
-        let loader = Loader::dir(dir, &device, &options, WeightSource::Checkpoint)?;
-        for (name, part) in &manifest.parts {
-            let built = block_on(async { loader.build_part(name, loader.store(name).await?).await });
-            match built {
-                Ok(true) => report.parts.push((name.clone(), part.tensor_count())),
-                Ok(false) => report
-                    .notes
-                    .push(format!("{name}: sizes and sha256 checked; shapes not checked: this build has no {name} model loader")),
-                Err(e) => problems.push(format!("{name}: {e}")),
+        // Every variant's weights, each through the loader as a load of it would take them.
+        for variant in manifest.variant_names() {
+            let options = LoadOptions { dtype: DType::F16, weights: WeightsChoice::Named(variant.to_string()), ..Default::default() };
+            let loader = Loader::dir(dir, &device, &options, WeightSource::Checkpoint)?;
+            for (name, part) in &manifest.parts {
+                let replaced = manifest.variants.get(variant).is_some_and(|v| v.parts.contains_key(name));
+                if variant != FP16 && !replaced {
+                    continue;
+                }
+                let shown = if variant == FP16 { name.clone() } else { format!("{name} ({variant})") };
+                let built = block_on(async { loader.build_part(name, loader.store(name).await?).await });
+                match built {
+                    Ok(true) => report.parts.push((shown, part.tensor_count())),
+                    Ok(false) => report
+                        .notes
+                        .push(format!("{shown}: sizes and sha256 checked; shapes not checked: this build has no {name} model loader")),
+                    Err(e) => problems.push(format!("{shown}: {e}")),
+                }
             }
         }
+        let loader = Loader::dir(dir, &device, &LoadOptions { dtype: DType::F16, ..Default::default() }, WeightSource::Checkpoint)?;
         if let Err(e) = check_prompt_shape(&loader, &manifest) {
             problems.push(e.to_string());
         }
@@ -110,10 +119,8 @@ pub fn check_files(dir: &Path, manifest: &Manifest) -> Vec<Error> {
         let map = map_file(&path)?;
         check(&SafetensorsBytes::new(&map, path.display().to_string())?)
     };
-    for part in manifest.parts.values() {
-        for shard in &part.shards {
-            problems.extend(parse(&shard.file.url, &|st| shard.check_header(st.header(), st.name())).err().map(Error::from));
-        }
+    for shard in manifest.shards() {
+        problems.extend(parse(&shard.file.url, &|st| shard.check_header(st.header(), st.name())).err().map(Error::from));
     }
     if let Some(pe) = &manifest.prompt_embeddings {
         let checked = parse(&pe.file.url, &|st| {

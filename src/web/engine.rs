@@ -17,6 +17,7 @@ use super::prompts::prompt_embeddings;
 use super::{crate_err, err, named_err};
 use crate::models::unet::UNetConfig;
 use crate::models::vae::VaeOptions;
+use crate::weights::bundle::WeightsChoice;
 use crate::weights::LoadOptions;
 use crate::zepo::image::{FloatImage, RgbImage};
 use crate::zepo::load::{Loader, WeightSource};
@@ -124,9 +125,10 @@ impl Engine {
 
     /// Loads the model from `files` (a `ModelFiles` of `www/weights.js`): the scheduler config,
     /// then the UNet and the VAE, each streamed tensor by tensor onto the GPU. The text encoder
-    /// is loaded on demand. `on_stage(name)` is called as each part starts. Resolves to
-    /// `{ unet_parameters, vae_parameters, dtype }`.
-    pub fn load(&self, files: JsValue, on_stage: Option<Function>) -> Promise {
+    /// is loaded on demand. `on_stage(name)` is called as each part starts. `weights`: which
+    /// of a bundle's weights ('auto', the smallest it has; 'fp16'; a compact variant such as
+    /// 'q8' or 'mixed'). Resolves to `{ unet_parameters, vae_parameters, dtype, weights }`.
+    pub fn load(&self, files: JsValue, on_stage: Option<Function>, weights: Option<String>) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let _busy = Busy::take(&inner, "load")?;
@@ -139,7 +141,8 @@ impl Engine {
                     let _ = f.call1(&JsValue::NULL, &name.into());
                 }
             };
-            let opts = LoadOptions { dtype: gpu.dtype, ..Default::default() };
+            let weights = WeightsChoice::parse(weights.as_deref().unwrap_or("auto"));
+            let opts = LoadOptions { dtype: gpu.dtype, weights, ..Default::default() };
             let loader = Loader::open(files, &gpu.device, opts, WeightSource::Checkpoint).await.map_err(crate_err)?;
 
             stage("scheduler");
@@ -171,6 +174,7 @@ impl Engine {
                 ("cross_attention_dim", (unet_config.cross_attention_dim as f64).into()),
                 ("precision", if gpu.dtype == burn::tensor::DType::F16 { "f16" } else { "f32" }.into()),
                 ("layout", if loader.layout.manifest().is_some() { "bundle" } else { "diffusers" }.into()),
+                ("weights", loader.layout.variant().into()),
                 ("precomputed_prompts", precomputed.keys().map(|k| JsValue::from_str(k)).collect::<js_sys::Array>().into()),
             ]);
             *inner.model.borrow_mut() = Some(Rc::new(Model {

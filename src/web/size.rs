@@ -7,7 +7,7 @@
 use wasm_bindgen::prelude::*;
 
 use super::crate_err;
-use crate::weights::bundle::{is_manifest, FileRef, Manifest};
+use crate::weights::bundle::{is_manifest, FileRef, Manifest, WeightsChoice};
 use crate::weights::diffusers::ShardIndex;
 use crate::weights::source::part_candidates;
 
@@ -15,19 +15,37 @@ fn total(files: &[&FileRef]) -> f64 {
     files.iter().map(|f| f.size as f64).sum()
 }
 
-/// A bundle's download sizes from its `manifest.json` text (`name`: its URL, for errors):
-/// `{ bytes, textEncoderBytes, textEncoderAlways }`, or `null` when the text is not a bundle's
-/// manifest (a diffusers layout's checksum list). A bundle manifest this engine would refuse is
-/// an error here too.
+/// A bundle's download sizes from its `manifest.json` text (`name`: its URL, for errors) for
+/// the weights `weights` ('auto', 'fp16', a compact variant's name):
+/// `{ bytes, weights, variants: [{ name, bytes, psnr }], textEncoderBytes, textEncoderAlways }`
+/// (`weights`: the variant a load takes; `variants`: each one's download), or `null` when the
+/// text is not a bundle's manifest (a diffusers layout's checksum list). A bundle manifest this
+/// engine would refuse, or weights it lacks, is an error here too.
 #[wasm_bindgen(js_name = bundleSizes)]
-pub fn bundle_sizes(manifest_text: &str, name: &str) -> Result<JsValue, JsValue> {
+pub fn bundle_sizes(manifest_text: &str, name: &str, weights: Option<String>) -> Result<JsValue, JsValue> {
     if !is_manifest(manifest_text) {
         return Ok(JsValue::NULL);
     }
     let m = Manifest::parse(manifest_text, name).map_err(|e| crate_err(e.into()))?;
+    let chosen = m.choose(&WeightsChoice::parse(weights.as_deref().unwrap_or("auto"))).map_err(|e| crate_err(e.into()))?;
     let out = js_sys::Object::new();
     let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v).map(|_| ());
-    set("bytes", total(&m.load_files()).into())?;
+    set("bytes", total(&m.load_files(&chosen)).into())?;
+    set("weights", chosen.as_str().into())?;
+    let variants = js_sys::Array::new();
+    for v in m.variant_names() {
+        let item = js_sys::Object::new();
+        js_sys::Reflect::set(&item, &"name".into(), &v.into())?;
+        js_sys::Reflect::set(&item, &"bytes".into(), &total(&m.load_files(v)).into())?;
+        let measured = m.variants.get(v).and_then(|x| x.measured.as_ref());
+        let psnr = js_sys::Object::new();
+        for (k, db) in measured.map(|x| x.psnr.iter()).into_iter().flatten() {
+            js_sys::Reflect::set(&psnr, &k.as_str().into(), &(*db).into())?;
+        }
+        js_sys::Reflect::set(&item, &"psnr".into(), &psnr.into())?;
+        variants.push(&item);
+    }
+    set("variants", variants.into())?;
     set("textEncoderBytes", m.text_encoder_files().map_or(JsValue::NULL, |f| total(&f).into()))?;
     // Without precomputed prompts every run encodes its prompt.
     set("textEncoderAlways", m.prompt_embeddings.is_none().into())?;

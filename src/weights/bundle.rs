@@ -8,13 +8,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::quant::QuantTensor;
 use super::safetensors::{Dtype, Header, SafetensorsBytes};
 use super::WeightsError;
 
 /// The `format` field of every bundle manifest.
 pub const FORMAT: &str = "zepo-fp16-bundle";
-/// The version this crate writes and reads; a reader refuses any other.
+/// The version of a bundle with its fp16 weights only; a reader refuses any version but this
+/// and [`FORMAT_VERSION_VARIANTS`].
 pub const FORMAT_VERSION: u32 = 1;
+/// The version of a bundle that also carries compact variants (`variants`): older readers
+/// refuse it by its version rather than loading its fp16 weights without a word.
+pub const FORMAT_VERSION_VARIANTS: u32 = 2;
+/// The name of the bundle's own (base) weights among its variants.
+pub const FP16: &str = "fp16";
 /// The manifest's file name at the bundle's root.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The model parts a bundle may hold, with their diffusers weight-file stems.
@@ -46,18 +53,19 @@ pub fn is_manifest(text: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.get("format").is_some())
 }
 
-/// The shard file of shard `n` (0-based) of `count` of `part`.
-pub fn shard_url(part: &str, n: usize, count: usize) -> String {
-    format!("{part}/fp16-{:05}-of-{count:05}.safetensors", n + 1)
+/// The shard file of shard `n` (0-based) of `count` of `part`, in `variant` (`fp16` or a
+/// compact variant's name).
+pub fn shard_url(part: &str, variant: &str, n: usize, count: usize) -> String {
+    format!("{part}/{variant}-{:05}-of-{count:05}.safetensors", n + 1)
 }
 
-/// Packs a part's tensors (`(name, shape)`, in source order) greedily into shards whose files
-/// stay within `cap` bytes once written as f16 (a tensor larger than that gets a shard of its
-/// own). Returns each shard's tensor indices.
-pub fn plan_shards(tensors: &[(&str, &[usize])], cap: u64) -> Vec<Vec<usize>> {
-    // A tensor's bytes in a shard: its f16 data plus a bound on its header entry
-    // (`"name":{"dtype":"F16","shape":[..],"data_offsets":[a,b]},`).
-    let cost = |(name, shape): &(&str, &[usize])| shape.iter().product::<usize>() as u64 * 2 + (name.len() + 21 * shape.len() + 96) as u64;
+/// Packs a part's tensors (`(name, stored bytes)`, in source order) greedily into shards whose
+/// files stay within `cap` bytes (a tensor larger than that gets a shard of its own). Returns
+/// each shard's tensor indices.
+pub fn plan_shards(tensors: &[(&str, usize)], cap: u64) -> Vec<Vec<usize>> {
+    // A tensor's bytes in a shard: its data plus a bound on its header entry
+    // (`"name":{"dtype":"F16","shape":[..],"data_offsets":[a,b]},`, four dimensions at most).
+    let cost = |(name, bytes): &(&str, usize)| *bytes as u64 + (name.len() + 21 * 4 + 96) as u64;
     const HEADER_BASE: u64 = 64; // length prefix, braces, `__metadata__`, alignment
     let mut plan: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = HEADER_BASE;
@@ -107,19 +115,55 @@ pub struct FileRef {
 pub struct Shard {
     #[serde(flatten)]
     pub file: FileRef,
-    /// The safetensors dtype of every tensor in it (`F16`).
+    /// The safetensors dtype of every tensor in it (`F16`) but the compact ones.
     pub dtype: String,
     /// The tensors it holds, in file order.
     pub tensors: Vec<String>,
+    /// The compact tensors among them, each stored `U8 [rows, row bytes]`
+    /// (`crate::weights::quant`), with its scheme and logical shape.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quantized: BTreeMap<String, QuantTensor>,
 }
 
 impl Shard {
-    /// Checks a shard's parsed header against this entry: every tensor of the stated dtype,
-    /// exactly the listed tensors in the listed order. `file` is used in errors.
+    /// Checks the entry itself: every compact tensor listed, of a known scheme and a sane block. `file` is used in errors.
+    pub fn check(&self, file: &str) -> Result<(), WeightsError> {
+        let bad = |reason: String| WeightsError::Bundle { file: file.to_string(), reason };
+        for (name, q) in &self.quantized {
+            if !self.tensors.contains(name) {
+                return Err(bad(format!("compact tensor `{name}` is not among the shard's tensors")));
+            }
+            q.quant(name).map_err(bad)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a shard's parsed header against this entry: every tensor of the stated dtype
+    /// (a compact one `U8` of its stored shape), exactly the listed tensors in the listed
+    /// order. `file` is used in errors.
     pub fn check_header(&self, header: &Header, file: &str) -> Result<(), WeightsError> {
         let bad = |reason: String| WeightsError::Bundle { file: file.to_string(), reason };
-        if let Some(t) = header.tensors.iter().find(|t| t.dtype.name() != self.dtype) {
-            return Err(bad(format!("tensor `{}` is {}, the manifest says {}", t.name, t.dtype.name(), self.dtype)));
+        self.check(file)?;
+        for t in &header.tensors {
+            match self.quantized.get(&t.name) {
+                Some(q) => {
+                    let stored = q.stored_shape(q.quant(&t.name).map_err(bad)?);
+                    if t.dtype != Dtype::U8 || t.shape != stored {
+                        return Err(bad(format!(
+                            "compact tensor `{}` is {} {:?}, the manifest's {} of {:?} is stored U8 {stored:?}",
+                            t.name,
+                            t.dtype.name(),
+                            t.shape,
+                            q.scheme,
+                            q.shape
+                        )));
+                    }
+                }
+                None if t.dtype.name() != self.dtype => {
+                    return Err(bad(format!("tensor `{}` is {}, the manifest says {}", t.name, t.dtype.name(), self.dtype)));
+                }
+                None => {}
+            }
         }
         let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
         let listed: Vec<&str> = self.tensors.iter().map(String::as_str).collect();
@@ -162,6 +206,86 @@ impl Part {
     /// Whether keys under `prefix` (e.g. `encoder.`) were left out.
     pub fn omits(&self, prefix: &str) -> bool {
         self.omitted.iter().any(|p| p == prefix)
+    }
+}
+
+/// A compact variant's weights of one part (its config is the base part's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantPart {
+    pub shards: Vec<Shard>,
+    /// Sum of the shards' sizes.
+    pub total_bytes: u64,
+}
+
+/// What the converter measured of a compact variant (`weights/README.md`, "Compact variants").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// The PSNR target its recipe was chosen for (dB), if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_psnr: Option<f64>,
+    /// Each part's output PSNR against the fp16 weights (dB), on the converter's synthetic
+    /// inputs: the UNet's prediction, the VAE's decoded image and encoded latent.
+    pub psnr: BTreeMap<String, f64>,
+}
+
+/// A compact variant of the bundle's weights: the parts it replaces (the UNet's and the VAE's),
+/// sharing everything else (configs, text encoder, tokenizer, prompt embeddings) with the base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub parts: BTreeMap<String, VariantPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Measured>,
+}
+
+/// Which of a bundle's weights a load takes: the smallest it has (`auto`), or one by name
+/// (`fp16`, `q8`, `mixed`, …). A diffusers checkpoint has only its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WeightsChoice {
+    #[default]
+    Auto,
+    Named(String),
+}
+
+impl WeightsChoice {
+    /// `auto` or a variant's name.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "" | "auto" => WeightsChoice::Auto,
+            name => WeightsChoice::Named(name.to_string()),
+        }
+    }
+}
+
+impl WeightsChoice {
+    /// The variant's name, if one was named.
+    pub fn into_named(self) -> Option<String> {
+        match self {
+            WeightsChoice::Auto => None,
+            WeightsChoice::Named(n) => Some(n),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightsChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsChoice::Auto => f.write_str("auto"),
+            WeightsChoice::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The rule for a variant's name: lowercase ASCII letters, digits and `-`, 1 to 32 of them,
+/// starting with a letter (it is part of its shards' file names).
+pub fn check_variant_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("variant name {name:?}: 1 to 32 lowercase letters, digits and `-`, starting with a letter"))
     }
 }
 
@@ -208,7 +332,7 @@ impl PrecomputedPrompts {
 }
 
 /// The whole `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     pub format_version: u32,
@@ -229,6 +353,9 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_index: Option<FileRef>,
     pub prompt_embeddings: Option<PrecomputedPrompts>,
+    /// Compact variants of the UNet's and the VAE's weights, by name (format version 2).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Variant>,
 }
 
 impl Manifest {
@@ -241,10 +368,46 @@ impl Manifest {
             other => return Err(bad(format!("format is {other:?}, expected \"{FORMAT}\""))),
         }
         match value.get("format_version").and_then(|v| v.as_u64()) {
-            Some(v) if v == FORMAT_VERSION as u64 => {}
-            other => return Err(bad(format!("format_version {other:?} is not supported (this build reads version {FORMAT_VERSION})"))),
+            Some(v) if v == FORMAT_VERSION as u64 || v == FORMAT_VERSION_VARIANTS as u64 => {}
+            other => {
+                return Err(bad(format!(
+                    "format_version {other:?} is not supported (this build reads versions {FORMAT_VERSION} and {FORMAT_VERSION_VARIANTS})"
+                )))
+            }
         }
         let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        if !manifest.variants.is_empty() && manifest.format_version != FORMAT_VERSION_VARIANTS {
+            return Err(bad(format!(
+                "compact variants need format_version {FORMAT_VERSION_VARIANTS}, it says {}",
+                manifest.format_version
+            )));
+        }
+        for (vname, variant) in &manifest.variants {
+            check_variant_name(vname).map_err(bad)?;
+            if vname == FP16 {
+                return Err(bad(format!("`{FP16}` names the bundle's own weights, not a compact variant")));
+            }
+            for (pname, part) in &variant.parts {
+                if !manifest.parts.contains_key(pname) {
+                    return Err(bad(format!("variant {vname}: part {pname} is not one of the bundle's parts")));
+                }
+                let sum: u64 = part.shards.iter().map(|s| s.file.size).sum();
+                if sum != part.total_bytes {
+                    return Err(bad(format!(
+                        "variant {vname}, part {pname}: total_bytes {} but its shards add up to {sum}",
+                        part.total_bytes
+                    )));
+                }
+            }
+            if let Some(m) = &variant.measured {
+                if m.psnr.values().chain(m.target_psnr.iter()).any(|v| !v.is_finite()) {
+                    return Err(bad(format!("variant {vname}: a measured PSNR is not finite")));
+                }
+            }
+        }
+        for shard in manifest.shards() {
+            shard.check(name)?;
+        }
         for file in manifest.files() {
             check_url(&file.url).map_err(|reason| bad(format!("`{}`: {reason}", file.url)))?;
             if file.sha256.len() != 64 || !file.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -289,13 +452,50 @@ impl Manifest {
         self.omitted.iter().any(|o| o == "vae.encoder") || self.parts.get("vae").is_some_and(|p| p.omits("encoder."))
     }
 
-    /// Every file the bundle references (configs, shards, tokenizer, scheduler, embeddings).
+    /// Every shard of every variant.
+    pub fn shards(&self) -> impl Iterator<Item = &Shard> {
+        let base = self.parts.values().flat_map(|p| &p.shards);
+        base.chain(self.variants.values().flat_map(|v| v.parts.values().flat_map(|p| &p.shards)))
+    }
+
+    /// The names of the bundle's weights: `fp16`, then its compact variants.
+    pub fn variant_names(&self) -> Vec<&str> {
+        std::iter::once(FP16).chain(self.variants.keys().map(String::as_str)).collect()
+    }
+
+    /// The variant a load takes for `choice`: `auto` the one with the fewest bytes to load up
+    /// front, else the one named (an error listing the bundle's variants if it has none such).
+    pub fn choose(&self, choice: &WeightsChoice) -> Result<String, WeightsError> {
+        match choice {
+            WeightsChoice::Auto => {
+                let size = |v: &str| self.load_weights(v).iter().map(|f| f.size).sum::<u64>();
+                Ok(self.variant_names().into_iter().min_by_key(|v| size(v)).unwrap_or(FP16).to_string())
+            }
+            WeightsChoice::Named(n) if n == FP16 || self.variants.contains_key(n) => Ok(n.clone()),
+            WeightsChoice::Named(n) => Err(WeightsError::Bundle {
+                file: format!("{} ({MANIFEST_FILE})", self.model),
+                reason: format!("has no `{n}` weights (it has: {}; or 'auto')", self.variant_names().join(", ")),
+            }),
+        }
+    }
+
+    /// The shards of `part` in `variant` (the base's where the variant does not replace it).
+    pub fn part_shards(&self, part: &str, variant: &str) -> Result<&[Shard], WeightsError> {
+        let base = self.part(part)?;
+        Ok(match self.variants.get(variant).and_then(|v| v.parts.get(part)) {
+            Some(p) => &p.shards,
+            None => &base.shards,
+        })
+    }
+
+    /// Every file the bundle references (configs, shards of every variant, tokenizer,
+    /// scheduler, embeddings).
     pub fn files(&self) -> Vec<&FileRef> {
         let mut files = Vec::new();
         for part in self.parts.values() {
             files.push(&part.config);
-            files.extend(part.shards.iter().map(|s| &s.file));
         }
+        files.extend(self.shards().map(|s| &s.file));
         files.extend(self.tokenizer.iter());
         files.extend(self.scheduler.iter());
         files.extend(self.model_index.iter());
@@ -303,22 +503,23 @@ impl Manifest {
         files
     }
 
-    /// The files a load reads up front: the scheduler config, the UNet's and the VAE's configs
-    /// and [`Self::load_weights`]. The text encoder and tokenizer are read on demand (a prompt
-    /// not precomputed). The page's download question counts these.
-    pub fn load_files(&self) -> Vec<&FileRef> {
+    /// The files a load of `variant` reads up front: the scheduler config, the UNet's and the
+    /// VAE's configs and [`Self::load_weights`]. The text encoder and tokenizer are read on
+    /// demand (a prompt not precomputed). The page's download question counts these.
+    pub fn load_files(&self, variant: &str) -> Vec<&FileRef> {
         let mut files: Vec<&FileRef> = self.scheduler.iter().collect();
         files.extend(LOADED_PARTS.iter().filter_map(|p| self.parts.get(*p)).map(|p| &p.config));
-        files.extend(self.load_weights());
+        files.extend(self.load_weights(variant));
         files
     }
 
-    /// The weights a load streams up front: the UNet's and the VAE's shards and the prompt
-    /// embeddings (the engine announces their total as the download's before reading any).
-    pub fn load_weights(&self) -> Vec<&FileRef> {
+    /// The weights a load of `variant` streams up front: the UNet's and the VAE's shards and
+    /// the prompt embeddings (the engine announces their total as the download's before
+    /// reading any).
+    pub fn load_weights(&self, variant: &str) -> Vec<&FileRef> {
         let mut files: Vec<&FileRef> = Vec::new();
-        for part in LOADED_PARTS.iter().filter_map(|p| self.parts.get(*p)) {
-            files.extend(part.shards.iter().map(|s| &s.file));
+        for part in LOADED_PARTS.iter().filter(|p| self.parts.contains_key(**p)) {
+            files.extend(self.part_shards(part, variant).unwrap_or_default().iter().map(|s| &s.file));
         }
         files.extend(self.prompt_embeddings.iter().map(|p| &p.file));
         files
@@ -394,7 +595,12 @@ mod tests {
     }
 
     fn sample() -> Manifest {
-        let shard = Shard { file: file("unet/fp16-00001-of-00001.safetensors", 10), dtype: "F16".into(), tensors: vec!["a".into()] };
+        let shard = Shard {
+            file: file("unet/fp16-00001-of-00001.safetensors", 10),
+            dtype: "F16".into(),
+            tensors: vec!["a".into()],
+            quantized: BTreeMap::new(),
+        };
         let part = Part { config: file("unet/config.json", 3), shards: vec![shard], total_bytes: 10, omitted: vec![], skipped: vec![] };
         Manifest {
             format: FORMAT.into(),
@@ -406,7 +612,101 @@ mod tests {
             scheduler: None,
             model_index: None,
             prompt_embeddings: None,
+            variants: BTreeMap::new(),
         }
+    }
+
+    /// `sample()` with a `q4` variant of the UNet of `size` bytes whose tensor `a` is compact.
+    fn with_variant(size: u64) -> Manifest {
+        let mut m = sample();
+        m.format_version = FORMAT_VERSION_VARIANTS;
+        let quantized = [("a".to_string(), QuantTensor { scheme: "q4".into(), block: 32, shape: vec![4, 64] })].into();
+        let shard =
+            Shard { file: file("unet/q4-00001-of-00001.safetensors", size), dtype: "F16".into(), tensors: vec!["a".into()], quantized };
+        let part = VariantPart { shards: vec![shard], total_bytes: size };
+        let measured = Some(Measured { target_psnr: Some(70.0), psnr: [("unet".to_string(), 71.5)].into() });
+        m.variants.insert("q4".into(), Variant { parts: [("unet".to_string(), part)].into(), measured });
+        m
+    }
+
+    #[test]
+    fn variants_are_chosen_by_name_or_by_size() {
+        let m = Manifest::parse(&with_variant(4).to_json(), "manifest.json").unwrap();
+        assert_eq!(m, with_variant(4));
+        assert_eq!(m.variant_names(), ["fp16", "q4"]);
+        assert_eq!(m.choose(&WeightsChoice::Auto).unwrap(), "q4");
+        assert_eq!(with_variant(40).choose(&WeightsChoice::Auto).unwrap(), "fp16", "the smaller one");
+        assert_eq!(m.choose(&WeightsChoice::parse("fp16")).unwrap(), "fp16");
+        let err = m.choose(&WeightsChoice::parse("q8")).unwrap_err().to_string();
+        assert!(err.contains("no `q8` weights") && err.contains("fp16, q4"), "{err}");
+        let urls = |f: Vec<&FileRef>| f.iter().map(|f| f.url.clone()).collect::<Vec<_>>();
+        assert_eq!(urls(m.load_weights("q4")), ["unet/q4-00001-of-00001.safetensors"]);
+        assert_eq!(urls(m.load_weights("fp16")), ["unet/fp16-00001-of-00001.safetensors"]);
+        assert_eq!(m.files().len(), 3, "config and both variants' shards");
+        // A bundle of version 1 is what it was.
+        assert_eq!(Manifest::parse(&sample().to_json(), "m").unwrap().choose(&WeightsChoice::Auto).unwrap(), "fp16");
+    }
+
+    /// A tampered manifest's compact variant is refused by name when it is parsed.
+    #[test]
+    fn hostile_variants_are_refused_by_name() {
+        let cases: Vec<(Box<dyn Fn(&mut Manifest)>, &str)> = vec![
+            (Box::new(|m| m.format_version = FORMAT_VERSION), "need format_version 2"),
+            (
+                Box::new(|m| {
+                    m.variants.get_mut("q4").unwrap().parts.get_mut("unet").unwrap().shards[0].quantized.get_mut("a").unwrap().scheme =
+                        "q3k".into()
+                }),
+                "unknown weight scheme `q3k`",
+            ),
+            (
+                Box::new(|m| {
+                    m.variants.get_mut("q4").unwrap().parts.get_mut("unet").unwrap().shards[0].quantized.get_mut("a").unwrap().block = 0
+                }),
+                "block 0",
+            ),
+            (
+                Box::new(|m| m.variants.get_mut("q4").unwrap().parts.get_mut("unet").unwrap().shards[0].tensors = vec!["b".into()]),
+                "`a` is not among",
+            ),
+            (Box::new(|m| m.variants.get_mut("q4").unwrap().parts.get_mut("unet").unwrap().total_bytes = 99), "total_bytes 99"),
+            (
+                Box::new(|m| {
+                    let v = m.variants.remove("q4").unwrap();
+                    m.variants.insert("fp16".into(), v);
+                }),
+                "`fp16` names",
+            ),
+            (
+                Box::new(|m| {
+                    let v = m.variants.remove("q4").unwrap();
+                    m.variants.insert("../x".into(), v);
+                }),
+                "variant name",
+            ),
+            (
+                Box::new(|m| {
+                    let v = m.variants.get_mut("q4").unwrap();
+                    let p = v.parts.remove("unet").unwrap();
+                    v.parts.insert("vae".into(), p);
+                }),
+                "part vae is not",
+            ),
+            (
+                Box::new(|m| {
+                    m.variants.get_mut("q4").unwrap().parts.get_mut("unet").unwrap().shards[0].file.url = "../q.safetensors".into()
+                }),
+                "`..` component",
+            ),
+        ];
+        for (tamper, why) in cases {
+            let mut m = with_variant(4);
+            tamper(&mut m);
+            let err = Manifest::parse(&m.to_json(), "m/manifest.json").unwrap_err().to_string();
+            assert!(err.contains("m/manifest.json") && err.contains(why), "expected {why:?} in: {err}");
+        }
+        let text = with_variant(4).to_json().replace("71.5", "1e999");
+        assert!(Manifest::parse(&text, "m").is_err(), "an infinite PSNR");
     }
 
     #[test]
@@ -430,8 +730,11 @@ mod tests {
         m.parts.insert("text_encoder".into(), text);
         m.tokenizer = vec![file("tokenizer/vocab.json", 11)];
         let urls = |f: Vec<&FileRef>| f.iter().map(|f| f.url.clone()).collect::<Vec<_>>();
-        assert_eq!(urls(m.load_files()), ["scheduler/scheduler_config.json", "unet/config.json", "unet/fp16-00001-of-00001.safetensors"]);
-        assert_eq!(urls(m.load_weights()), ["unet/fp16-00001-of-00001.safetensors"]);
+        assert_eq!(
+            urls(m.load_files(FP16)),
+            ["scheduler/scheduler_config.json", "unet/config.json", "unet/fp16-00001-of-00001.safetensors"]
+        );
+        assert_eq!(urls(m.load_weights(FP16)), ["unet/fp16-00001-of-00001.safetensors"]);
         assert_eq!(
             urls(m.text_encoder_files().unwrap()),
             ["text_encoder/config.json", "text_encoder/fp16-00001-of-00001.safetensors", "tokenizer/vocab.json"]
@@ -443,7 +746,7 @@ mod tests {
     #[test]
     fn rejects_other_versions_escaping_urls_and_bad_totals() {
         let mut m = sample();
-        m.format_version = 2;
+        m.format_version = 3;
         let err = Manifest::parse(&m.to_json(), "x/manifest.json").unwrap_err().to_string();
         assert!(err.contains("x/manifest.json") && err.contains("format_version"), "{err}");
 

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod diffusers;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod dir;
+pub mod quant;
 mod safetensors;
 pub mod source;
 mod store;

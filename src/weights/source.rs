@@ -5,7 +5,7 @@
 //! maybe sharded, see [`super::diffusers`]). Together they give every part's config text and
 //! weights the same way for the CLI, the converter and verifier, and the browser engine.
 
-use super::bundle::{ChecksumList, Manifest, MANIFEST_FILE, PARTS};
+use super::bundle::{ChecksumList, Manifest, WeightsChoice, FP16, MANIFEST_FILE, PARTS};
 use super::diffusers::{self, ShardIndex};
 use super::{Header, LoadOptions, SafetensorsBytes, VarStore, WeightsError};
 use crate::{Error, Result};
@@ -47,29 +47,44 @@ pub trait ModelSource {
 /// How a model's files are laid out.
 #[derive(Debug, Clone)]
 pub enum Layout {
-    /// An fp16 bundle: its manifest lists every file.
-    Bundle(Manifest),
+    /// An fp16 bundle: its manifest lists every file; `variant` names the weights a load takes
+    /// (`fp16` or a compact variant).
+    Bundle { manifest: Manifest, variant: String },
     /// A diffusers checkpoint (its `manifest.json`, if any, only lists checksums).
     Diffusers,
 }
 
 impl Layout {
     /// Reads `manifest.json` (if any) and tells the layout: a bundle's manifest is parsed (its
-    /// format and version checked) and every file it lists declared to the source; a diffusers
-    /// layout's checksum list is declared likewise. A bundle without the VAE's encoder is
-    /// refused here: stylizing encodes the portrait and the style image.
-    pub async fn detect<S: ModelSource>(source: &S) -> Result<Self> {
-        let Some(text) = source.text(MANIFEST_FILE, true).await? else { return Ok(Layout::Diffusers) };
+    /// format and version checked), the weights of `choice` picked and every file it lists
+    /// declared to the source; a diffusers layout's checksum list is declared likewise (it has
+    /// only its own weights: asking it for a compact variant is an error). A bundle without the
+    /// VAE's encoder is refused here: stylizing encodes the portrait and the style image.
+    pub async fn detect<S: ModelSource>(source: &S, choice: &WeightsChoice) -> Result<Self> {
+        let text = source.text(MANIFEST_FILE, true).await?;
         let name = source.name(MANIFEST_FILE);
-        if !super::bundle::is_manifest(&text) {
-            let list = ChecksumList::parse(&text, &name)?;
-            for (path, entry) in &list.files {
-                source.declare(path, entry.size, entry.sha256.as_deref(), false);
+        let text = match text {
+            Some(text) if super::bundle::is_manifest(&text) => text,
+            other => {
+                // No manifest, or a diffusers layout's checksum list.
+                if let Some(t) = other {
+                    for (path, entry) in &ChecksumList::parse(&t, &name)?.files {
+                        source.declare(path, entry.size, entry.sha256.as_deref(), false);
+                    }
+                }
+                if let Some(n) = choice.clone().into_named().filter(|n| n != FP16) {
+                    let reason = format!(
+                        "is a diffusers checkpoint, which has only its own weights, not `{n}`: convert it into a bundle with \
+                         `zepo weights convert --variants {n}`, or load it with weights 'auto'"
+                    );
+                    return Err(WeightsError::Bundle { file: source.name(""), reason }.into());
+                }
+                return Ok(Layout::Diffusers);
             }
-            return Ok(Layout::Diffusers);
-        }
+        };
         let manifest = Manifest::parse(&text, &name)?;
-        let now: Vec<&str> = manifest.load_weights().iter().map(|f| f.url.as_str()).collect();
+        let variant = manifest.choose(choice)?;
+        let now: Vec<&str> = manifest.load_weights(&variant).iter().map(|f| f.url.as_str()).collect();
         for f in manifest.files() {
             source.declare(&f.url, Some(f.size), Some(&f.sha256), now.contains(&f.url.as_str()));
         }
@@ -82,13 +97,13 @@ impl Layout {
             }
             .into());
         }
-        Ok(Layout::Bundle(manifest))
+        Ok(Layout::Bundle { manifest, variant })
     }
 
     /// The bundle's manifest, if the model is one.
     pub fn manifest(&self) -> Option<&Manifest> {
         match self {
-            Layout::Bundle(m) => Some(m),
+            Layout::Bundle { manifest, .. } => Some(manifest),
             Layout::Diffusers => None,
         }
     }
@@ -96,7 +111,7 @@ impl Layout {
     /// The path of a part's `config.json` (an error naming the part when a bundle left it out).
     pub fn config_path(&self, part: &str) -> Result<String> {
         match self {
-            Layout::Bundle(m) => Ok(m.part(part)?.config.url.clone()),
+            Layout::Bundle { manifest, .. } => Ok(manifest.part(part)?.config.url.clone()),
             Layout::Diffusers => Ok(format!("{part}/config.json")),
         }
     }
@@ -104,7 +119,7 @@ impl Layout {
     /// The path of the scheduler's config.
     pub fn scheduler_path(&self) -> Result<String> {
         match self {
-            Layout::Bundle(m) => Ok(m
+            Layout::Bundle { manifest: m, .. } => Ok(m
                 .scheduler
                 .as_ref()
                 .ok_or_else(|| WeightsError::Bundle {
@@ -120,20 +135,35 @@ impl Layout {
     /// The path of a tokenizer file (`vocab.json`…), `None` if a bundle does not list it.
     pub fn tokenizer_path(&self, file: &str) -> Option<String> {
         match self {
-            Layout::Bundle(m) => m.tokenizer.iter().find(|f| f.url.rsplit('/').next() == Some(file)).map(|f| f.url.clone()),
+            Layout::Bundle { manifest: m, .. } => {
+                m.tokenizer.iter().find(|f| f.url.rsplit('/').next() == Some(file)).map(|f| f.url.clone())
+            }
             Layout::Diffusers => Some(format!("tokenizer/{file}")),
         }
     }
 
-    /// A part's weights, streamed from its files into one store: a bundle's shards, each
-    /// checked against the manifest; a diffusers part's first weight candidate present (a
-    /// sharded one's shards checked against its index).
+    /// The weights a load takes: a bundle's chosen variant, `fp16` for a diffusers layout
+    /// (whatever its files' dtype: its own weights).
+    pub fn variant(&self) -> &str {
+        match self {
+            Layout::Bundle { variant, .. } => variant,
+            Layout::Diffusers => FP16,
+        }
+    }
+
+    /// A part's weights, streamed from its files into one store: a bundle's shards of the
+    /// chosen variant, each checked against the manifest (its compact tensors declared to the
+    /// store first); a diffusers part's first weight candidate present (a sharded one's shards
+    /// checked against its index).
     pub async fn load_part<S: ModelSource>(&self, source: &S, part: &str, device: &Device, opts: &LoadOptions) -> Result<VarStore> {
         match self {
-            Layout::Bundle(m) => {
-                let mut store = VarStore::new(device, opts, format!("{} (bundle part {part})", source.name("").trim_end_matches('/')));
-                for shard in &m.part(part)?.shards {
+            Layout::Bundle { manifest, variant } => {
+                let what = if variant == FP16 { String::new() } else { format!(", {variant} weights") };
+                let mut store =
+                    VarStore::new(device, opts, format!("{} (bundle part {part}{what})", source.name("").trim_end_matches('/')));
+                for shard in manifest.part_shards(part, variant)? {
                     let name = source.name(&shard.file.url);
+                    store.expect_quantized(&shard.quantized, &name)?;
                     source.stream_into(&shard.file.url, false, &mut store, &|h| shard.check_header(h, &name)).await?;
                 }
                 Ok(store)

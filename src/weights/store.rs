@@ -8,6 +8,8 @@ use std::rc::Rc;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use super::bundle::WeightsChoice;
+use super::quant::{self, Quant, QuantTensor};
 use super::safetensors::{rows_of, Dtype, StreamedTensor, TensorEntry};
 use super::WeightsError;
 
@@ -18,11 +20,13 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Largest device buffer one weight may take; larger weights are kept as row blocks.
     pub max_buffer_bytes: usize,
+    /// Which of a bundle's weights to load (`fp16` or a compact variant; `auto`: the smallest).
+    pub weights: WeightsChoice,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, max_buffer_bytes: MAX_WEIGHT_BUFFER_BYTES }
+        Self { dtype: DType::F32, max_buffer_bytes: MAX_WEIGHT_BUFFER_BYTES, weights: WeightsChoice::Auto }
     }
 }
 
@@ -83,6 +87,8 @@ pub struct VarStore {
     requests: Requests,
     /// The tensor being received in pieces.
     partial: Option<Partial>,
+    /// The compact tensors declared for the files being read: their packing and logical shape.
+    quantized: HashMap<String, (Quant, Vec<usize>)>,
 }
 
 /// A tensor being received in pieces: its complete row blocks, and the pieces of the next.
@@ -109,6 +115,7 @@ impl VarStore {
             origin: HashMap::new(),
             requests: Rc::default(),
             partial: None,
+            quantized: HashMap::new(),
         }
     }
 
@@ -151,21 +158,52 @@ impl VarStore {
         self.insert_piece(&StreamedTensor { entry: entry.clone(), first_row: 0, rows: rows_of(entry), bytes: Vec::new() }, bytes, origin)
     }
 
+    /// Declares the compact tensors of the next file (`file`, for errors), as its manifest
+    /// entry lists them: their pieces arrive as `U8` rows, are checked and dequantized here.
+    pub fn expect_quantized(&mut self, tensors: &std::collections::BTreeMap<String, QuantTensor>, file: &str) -> Result<(), WeightsError> {
+        for (name, t) in tensors {
+            let q = t.quant(name).map_err(|reason| WeightsError::Bundle { file: file.to_string(), reason })?;
+            self.quantized.insert(name.clone(), (q, t.shape.clone()));
+        }
+        Ok(())
+    }
+
     /// Takes a piece of a tensor (`piece`'s rows, whose bytes are `bytes`; pieces of a tensor in
     /// order, as [`super::StreamParser`] hands them out): each piece is decoded and uploaded on
     /// its own, so that a weight is never whole in host memory; the pieces of each row block
     /// are joined on the device once it is complete. The final blocks are allocated outside the
     /// device's activation pools ([`Device::memory_persistent_allocations`]), one buffer each.
+    /// A compact tensor (declared by [`VarStore::expect_quantized`]) arrives as its stored rows
+    /// and is dequantized to the compute dtype here.
     pub fn insert_piece(&mut self, piece: &StreamedTensor, bytes: &[u8], origin: &str) -> Result<(), WeightsError> {
         let Source::Loaded(_) = &self.source else { return Ok(()) };
         let entry = &piece.entry;
+        let quant = self.quantized.get(&entry.name).cloned();
+        let shape = quant.as_ref().map_or(&entry.shape, |(_, shape)| shape).clone();
+        let float = entry.dtype.is_float() || quant.is_some();
         if piece.first_row == 0 {
             if let Some(first) = self.origin.get(&entry.name) {
                 return Err(WeightsError::Duplicate { key: entry.name.clone(), first: first.clone(), second: origin.to_string() });
             }
+            if let Some((q, shape)) = &quant {
+                let (rows, k) = quant::rows_cols(shape);
+                if entry.dtype != Dtype::U8 || entry.shape != [rows, q.row_bytes(k)] {
+                    return Err(WeightsError::Corrupt {
+                        file: origin.to_string(),
+                        reason: format!(
+                            "compact tensor `{}` is {} {:?}, its {} of {shape:?} is stored U8 [{rows}, {}]",
+                            entry.name,
+                            entry.dtype.name(),
+                            entry.shape,
+                            q.name(),
+                            q.row_bytes(k)
+                        ),
+                    });
+                }
+            }
             self.origin.insert(entry.name.clone(), origin.to_string());
             let rows = rows_of(entry).max(1);
-            let row_elems = entry.shape.iter().product::<usize>() / rows;
+            let row_elems = shape.iter().product::<usize>() / rows;
             let rows_per_block = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
             self.partial = Some(Partial { rows, row_elems, rows_per_block, blocks: Vec::new(), pieces: Vec::new(), rows_done: 0 });
         }
@@ -175,9 +213,13 @@ impl VarStore {
                 reason: format!("tensor `{}`: a piece out of order", entry.name),
             });
         };
-        if entry.dtype.is_float() {
+        if float {
             // Split at block boundaries: a block's pieces are joined, blocks are kept apart.
-            let in_row = part.row_elems * entry.dtype.size();
+            let in_row = match &quant {
+                Some((q, _)) => q.row_bytes(part.row_elems),
+                None => part.row_elems * entry.dtype.size(),
+            };
+            let layout = layout_of(&self.device, &shape);
             let mut row = piece.first_row;
             let end = piece.first_row + piece.rows;
             while row < end {
@@ -185,13 +227,11 @@ impl VarStore {
                 let upto = block_end.min(end);
                 let n = (upto - row) * part.row_elems;
                 let from = (row - piece.first_row) * in_row;
-                let data = decode_float(
-                    entry.dtype,
-                    &bytes[from..from + (upto - row) * in_row],
-                    n,
-                    self.dtype,
-                    layout_of(&self.device, &entry.shape),
-                );
+                let raw = &bytes[from..from + (upto - row) * in_row];
+                let data = match &quant {
+                    Some((q, _)) => float_data(quant::dequantize(*q, raw, part.row_elems, &entry.name, origin)?, self.dtype, layout),
+                    None => decode_float(entry.dtype, raw, n, self.dtype, layout),
+                };
                 let block_done = upto == block_end || upto == part.rows;
                 let whole_block = row % part.rows_per_block == 0 && block_done;
                 if whole_block {
@@ -215,16 +255,14 @@ impl VarStore {
         }
         let part = self.partial.take().expect("a tensor in progress");
         let Source::Loaded(map) = &mut self.source else { unreachable!("checked above") };
-        let blocks = if entry.dtype.is_float() && !part.blocks.is_empty() {
+        let blocks = if float && !part.blocks.is_empty() {
             part.blocks
-        } else if entry.dtype.is_float() {
-            // No rows: one empty block.
-            vec![Tensor::<1>::from_data(TensorData::new(vec![0f32; 0], [0]), (&self.device, self.dtype))]
         } else {
-            // Keep a placeholder so that `finish` can report it unless it is ignorable.
+            // No rows (one empty block), or not a float: a placeholder, so that `finish` can
+            // report it unless it is ignorable.
             vec![Tensor::<1>::from_data(TensorData::new(vec![0f32; 0], [0]), (&self.device, self.dtype))]
         };
-        map.insert(entry.name.clone(), Stored { blocks, shape: entry.shape.clone() });
+        map.insert(entry.name.clone(), Stored { blocks, shape });
         Ok(())
     }
 
@@ -430,6 +468,15 @@ fn decode_float(dtype: Dtype, bytes: &[u8], numel: usize, target: DType, layout:
             TensorData::new(in_layout(v, layout), [numel])
         }
         _ => TensorData::new(in_layout(as_f32(), layout), [numel]),
+    }
+}
+
+/// Dequantized values in the compute dtype and device layout.
+fn float_data(values: Vec<f32>, target: DType, layout: Option<(usize, usize)>) -> TensorData {
+    let numel = values.len();
+    match target {
+        DType::F16 => TensorData::new(in_layout(values.into_iter().map(half::f16::from_f32).collect(), layout), [numel]),
+        _ => TensorData::new(in_layout(values, layout), [numel]),
     }
 }
 

@@ -38,7 +38,7 @@ pub struct Loader<S> {
 impl<S: ModelSource> Loader<S> {
     /// Tells the source's layout ([`Layout::detect`]: a bundle's files are declared to it).
     pub async fn open(source: S, device: &Device, options: LoadOptions, weights: WeightSource) -> Result<Self> {
-        let layout = Layout::detect(&source).await?;
+        let layout = Layout::detect(&source, &options.weights).await?;
         Ok(Self { source, layout, device: device.clone(), options, weights })
     }
 
@@ -73,6 +73,16 @@ impl<S: ModelSource> Loader<S> {
 
     pub async fn vae(&self) -> Result<AutoencoderKL> {
         Ok(self.vae_from(None).await?.0)
+    }
+
+    /// The UNet built from `store` (weights already in memory: the converter's calibration).
+    pub async fn unet_from_store(&self, store: VarStore) -> Result<(UNet2DConditionModel, UNetConfig)> {
+        self.unet_from(Some(store)).await
+    }
+
+    /// The VAE built from `store`.
+    pub async fn vae_from_store(&self, store: VarStore) -> Result<(AutoencoderKL, VaeConfig)> {
+        self.vae_from(Some(store)).await
     }
 
     async fn unet_from(&self, store: Option<VarStore>) -> Result<(UNet2DConditionModel, UNetConfig)> {

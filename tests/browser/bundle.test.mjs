@@ -3,6 +3,9 @@
 // - stylize() matches the native pipeline on the same bundle (fixtures made by the CLI, see
 //   REF_COMMANDS); the default prompt makes no request under text_encoder/ or tokenizer/ (its
 //   embeddings are precomputed), a custom prompt loads them on demand and matches too;
+// - compact variants (`convert --variants q8,mixed`, made at test time by the CLI): each loads
+//   only its own shards and matches the native engine on the same bundle; modelSize() and the
+//   page's download question list each variant's size;
 // - a part left out that the run needs, and an unknown format_version, are refused by name;
 // - a download broken off beyond the in-visit retries fails with a DownloadError, and the next
 //   visit resumes it with `Range: bytes=N-`; a tampered stored prefix fails the whole file's
@@ -14,6 +17,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { execFileSync } from 'node:child_process';
+import { zepoCli } from './fullsize-model.mjs';
 import { ROOT, assertEngineBuilt, assertMatchesNative, decodePng, inPage, launch, readSafetensors, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
@@ -131,18 +136,92 @@ describe('a bundle on WebGPU', () => {
     assert.notDeepEqual(out.second, out.first, 'the prompt changed the image');
   });
 
+  test('compact variants: q8 and mixed stream only their own shards and match the native engine on the same bundle', { timeout: T }, async () => {
+    // The compact bundle and the native references, made by the CLI as a user would.
+    const dir = path.join(tmp, 'compact');
+    const cli = zepoCli();
+    const run = (...args) => execFileSync(cli, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 }).toString();
+    run('weights', 'convert', '--model', 'weights/tiny-lcm', '--out', dir, '--shard-mb', '2', '--variants', 'q8,mixed');
+    const m = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
+    const refs = {};
+    for (const w of ['q8', 'mixed']) {
+      refs[w] = path.join(tmp, `compact-${w}.safetensors`);
+      run('stylize', '--model', dir, '--weights', w, '--content', 'www/examples/portrait.png', '--style', 'www/examples/style.png',
+        '--resolution', String(OPTS.resolution), '--steps', String(OPTS.steps), '--seed', String(OPTS.seed), '--save-tensor', refs[w], '--quiet');
+    }
+    const s = await serve({ model: dir });
+    const page = await browser.context.newPage();
+    try {
+      await page.goto(`${s.url}/package.json`);
+      const out = await inPage(page, async (api, opts, _weights, kit) => {
+        const { modelSize } = await import(new URL('/www/model-size.js', location.href).href);
+        const sizes = await modelSize('/model');
+        const [content, style] = await kit.examples();
+        // One engine (one GPU device: its pipelines compile once), its model loaded twice.
+        const engine = await api.ZePo.load({ model: '/model', weights: 'q8' });
+        const q8 = { info: engine.info, png: await kit.bytes(await engine.stylize(content, style, opts)) };
+        const info = await engine.call('load', { model: engine.model, weights: 'mixed' });
+        const mixed = { info, png: await kit.bytes(await engine.stylize(content, style, opts)) };
+        engine.dispose();
+        return { sizes, q8, mixed };
+      }, OPTS);
+      assert.ok(!out.error, JSON.stringify(out.error));
+      assert.equal(out.q8.info.weights, 'q8');
+      assert.equal(out.mixed.info.weights, 'mixed');
+      for (const w of ['q8', 'mixed']) {
+        compare(decodePng(Buffer.from(out[w].png)), refs[w], `${w} weights`);
+      }
+      // Each load asked for its own variant's shards, never the fp16 ones.
+      const asked = s.requests.map((r) => r.url.replace(/^\/model\//, ''));
+      for (const w of ['q8', 'mixed']) {
+        for (const part of ['unet', 'vae']) {
+          for (const shard of m.variants[w].parts[part].shards) assert.ok(asked.includes(shard.url), `${shard.url} requested`);
+        }
+      }
+      assert.ok(!asked.some((u) => /^(unet|vae)\/fp16-/.test(u)), `no fp16 shard requested: ${asked.join(', ')}`);
+      // The download question's sizes: each variant's, auto's pick the smallest.
+      const names = out.sizes.variants.map((v) => v.name);
+      assert.deepEqual(names, ['fp16', 'mixed', 'q8']);
+      const bytes = Object.fromEntries(out.sizes.variants.map((v) => [v.name, v.bytes]));
+      assert.ok(bytes.q8 < 0.7 * bytes.fp16 && bytes.mixed <= bytes.q8, JSON.stringify(bytes));
+      assert.equal(out.sizes.weights, 'mixed');
+      assert.equal(out.sizes.bytes, bytes.mixed);
+      assert.ok(out.sizes.variants.find((v) => v.name === 'q8').psnr.unet > 0);
+      console.log(`compact variants' downloads: ${JSON.stringify(bytes)}; PSNR ${JSON.stringify(out.sizes.variants.map((v) => [v.name, v.psnr]))}`);
+
+      // The page's download question offers them, with their sizes (no engine is made).
+      const ask = await browser.context.newPage();
+      try {
+        await ask.goto(`${s.url}/?model=/model&confirm=1`);
+        await ask.waitForSelector('#confirm:not([hidden])', { timeout: 60_000 });
+        const shown = await ask.$$eval('#weights-choice input[name="weights"]', (els) => els.map((e) => [e.value, e.checked, Number(e.dataset.bytes)]));
+        assert.deepEqual(shown.map((x) => x[0]), ['fp16', 'mixed', 'q8']);
+        assert.deepEqual(shown.filter((x) => x[1]).map((x) => x[0]), ['mixed'], 'the smallest is chosen first');
+        await ask.check('#weights-choice input[value="q8"]');
+        const said = await ask.$eval('#confirm', (e) => Number(e.dataset.bytes));
+        assert.equal(said, shown.find((x) => x[0] === 'q8')[2], 'the question says the chosen variant\'s download');
+        assert.equal(await ask.$eval('#weights-choice', (e) => e.hidden), false);
+      } finally {
+        await ask.close();
+      }
+    } finally {
+      await page.close();
+      await s.close();
+    }
+  });
+
   test('a part left out that the run needs, and an unknown format_version, are refused by name', { timeout: T }, async () => {
     const noEncoder = editedBundle('no-vae-encoder', (m) => {
       m.omitted = ['vae.encoder'];
       m.parts.vae.omitted = ['encoder.', 'quant_conv.'];
     });
-    const version2 = editedBundle('version-2', (m) => { m.format_version = 2; });
+    const version3 = editedBundle('version-3', (m) => { m.format_version = 3; });
     const noText = editedBundle('no-text-encoder', (m) => {
       delete m.parts.text_encoder;
       m.tokenizer = [];
       m.omitted = ['text_encoder', 'tokenizer'];
     });
-    for (const [dir, pattern, what] of [[noEncoder, /vae\.encoder.*left out/s, 'VAE encoder'], [version2, /format_version.*not supported/s, 'version']]) {
+    for (const [dir, pattern, what] of [[noEncoder, /vae\.encoder.*left out/s, 'VAE encoder'], [version3, /format_version.*not supported/s, 'version']]) {
       const s = await serve({ model: dir });
       try {
         const out = await load(browser, s);

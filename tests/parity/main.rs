@@ -4,6 +4,7 @@
 mod bundle;
 mod clip;
 mod common;
+mod compact;
 mod pipeline;
 mod scheduler;
 mod style_attention;
