@@ -339,10 +339,12 @@ async function run() {
     compare.hidden = false;
     $('result-hint').hidden = true;
 
-    // The run's settings: every option sent to the engine, the model, the precision, the time.
+    // The run's settings: every option sent to the engine, the model, its weights, the
+    // precision, the time.
     const settings = [
       ...Object.entries(o).map(([k, v]) => [k, shown(v)]),
       ['model', MODEL],
+      ['weights', engine.info?.weights ?? 'fp16'],
       ['precision', engine.info?.precision ?? engine.device?.precision ?? 'auto'],
       ['size', `${width}×${height}`],
       ['time', `${seconds.toFixed(1)} s`],

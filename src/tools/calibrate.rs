@@ -159,22 +159,37 @@ fn values(t: Tensor<4>) -> Vec<f32> {
 /// The part's model, built on the CPU in f32 from `weights`, those in `over` replaced.
 struct Bench<'a> {
     loader: &'a Loader<crate::weights::dir::DirSource>,
-    device: Device,
-    part: &'a str,
-    weights: &'a [Weight],
+    /// The fp16 weights as f32 device tensors, shared by every build, and their shapes.
+    base: VarStore,
+    shapes: HashMap<&'a str, &'a [usize]>,
     runner: Runner,
     runs: usize,
 }
 
-impl Bench<'_> {
+impl<'a> Bench<'a> {
+    fn new(
+        loader: &'a Loader<crate::weights::dir::DirSource>,
+        device: &Device,
+        part: &str,
+        weights: &'a [Weight],
+        runner: Runner,
+    ) -> Result<Self> {
+        let mut base = VarStore::new(device, &LoadOptions::default(), format!("{part} (calibration)"));
+        for w in weights {
+            let bytes: Vec<u8> = w.values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let entry = TensorEntry { name: w.name.clone(), dtype: Dtype::F16, shape: w.shape.clone(), start: 0, end: bytes.len() as u64 };
+            base.insert(&entry, &bytes, "calibration")?;
+        }
+        let shapes = weights.iter().map(|w| (w.name.as_str(), w.shape.as_slice())).collect();
+        Ok(Self { loader, base, shapes, runner, runs: 0 })
+    }
+
     fn store(&self, over: &HashMap<&str, Vec<f32>>) -> Result<VarStore> {
-        let mut store = VarStore::new(&self.device, &LoadOptions::default(), format!("{} (calibration)", self.part));
-        for w in self.weights {
-            let (dtype, bytes): (Dtype, Vec<u8>) = match over.get(w.name.as_str()) {
-                Some(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                None => (Dtype::F16, w.values.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            };
-            let entry = TensorEntry { name: w.name.clone(), dtype, shape: w.shape.clone(), start: 0, end: bytes.len() as u64 };
+        let mut store = self.base.share();
+        for (name, values) in over {
+            let shape = self.shapes[name].to_vec();
+            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let entry = TensorEntry { name: name.to_string(), dtype: Dtype::F32, shape, start: 0, end: bytes.len() as u64 };
             store.insert(&entry, &bytes, "calibration")?;
         }
         Ok(store)
@@ -249,7 +264,7 @@ pub fn calibrate(
         }
         other => return Err(crate::Error::InvalidOption(format!("no calibration for the part `{other}`"))),
     };
-    let mut bench = Bench { loader: &loader, device: device.clone(), part, weights: &weights, runner, runs: 0 };
+    let mut bench = Bench::new(&loader, &device, part, &weights, runner)?;
     let reference = bench.run(&HashMap::new())?;
     let outputs: Vec<Output> = outputs
         .into_iter()

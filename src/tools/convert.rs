@@ -185,8 +185,8 @@ pub fn write_shards(
             None => (Dtype::F16, t.shape.clone(), None),
         })
         .collect();
-    let sizes: Vec<(&str, usize)> =
-        carried.iter().zip(&stored).map(|((_, t), (d, s, _))| (t.name.as_str(), s.iter().product::<usize>() * d.size())).collect();
+    let sizes: Vec<(&str, &[usize], usize)> =
+        carried.iter().zip(&stored).map(|((_, t), (d, s, _))| (t.name.as_str(), s.as_slice(), d.size())).collect();
     let plan = plan_shards(&sizes, shard_bytes);
 
     let part_dir = out.join(part);

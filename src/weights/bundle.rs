@@ -59,13 +59,15 @@ pub fn shard_url(part: &str, variant: &str, n: usize, count: usize) -> String {
     format!("{part}/{variant}-{:05}-of-{count:05}.safetensors", n + 1)
 }
 
-/// Packs a part's tensors (`(name, stored bytes)`, in source order) greedily into shards whose
-/// files stay within `cap` bytes (a tensor larger than that gets a shard of its own). Returns
-/// each shard's tensor indices.
-pub fn plan_shards(tensors: &[(&str, usize)], cap: u64) -> Vec<Vec<usize>> {
+/// Packs a part's tensors (`(name, stored shape, bytes per element)`, in source order) greedily
+/// into shards whose files stay within `cap` bytes (a tensor larger than that gets a shard of
+/// its own). Returns each shard's tensor indices.
+pub fn plan_shards(tensors: &[(&str, &[usize], usize)], cap: u64) -> Vec<Vec<usize>> {
     // A tensor's bytes in a shard: its data plus a bound on its header entry
-    // (`"name":{"dtype":"F16","shape":[..],"data_offsets":[a,b]},`, four dimensions at most).
-    let cost = |(name, bytes): &(&str, usize)| *bytes as u64 + (name.len() + 21 * 4 + 96) as u64;
+    // (`"name":{"dtype":"F16","shape":[..],"data_offsets":[a,b]},`).
+    let cost = |(name, shape, elem): &(&str, &[usize], usize)| {
+        (shape.iter().product::<usize>() * elem) as u64 + (name.len() + 21 * shape.len() + 96) as u64
+    };
     const HEADER_BASE: u64 = 64; // length prefix, braces, `__metadata__`, alignment
     let mut plan: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = HEADER_BASE;

@@ -35,6 +35,7 @@ impl Default for LoadOptions {
 /// blocks, taken with [`VarBuilder::get_row_blocks`].
 pub const MAX_WEIGHT_BUFFER_BYTES: usize = 120 << 20;
 
+#[derive(Clone)]
 struct Stored {
     /// Row blocks of the tensor, flattened; one block unless it is over the buffer limit.
     blocks: Vec<Tensor<1>>,
@@ -131,6 +132,25 @@ impl VarStore {
     pub fn zeros(device: &Device, options: &LoadOptions) -> Self {
         let mut store = Self::new(device, options, "the model's structure");
         store.source = Source::Zeros;
+        store
+    }
+
+    /// A store holding the same device tensors (no data is copied; burn's tensors are shared),
+    /// nothing used yet: to build a model several times from one set of weights, some replaced
+    /// by [`VarStore::insert`] (the converter's calibration).
+    pub fn share(&self) -> Self {
+        let source = match &self.source {
+            Source::Loaded(map) => Source::Loaded(map.clone()),
+            Source::Random { seed } => Source::Random { seed: *seed },
+            Source::Zeros => Source::Zeros,
+        };
+        let mut store = Self::new(
+            &self.device,
+            &LoadOptions { dtype: self.dtype, max_buffer_bytes: self.max_buffer_bytes, ..Default::default() },
+            self.name.clone(),
+        );
+        store.source = source;
+        store.ignorable = self.ignorable.clone();
         store
     }
 
