@@ -60,7 +60,8 @@ zepo_setup_wasm() {
     local want have
     want="$(zepo_lock_version wasm-bindgen)"
     [ -n "$want" ] || { echo "wasm-bindgen is not in Cargo.lock" >&2; return 1; }
-    have="$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')"
+    # (|| true: missing is an answer, not a failure, under set -e -o pipefail.)
+    have="$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)"
     if [ "$have" != "$want" ]; then
         echo "  cargo: installing wasm-bindgen-cli $want (a few minutes, once)"
         # Its own target dir: the shared one would be locked by / rebuild for our build.

@@ -148,19 +148,7 @@ impl Shard {
         self.check(file)?;
         for t in &header.tensors {
             match self.quantized.get(&t.name) {
-                Some(q) => {
-                    let stored = q.stored_shape(q.quant(&t.name).map_err(bad)?);
-                    if t.dtype != Dtype::U8 || t.shape != stored {
-                        return Err(bad(format!(
-                            "compact tensor `{}` is {} {:?}, the manifest's {} of {:?} is stored U8 {stored:?}",
-                            t.name,
-                            t.dtype.name(),
-                            t.shape,
-                            q.scheme,
-                            q.shape
-                        )));
-                    }
-                }
+                Some(q) => super::quant::check_stored(q.quant(&t.name).map_err(bad)?, &q.shape, &t.name, t.dtype, &t.shape).map_err(bad)?,
                 None if t.dtype.name() != self.dtype => {
                     return Err(bad(format!("tensor `{}` is {}, the manifest says {}", t.name, t.dtype.name(), self.dtype)));
                 }

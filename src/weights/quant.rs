@@ -17,7 +17,7 @@
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-use super::WeightsError;
+use super::{Dtype, WeightsError};
 
 /// Smallest and largest code width.
 pub const MIN_BITS: u32 = 2;
@@ -64,6 +64,17 @@ impl QuantTensor {
         let (rows, k) = rows_cols(&self.shape);
         [rows, q.row_bytes(k)]
     }
+}
+
+/// Checks a stored tensor (`name`, of `dtype` and `stored` shape) against the packing `q` of a
+/// weight of logical `shape`: `U8 [rows, row bytes]`.
+pub fn check_stored(q: Quant, shape: &[usize], name: &str, dtype: Dtype, stored: &[usize]) -> Result<(), String> {
+    let (rows, k) = rows_cols(shape);
+    let want = [rows, q.row_bytes(k)];
+    if dtype != Dtype::U8 || stored != want {
+        return Err(format!("compact tensor `{name}` is {} {stored:?}, its {} of {shape:?} is stored U8 {want:?}", dtype.name(), q.name()));
+    }
+    Ok(())
 }
 
 /// A weight's `(rows, values per row)`: its first dimension and the rest flattened (a 1-D

@@ -206,20 +206,8 @@ impl VarStore {
                 return Err(WeightsError::Duplicate { key: entry.name.clone(), first: first.clone(), second: origin.to_string() });
             }
             if let Some((q, shape)) = &quant {
-                let (rows, k) = quant::rows_cols(shape);
-                if entry.dtype != Dtype::U8 || entry.shape != [rows, q.row_bytes(k)] {
-                    return Err(WeightsError::Corrupt {
-                        file: origin.to_string(),
-                        reason: format!(
-                            "compact tensor `{}` is {} {:?}, its {} of {shape:?} is stored U8 [{rows}, {}]",
-                            entry.name,
-                            entry.dtype.name(),
-                            entry.shape,
-                            q.name(),
-                            q.row_bytes(k)
-                        ),
-                    });
-                }
+                quant::check_stored(*q, shape, &entry.name, entry.dtype, &entry.shape)
+                    .map_err(|reason| WeightsError::Corrupt { file: origin.to_string(), reason })?;
             }
             self.origin.insert(entry.name.clone(), origin.to_string());
             let rows = rows_of(entry).max(1);

@@ -162,19 +162,6 @@ fn bundle_loads_the_same_models_as_the_checkpoint() {
     println!("vae decode: bundle vs f32 checkpoint {e:.2e}, vs PyTorch {r:.2e}");
 }
 
-/// Copies a bundle so that a test can damage it.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 #[test]
 fn verify_catches_a_flipped_byte_a_truncated_and_a_swapped_shard() {
     let (dir, manifest) = convert_tiny("verify", |_| {});

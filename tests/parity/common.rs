@@ -234,3 +234,16 @@ pub fn replay_case(zepo: &zepo::zepo::pipeline::Zepo, case: &str) -> (Vec<f32>, 
         .unwrap();
     (out.image.values, reference_image(&fx))
 }
+
+/// Copies a bundle so that a test can damage it.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}

@@ -163,7 +163,7 @@ fn compact_variants_load_and_run_near_the_fp16_weights() {
 fn tampered(tag: &str, tamper: &dyn Fn(&mut Vec<u8>, &mut serde_json::Value)) -> String {
     let (dir, _) = compact_bundle();
     let copy = Scratch::new(&format!("compact-{tag}"));
-    copy_tree(dir, &copy);
+    copy_dir(dir, &copy);
     let manifest_path = copy.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     let shard = &mut m["variants"]["q8"]["parts"]["unet"]["shards"][0];
@@ -183,18 +183,6 @@ fn tampered(tag: &str, tamper: &dyn Fn(&mut Vec<u8>, &mut serde_json::Value)) ->
     match Loader::dir(&copy, &device, &opts, WeightSource::Checkpoint) {
         Err(e) => e.to_string(),
         Ok(l) => block_on(l.unet()).err().expect("a tampered compact shard must be refused").to_string(),
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
     }
 }
 
