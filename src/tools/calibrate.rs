@@ -74,7 +74,8 @@ impl Scheme {
 #[derive(Debug, Clone)]
 pub struct Recipe {
     pub choice: HashMap<String, Option<Quant>>,
-    /// Measured PSNR (dB) of each output (`unet`, `vae.encode`, `vae.decode`).
+    /// Measured PSNR (dB) of each output (`unet`, `vae.encode`, `vae.decode`) the recipe
+    /// changes (one left identical is not listed).
     pub psnr: BTreeMap<String, f64>,
     /// Stored bytes of the part's tensors with this recipe, and in f16.
     pub bytes: u64,
@@ -380,6 +381,19 @@ pub fn calibrate(
                 }
             }
             Some(target) => {
+                // What other targets would cost, from the same measurements (estimates: only
+                // the chosen target's recipe is run and checked).
+                let curve: Vec<String> = [40.0, 45.0, 50.0, 55.0, 60.0, 65.0, 70.0, 75.0]
+                    .iter()
+                    .map(|&t| {
+                        let mut trial = level.clone();
+                        solve(&units, &mine, out.peak * out.peak * 10f64.powf(-t / 10.0), &mut trial);
+                        let bytes: u64 = mine.iter().map(|&u| units[u].options[trial[u]].1).sum();
+                        let f16: u64 = mine.iter().map(|&u| units[u].options.last().map_or(0, |o| o.1)).sum();
+                        format!("{t} dB {:.0}%", 100.0 * bytes as f64 / f16.max(1) as f64)
+                    })
+                    .collect();
+                progress(&format!("{part}: {} estimated size against f16 by target: {}", out.name, curve.join(", ")));
                 let mut budget = out.peak * out.peak * 10f64.powf(-target / 10.0);
                 for attempt in 0..4 {
                     solve(&units, &mine, budget, &mut level);
@@ -398,7 +412,12 @@ pub fn calibrate(
     // The whole recipe, measured on every output.
     let measured = measure_all(&mut bench, &weights, &units, &level)?;
     for (o, out) in outputs.iter().enumerate() {
-        psnrs.insert(out.name.to_string(), psnr(out.peak, noise(&out.reference, &measured[o])));
+        // An output the recipe leaves identical (every weight it depends on kept f16) has no
+        // finite PSNR: it is not listed.
+        let db = psnr(out.peak, noise(&out.reference, &measured[o]));
+        if db.is_finite() {
+            psnrs.insert(out.name.to_string(), db);
+        }
     }
 
     let mut choice: HashMap<String, Option<Quant>> = weights.iter().map(|w| (w.name.clone(), None)).collect();

@@ -214,7 +214,8 @@ pub struct Measured {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_psnr: Option<f64>,
     /// Each part's output PSNR against the fp16 weights (dB), on the converter's synthetic
-    /// inputs: the UNet's prediction, the VAE's decoded image and encoded latent.
+    /// inputs: the UNet's prediction, the VAE's decoded image and encoded latent (an output
+    /// the variant leaves identical is not listed).
     pub psnr: BTreeMap<String, f64>,
 }
 

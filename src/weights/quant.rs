@@ -53,7 +53,7 @@ impl QuantTensor {
         if self.shape.is_empty() || self.shape.contains(&0) {
             return Err(format!("tensor `{name}`: shape {:?} has no values to quantize", self.shape));
         }
-        if self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > (1 << 32)) {
+        if self.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).is_none_or(|n| n > u32::MAX as u64) {
             return Err(format!("tensor `{name}`: shape {:?} is too large", self.shape));
         }
         Ok(Quant { block: self.block, ..q })

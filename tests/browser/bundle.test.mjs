@@ -169,7 +169,8 @@ describe('a bundle on WebGPU', () => {
       assert.equal(out.q8.info.weights, 'q8');
       assert.equal(out.mixed.info.weights, 'mixed');
       for (const w of ['q8', 'mixed']) {
-        compare(decodePng(Buffer.from(out[w].png)), refs[w], `${w} weights`);
+        const made = `zepo stylize --model <compact bundle> --weights ${w} --resolution ${OPTS.resolution} --steps ${OPTS.steps} --seed ${OPTS.seed}`;
+        assertMatchesNative(decodePng(Buffer.from(out[w].png)), readSafetensors(refs[w]).image, `${w} weights (reference: ${made})`);
       }
       // Each load asked for its own variant's shards, never the fp16 ones.
       const asked = s.requests.map((r) => r.url.replace(/^\/model\//, ''));
@@ -183,9 +184,11 @@ describe('a bundle on WebGPU', () => {
       const names = out.sizes.variants.map((v) => v.name);
       assert.deepEqual(names, ['fp16', 'mixed', 'q8']);
       const bytes = Object.fromEntries(out.sizes.variants.map((v) => [v.name, v.bytes]));
-      assert.ok(bytes.q8 < 0.7 * bytes.fp16 && bytes.mixed <= bytes.q8, JSON.stringify(bytes));
-      assert.equal(out.sizes.weights, 'mixed');
-      assert.equal(out.sizes.bytes, bytes.mixed);
+      assert.ok(bytes.q8 < 0.7 * bytes.fp16 && bytes.mixed < bytes.fp16, JSON.stringify(bytes));
+      // (On these random weights mixed's 70 dB target keeps most tensors f16: q8 is smaller.)
+      const smallest = Object.entries(bytes).sort((a, b) => a[1] - b[1])[0][0];
+      assert.equal(out.sizes.weights, smallest);
+      assert.equal(out.sizes.bytes, bytes[smallest]);
       assert.ok(out.sizes.variants.find((v) => v.name === 'q8').psnr.unet > 0);
       console.log(`compact variants' downloads: ${JSON.stringify(bytes)}; PSNR ${JSON.stringify(out.sizes.variants.map((v) => [v.name, v.psnr]))}`);
 
@@ -196,10 +199,11 @@ describe('a bundle on WebGPU', () => {
         await ask.waitForSelector('#confirm:not([hidden])', { timeout: 60_000 });
         const shown = await ask.$$eval('#weights-choice input[name="weights"]', (els) => els.map((e) => [e.value, e.checked, Number(e.dataset.bytes)]));
         assert.deepEqual(shown.map((x) => x[0]), ['fp16', 'mixed', 'q8']);
-        assert.deepEqual(shown.filter((x) => x[1]).map((x) => x[0]), ['mixed'], 'the smallest is chosen first');
-        await ask.check('#weights-choice input[value="q8"]');
+        assert.deepEqual(shown.filter((x) => x[1]).map((x) => x[0]), [smallest], 'the smallest is chosen first');
+        assert.equal(await ask.$eval('#confirm', (e) => Number(e.dataset.bytes)), shown.find((x) => x[0] === smallest)[2]);
+        await ask.check('#weights-choice input[value="fp16"]');
         const said = await ask.$eval('#confirm', (e) => Number(e.dataset.bytes));
-        assert.equal(said, shown.find((x) => x[0] === 'q8')[2], 'the question says the chosen variant\'s download');
+        assert.equal(said, shown.find((x) => x[0] === 'fp16')[2], 'the question says the chosen variant\'s download');
         assert.equal(await ask.$eval('#weights-choice', (e) => e.hidden), false);
       } finally {
         await ask.close();
