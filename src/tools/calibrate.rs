@@ -310,18 +310,9 @@ pub fn calibrate(
         }
     };
     let noises: Vec<Vec<f64>> = parallel_map(&units, |unit| {
-        candidates_of(unit)
-            .iter()
-            .map(|q| {
-                unit.tensors
-                    .iter()
-                    .map(|&i| {
-                        let w = &weights[i];
-                        q.squared_error(&w.as_f32(), rows_cols(&w.shape).1)
-                    })
-                    .sum()
-            })
-            .collect()
+        // Each tensor's values widened once, for every candidate.
+        let values: Vec<(Vec<f32>, usize)> = unit.tensors.iter().map(|&i| (weights[i].as_f32(), rows_cols(&weights[i].shape).1)).collect();
+        candidates_of(unit).iter().map(|q| values.iter().map(|(v, k)| q.squared_error(v, *k)).sum()).collect()
     });
     let total = units.len();
     for (u, unit) in units.iter_mut().enumerate() {

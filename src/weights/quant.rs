@@ -221,16 +221,7 @@ impl Quant {
     /// The squared error of quantizing `values` (rows of `k`), summed: what a tensor's
     /// quantization adds as noise, for the recipe's estimates.
     pub fn squared_error(&self, values: &[f32], k: usize) -> f64 {
-        let mut stored = Vec::with_capacity(self.row_bytes(k));
-        let mut back = vec![0f32; k];
-        let mut sum = 0f64;
-        for row in values.chunks(k) {
-            stored.clear();
-            self.quantize_row(row, &mut stored);
-            self.dequantize_row(&stored, &mut back).expect("what this writes it reads");
-            sum += row.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
-        }
-        sum
+        values.iter().zip(self.round_trip(values, k)).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
     }
 
     /// Quantizes and dequantizes `values` (rows of `k`): the weights the compact variant runs.

@@ -52,7 +52,10 @@ fn compact_variants_convert_and_verify_with_their_recipe_recorded() {
     for (name, v) in &manifest.variants {
         let measured = v.measured.as_ref().unwrap();
         let outputs: Vec<&String> = measured.psnr.keys().collect();
-        assert!(outputs.iter().all(|o| ["unet", "vae.decode", "vae.encode"].contains(&o.as_str())) && outputs.contains(&&"unet".to_string()), "{name}: {outputs:?}");
+        assert!(
+            outputs.iter().all(|o| ["unet", "vae.decode", "vae.encode"].contains(&o.as_str())) && outputs.contains(&&"unet".to_string()),
+            "{name}: {outputs:?}"
+        );
         assert!(measured.psnr.values().all(|p| p.is_finite()), "{name}: {measured:?}");
         for part in LOADED_PARTS {
             let fp16 = manifest.part(part).unwrap().total_bytes;
