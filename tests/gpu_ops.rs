@@ -1,13 +1,16 @@
-//! The GPU fast paths of `src/nn/gpu.rs` against burn's plain compositions, on wgpu (lavapipe in
+//! The GPU fast paths of `src/nn/gpu.rs` against burn's plain compositions (the compact
+//! weights' kernels against the same values dequantized on the CPU), on wgpu (lavapipe in
 //! CI), on random inputs in the layouts the models hand them (contiguous, channels-last views,
 //! slices), in f32 (f16: tests/f16_wgpu.rs, a process of its own). Ignored unless asked for: `ZEPO_TEST_WGPU=1 cargo test --test
 //! gpu_ops -- --include-ignored` (scripts/test.sh runs them in its wgpu stage).
 
 use burn::nn::GroupNorm;
-use burn::tensor::module::{attention, layer_norm};
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, Device, Distribution, Tensor};
+use burn::tensor::module::{attention, conv2d, layer_norm, linear};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{activation, DType, Device, Distribution, Tensor, TensorData};
 use zepo::nn::gpu;
+use zepo::weights::quant::{dequantize, rows_cols, Quant};
+use zepo::weights::CompactTensor;
 
 const WHY: &str = "runs on wgpu: ZEPO_TEST_WGPU=1 cargo test --test gpu_ops -- --include-ignored";
 
@@ -123,4 +126,103 @@ fn matmul_matches_burn() {
     let (x, w) = (rnd([2, 33, 48], 1.0, &device), rnd([48, 20], 1.0, &device));
     let e = rel(values(gpu::matmul(x.clone(), w.clone().unsqueeze())), values(x.matmul(w.unsqueeze())));
     assert!(e < 1e-6, "matmul {e:e}");
+}
+
+/// A weight of `shape` (PyTorch's layout) packed as `quant`, on `device`: its compact form, and
+/// the values the CPU decodes from the same stored rows (`[rows, cols]`, row-major).
+fn compact_weight(shape: &[usize], quant: Quant, seed: u32, device: &Device) -> (CompactTensor, Vec<f32>) {
+    let (rows, k) = rows_cols(shape);
+    // Deterministic values with a spread of magnitudes per row, a zero block included.
+    let mut state = seed.wrapping_mul(2654435761).max(1);
+    let mut stored = Vec::new();
+    for r in 0..rows {
+        let row: Vec<f32> = (0..k)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let u = (state as f32 / u32::MAX as f32) * 2.0 - 1.0;
+                if r == 1 && i < quant.block { 0.0 } else { u * (1.0 + (r % 5) as f32) }
+            })
+            .collect();
+        quant.quantize_row(&row, &mut stored);
+    }
+    let cpu = dequantize(quant, &stored, k, "w", "test").unwrap();
+    (CompactTensor::from_stored(quant, shape, &stored, device, DType::F32).unwrap(), cpu)
+}
+
+#[test]
+#[ignore = "runs on wgpu: ZEPO_TEST_WGPU=1 ... -- --include-ignored"]
+fn compact_dequantization_gives_the_cpus_values_exactly() {
+    let device = device();
+    // Every width, codes straddling words (3, 5, 6, 7 bits), rows not a whole number of
+    // blocks, another block length.
+    for bits in 2..=8 {
+        for (shape, block) in [(vec![7, 100], 32), (vec![5, 3, 3, 3], 32), (vec![3, 256], 64)] {
+            let quant = Quant { bits, block };
+            let (compact, cpu) = compact_weight(&shape, quant, bits * 7 + shape.len() as u32, &device);
+            let gpu = values(gpu::compact_dequantize(&compact));
+            assert!(gpu == cpu, "q{bits} block {block} {shape:?}: the GPU's values differ from the CPU's");
+        }
+    }
+}
+
+#[test]
+#[ignore = "runs on wgpu: ZEPO_TEST_WGPU=1 ... -- --include-ignored"]
+fn compact_linear_matches_the_dense_weight() {
+    let device = device();
+    // (tokens, d_in, d_out): the UNet's widths, a row shorter than a block, tiles cut by both
+    // edges.
+    for (n, d_in, d_out, bits) in [(70, 320, 77, 8), (9, 100, 130, 4), (64, 20, 64, 5), (1, 1280, 320, 6)] {
+        let quant = Quant { bits, block: 32 };
+        let (compact, cpu) = compact_weight(&[d_out, d_in], quant, n as u32, &device);
+        let dense: Tensor<2> = Tensor::from_data(TensorData::new(cpu, [d_out, d_in]), &device).transpose();
+        let bias = rnd([d_out], 0.5, &device);
+        let contiguous = rnd([2, n, d_in], 1.0, &device);
+        // Tokens as the models hand them: a channels-last feature map seen as [B, N, C].
+        let view = rnd([2, d_in, n], 1.0, &device).swap_dims(1, 2);
+        for x in [contiguous, view] {
+            let plain = linear(x.clone(), dense.clone(), Some(bias.clone()));
+            let e = rel(values(gpu::compact_linear(x.clone(), &compact, Some(bias.clone()))), values(plain));
+            assert!(e < 1e-5, "[{n}, {d_in}] → {d_out}, q{bits}: {e:e}");
+            let plain = linear(x.clone(), dense.clone(), None);
+            let e = rel(values(gpu::compact_linear(x, &compact, None)), values(plain));
+            assert!(e < 1e-5, "[{n}, {d_in}] → {d_out}, q{bits}, no bias: {e:e}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "runs on wgpu: ZEPO_TEST_WGPU=1 ... -- --include-ignored"]
+fn compact_convolution_matches_the_dense_weight() {
+    let device = device();
+    // (c_in, c_out, kernel, stride, [top, left, bottom, right], h, w): the UNet's and VAE's 3×3
+    // and 1×1 convolutions, the downsamplers' stride 2 with the VAE's asymmetric padding, a
+    // band's halo padding, `c_in·9` not a whole number of blocks (conv_in: 4·9 = 36).
+    let cases = [
+        (4, 32, 3, 1, [1, 1, 1, 1], 9, 7, 8),
+        (40, 70, 3, 1, [1, 1, 1, 1], 6, 11, 4),
+        (16, 16, 3, 2, [0, 0, 1, 1], 9, 8, 8),
+        (8, 24, 3, 2, [1, 1, 1, 1], 7, 7, 6),
+        (24, 8, 3, 1, [0, 1, 1, 1], 5, 6, 5),
+        (40, 24, 1, 1, [0, 0, 0, 0], 8, 8, 8),
+    ];
+    for (c_in, c_out, kernel, stride, pad, h, w, bits) in cases {
+        let quant = Quant { bits, block: 32 };
+        let (compact, cpu) = compact_weight(&[c_out, c_in, kernel, kernel], quant, (c_in * c_out) as u32, &device);
+        let dense: Tensor<4> = Tensor::from_data(TensorData::new(cpu, [c_out, c_in, kernel, kernel]), &device);
+        let bias = rnd([c_out], 0.5, &device);
+        let contiguous = rnd([2, c_in, h, w], 1.0, &device);
+        // Channels-last, as convolutions and the fused norms write their outputs on the GPU.
+        let channels_last = rnd([2, h, w, c_in], 1.0, &device).permute([0, 3, 1, 2]);
+        let [top, left, bottom, right] = pad;
+        let options = ConvOptions::new_with_padding([stride, stride], [(top, bottom), (left, right)], [1, 1], 1);
+        for x in [contiguous, channels_last] {
+            let plain = conv2d(x.clone(), dense.clone(), Some(bias.clone()), options.clone());
+            let out = gpu::compact_conv2d(x, &compact, Some(bias.clone()), stride, pad);
+            assert_eq!(out.dims(), plain.dims());
+            let e = rel(values(out), values(plain));
+            assert!(e < 1e-5, "{c_in} → {c_out}, {kernel}×{kernel} stride {stride} pad {pad:?}, q{bits}: {e:e}");
+        }
+    }
 }

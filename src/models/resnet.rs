@@ -1,12 +1,11 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`, shared by the UNet and the VAE.
 
-use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::nn::GroupNorm;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::Tensor;
 
-use crate::nn::{conv2d, conv2d_padded, conv_forward, group_norm, group_norm_silu, group_norm_silu_add, linear, Linear};
+use crate::nn::{conv2d, conv2d_padded, conv_forward, group_norm, group_norm_silu, group_norm_silu_add, linear, Conv2d, Linear};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// A resnet's time embedding: columns `offset..offset + c_out` of the UNet's projection of all
@@ -78,9 +77,9 @@ pub struct Downsample2D {
 impl Downsample2D {
     pub fn load(vb: &VarBuilder, channels: usize, padding: usize) -> Result<Self, WeightsError> {
         let pad = if padding == 0 {
-            PaddingConfig2d::Explicit(0, 0, 1, 1)
+            [0, 0, 1, 1]
         } else {
-            PaddingConfig2d::Explicit(padding, padding, padding, padding)
+            [padding; 4]
         };
         Ok(Self { conv: conv2d_padded(&vb.pp("conv"), channels, channels, 3, 2, pad)? })
     }

@@ -17,11 +17,19 @@
 //!   bias add apart: the halves' slicing stops fusion).
 //! - [`layer_norm`]: LayerNorm over the last dimension in one kernel (burn: five).
 //!
+//! - [`compact_conv2d`] / [`compact_linear`]: a convolution / projection whose weight is kept
+//!   compact (block-quantized codes and scales, `crate::weights::quant`), dequantized inside the
+//!   kernel's tiles: an implicit GEMM that never expands the weight in GPU memory.
+//! - [`compact_dequantize`]: a compact weight expanded (checks, and a fused projection whose parts
+//!   have different packings).
+//!
 //! Statistics are accumulated in f32 whatever the tensor's dtype (f16 sums of squares overflow).
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::{Shape, Tensor};
+
+use crate::weights::CompactTensor;
 
 /// Threads per cube of the normalisation kernels (a power of two, for the tree reduction).
 const BLOCK: usize = 256;
@@ -50,6 +58,33 @@ fn attention_shape(q: &Shape, v: &Shape) -> Shape {
     let mut s = q.clone();
     s[3] = v[3];
     s
+}
+
+/// The output shape of a compact convolution: `[B, C_out, OH, OW]`.
+#[allow(clippy::too_many_arguments)]
+fn compact_conv_shape(
+    input: &Shape,
+    codes: &Shape,
+    kernel: &usize,
+    stride: &usize,
+    pad_top: &usize,
+    pad_left: &usize,
+    pad_bottom: &usize,
+    pad_right: &usize,
+) -> Shape {
+    let (oh, ow) = conv_out_size(input, *kernel, *stride, [*pad_top, *pad_left, *pad_bottom, *pad_right]);
+    Shape::from([input[0], codes[0], oh, ow])
+}
+
+/// `(OH, OW)` of a convolution of `input` `[B, C, H, W]`, padding `[top, left, bottom, right]`.
+fn conv_out_size(input: &Shape, kernel: usize, stride: usize, pad: [usize; 4]) -> (usize, usize) {
+    let out = |size: usize, before: usize, after: usize| (size + before + after - kernel) / stride + 1;
+    (out(input[2], pad[0], pad[2]), out(input[3], pad[1], pad[3]))
+}
+
+/// The output shape of a compact projection of `input` `[B, N, K]`: `[B, N, d_out]`.
+fn compact_linear_shape(input: &Shape, codes: &Shape) -> Shape {
+    Shape::from([input[0], input[1], codes[0]])
 }
 
 #[backend_extension(Cube, Fusion)]
@@ -95,6 +130,45 @@ pub trait GpuOps: Backend {
 
     #[fusion(dtype = input, shape = input)]
     fn layer_norm(input: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> FloatTensor<Self>;
+
+    /// A convolution of `input` `[B, C, H, W]` (any strides) with a compact weight (`codes`
+    /// `U32 [C_out, words]`, `scales` `[C_out, blocks]`, rows of `C·k·k` values), `+ bias` when
+    /// `has_bias`; the output is stored channels-last.
+    #[fusion(dtype = input, shape = compact_conv_shape(input, codes, kernel, stride, pad_top, pad_left, pad_bottom, pad_right))]
+    #[allow(clippy::too_many_arguments)]
+    fn compact_conv2d(
+        input: FloatTensor<Self>,
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        bits: usize,
+        block: usize,
+        kernel: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        pad_bottom: usize,
+        pad_right: usize,
+        has_bias: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `input` `[B, N, K]` (any strides) times a compact weight `[d_out, K]` transposed, `+ bias`
+    /// when `has_bias`: `[B, N, d_out]`.
+    #[fusion(dtype = input, shape = compact_linear_shape(input, codes))]
+    #[allow(clippy::too_many_arguments)]
+    fn compact_linear(
+        input: FloatTensor<Self>,
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        bits: usize,
+        block: usize,
+        has_bias: bool,
+    ) -> FloatTensor<Self>;
+
+    /// A compact weight's values `[rows, cols]`, in the scales' dtype.
+    #[fusion(dtype = scales, shape = Shape::from([codes[0], *cols]))]
+    fn compact_dequantize(codes: IntTensor<Self>, scales: FloatTensor<Self>, bits: usize, block: usize, cols: usize) -> FloatTensor<Self>;
 }
 
 mod cube {
@@ -290,6 +364,272 @@ mod cube {
         }
     }
 
+    /// Output tile of the compact GEMM: `TILE_M` rows (pixels or tokens) × `TILE_N` output
+    /// channels, `TILE_K` of the reduction per step, one cube of `UNITS` units, each holding a
+    /// `PER_UNIT × PER_UNIT` block of the tile in registers.
+    const TILE_M: usize = 64;
+    const TILE_N: usize = 64;
+    const TILE_K: usize = 16;
+    const PER_UNIT: usize = 4;
+    const UNITS: usize = (TILE_M / PER_UNIT) * (TILE_N / PER_UNIT);
+
+    /// Value `k` of row `n` of a compact weight: `d·(u − 2^(bits−1))`, with `u` the `bits`-bit
+    /// code at bit `k·bits` of the row's words (least significant first, possibly straddling two
+    /// words) and `d` its block's scale. Exact in f32, as on the CPU (`quant::dequantize_row`).
+    #[cube]
+    fn compact_value<F: Float>(codes: &Tensor<u32>, scales: &Tensor<F>, n: usize, k: usize, bits: u32, block: usize) -> f32 {
+        let bit = k * bits as usize;
+        let w = n * codes.stride(0) + bit / 32;
+        let s = (bit % 32) as u32;
+        let mut u = codes[w] >> s;
+        if s + bits > 32 {
+            u |= codes[w + 1] << (32 - s);
+        }
+        let code = u & ((1u32 << bits) - 1);
+        let d = f32::cast_from(scales[n * scales.stride(0) + (k / block) * scales.stride(1)]);
+        d * (f32::cast_from(code) - f32::cast_from(1u32 << (bits - 1)))
+    }
+
+    /// Element `(m, k)` of the GEMM's left operand, read from `input` in place: for a
+    /// projection `input[b, t, k]` (`m = b·N + t`); for a convolution the implicit im2col
+    /// `input[b, c, oy·stride + ky − pad_top, ox·stride + kx − pad_left]` (`m = (b·OH + oy)·OW + ox`,
+    /// `k = (c·kernel + ky)·kernel + kx`, PyTorch's weight order), zero in the padding.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_lhs<F: Float>(
+        input: &Tensor<F>,
+        m: usize,
+        k: usize,
+        kernel: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_h: usize,
+        out_w: usize,
+        #[comptime] conv: bool,
+    ) -> f32 {
+        let mut v = 0.0f32;
+        if conv {
+            let b = m / (out_h * out_w);
+            let r = m % (out_h * out_w);
+            let taps = kernel * kernel;
+            let c = k / taps;
+            let q = k % taps;
+            let y = (r / out_w) * stride + q / kernel;
+            let x = (r % out_w) * stride + q % kernel;
+            if y >= pad_top && y < input.shape(2) + pad_top && x >= pad_left && x < input.shape(3) + pad_left {
+                v = f32::cast_from(
+                    input[b * input.stride(0) + c * input.stride(1) + (y - pad_top) * input.stride(2) + (x - pad_left) * input.stride(3)],
+                );
+            }
+        } else {
+            let rows = input.shape(1);
+            v = f32::cast_from(input[(m / rows) * input.stride(0) + (m % rows) * input.stride(1) + k * input.stride(2)]);
+        }
+        v
+    }
+
+    /// `output[m, n] = Σ_k lhs(m, k) · w(n, k) (+ bias[n])`, `output` contiguous `[M, N_out]`
+    /// (a convolution's is `[B, OH, OW, C_out]`, channels-last), `w` the compact weight.
+    ///
+    /// Tiling: one cube of 256 units per 64 × 64 output tile. Each step stages a 64 × 16 slice
+    /// of the left operand and a 16 × 64 slice of the weight, dequantized once as it is staged,
+    /// in workgroup memory (2 × 4 KiB, f32), then every unit accumulates its 4 × 4 outputs over
+    /// the 16 (f32 registers, whatever the dtype). Per step the cube does 2·64·64·16 = 131,072
+    /// FLOPs and reads from global memory 64·16 activations (4 KiB in f32, 2 KiB in f16) and
+    /// 64·16 codes (1 KiB at 8 bits) with 64 · 16/32 scales: an arithmetic intensity of about
+    /// 25 FLOPs per byte in f32 and 40 in f16 at 8 bits (more at fewer bits), against about
+    /// 0.25 for burn's direct convolution, which reads an input and a weight per FMA. A 3×3
+    /// convolution is the same GEMM over the implicit im2col (`gemm_lhs`), with `K = C_in·9`:
+    /// nothing is expanded in memory, neither the weight nor the patches.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    fn compact_gemm_kernel<F: Float>(
+        input: &Tensor<F>,
+        codes: &Tensor<u32>,
+        scales: &Tensor<F>,
+        bias: &Tensor<F>,
+        output: &mut Tensor<F>,
+        m_total: u32,
+        k_total: u32,
+        bits: u32,
+        block: u32,
+        kernel: u32,
+        stride: u32,
+        pad_top: u32,
+        pad_left: u32,
+        out_h: u32,
+        out_w: u32,
+        #[comptime] conv: bool,
+        #[comptime] has_bias: bool,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let tid = UNIT_POS_X as usize;
+        let tx = tid % (TILE_N / PER_UNIT);
+        let ty = tid / (TILE_N / PER_UNIT);
+        let n0 = CUBE_POS_X as usize * TILE_N;
+        let m0 = CUBE_POS_Y as usize * TILE_M;
+        let m_total = m_total as usize;
+        let k_total = k_total as usize;
+        let n_out = codes.shape(0);
+        let block = block as usize;
+        let mut lhs_tile = Shared::<[f32]>::new_slice(TILE_K * TILE_M);
+        let mut w_tile = Shared::<[f32]>::new_slice(TILE_K * TILE_N);
+        let mut acc = Array::<f32>::new(PER_UNIT * PER_UNIT);
+        for i in 0..PER_UNIT * PER_UNIT {
+            acc[i] = 0.0f32;
+        }
+
+        let mut k0 = 0;
+        while k0 < k_total {
+            // Staging: unit `tid` takes elements tid, tid + 256, …, `k` fastest (consecutive
+            // units read consecutive code words and a row's consecutive inputs).
+            for i in 0..(TILE_K * TILE_M) / UNITS {
+                let e = tid + i * UNITS;
+                let kk = e % TILE_K;
+                let mm = e / TILE_K;
+                let m = m0 + mm;
+                let k = k0 + kk;
+                let mut v = 0.0f32;
+                if m < m_total && k < k_total {
+                    v = gemm_lhs(
+                        input,
+                        m,
+                        k,
+                        kernel as usize,
+                        stride as usize,
+                        pad_top as usize,
+                        pad_left as usize,
+                        out_h as usize,
+                        out_w as usize,
+                        conv,
+                    );
+                }
+                lhs_tile[kk * TILE_M + mm] = v;
+            }
+            for i in 0..(TILE_K * TILE_N) / UNITS {
+                let e = tid + i * UNITS;
+                let kk = e % TILE_K;
+                let nn = e / TILE_K;
+                let n = n0 + nn;
+                let k = k0 + kk;
+                let mut v = 0.0f32;
+                if n < n_out && k < k_total {
+                    v = compact_value(codes, scales, n, k, bits, block);
+                }
+                w_tile[kk * TILE_N + nn] = v;
+            }
+            sync_cube();
+            for kk in 0..TILE_K {
+                for i in 0..PER_UNIT {
+                    let a = lhs_tile[kk * TILE_M + ty * PER_UNIT + i];
+                    for j in 0..PER_UNIT {
+                        acc[i * PER_UNIT + j] += a * w_tile[kk * TILE_N + tx * PER_UNIT + j];
+                    }
+                }
+            }
+            sync_cube();
+            k0 += TILE_K;
+        }
+
+        for i in 0..PER_UNIT {
+            let m = m0 + ty * PER_UNIT + i;
+            if m < m_total {
+                for j in 0..PER_UNIT {
+                    let n = n0 + tx * PER_UNIT + j;
+                    if n < n_out {
+                        let mut y = acc[i * PER_UNIT + j];
+                        if has_bias {
+                            y += f32::cast_from(bias[n]);
+                        }
+                        output[m * n_out + n] = F::cast_from(y);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One unit per value of a compact weight: `output` `[rows, cols]`, contiguous.
+    #[cube(launch)]
+    fn compact_dequantize_kernel<F: Float>(
+        codes: &Tensor<u32>,
+        scales: &Tensor<F>,
+        output: &mut Tensor<F>,
+        bits: u32,
+        block: u32,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let pos = ABSOLUTE_POS;
+        if pos >= output.len() {
+            terminate!();
+        }
+        let cols = output.shape(1);
+        output[pos] = F::cast_from(compact_value(codes, scales, pos / cols, pos % cols, bits, block as usize));
+    }
+
+    /// What a compact GEMM computes: a projection, or a convolution's geometry.
+    struct Gemm {
+        m: usize,
+        k: usize,
+        conv: Option<ConvGeometry>,
+    }
+
+    #[derive(Clone, Copy, Default)]
+    struct ConvGeometry {
+        kernel: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_h: usize,
+        out_w: usize,
+    }
+
+    /// Launches [`compact_gemm_kernel`] into a new contiguous `out_shape` (`[M, N_out]` in memory).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_compact_gemm(
+        input: CubeTensor,
+        codes: CubeTensor,
+        scales: CubeTensor,
+        bias: CubeTensor,
+        bits: usize,
+        block: usize,
+        has_bias: bool,
+        gemm: Gemm,
+        out_shape: burn::tensor::Shape,
+    ) -> CubeTensor {
+        let n_out = codes.meta.shape()[0];
+        let out = empty_device_dtype(input.client.clone(), input.device.clone(), out_shape, input.dtype);
+        let client = input.client.clone();
+        let dtype = storage(&input);
+        let tiles_m = gemm.m.div_ceil(TILE_M);
+        assert!(tiles_m <= u16::MAX as usize, "a compact GEMM of {} rows is over the dispatch limit", gemm.m);
+        let g = gemm.conv.unwrap_or_default();
+        compact_gemm_kernel::launch(
+            &client,
+            CubeCount::Static(n_out.div_ceil(TILE_N) as u32, tiles_m as u32, 1),
+            CubeDim::new_1d(UNITS as u32),
+            input.into_tensor_arg(),
+            codes.into_tensor_arg(),
+            scales.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            gemm.m as u32,
+            gemm.k as u32,
+            bits as u32,
+            block as u32,
+            g.kernel as u32,
+            g.stride as u32,
+            g.pad_top as u32,
+            g.pad_left as u32,
+            g.out_h as u32,
+            g.out_w as u32,
+            gemm.conv.is_some(),
+            has_bias,
+            dtype,
+        );
+        out
+    }
+
     /// GroupNorm (+ addend, + SiLU) of `input` `[B, C, H, W]`, written channels-last.
     fn launch_group_norm(
         input: CubeTensor,
@@ -407,6 +747,70 @@ mod cube {
             out
         }
 
+        #[allow(clippy::too_many_arguments)]
+        fn compact_conv2d(
+            input: CubeTensor,
+            codes: CubeTensor,
+            scales: CubeTensor,
+            bias: CubeTensor,
+            bits: usize,
+            block: usize,
+            kernel: usize,
+            stride: usize,
+            pad_top: usize,
+            pad_left: usize,
+            pad_bottom: usize,
+            pad_right: usize,
+            has_bias: bool,
+        ) -> CubeTensor {
+            let shape = input.meta.shape().clone();
+            let (out_h, out_w) = super::conv_out_size(&shape, kernel, stride, [pad_top, pad_left, pad_bottom, pad_right]);
+            let [b, c, _, _] = shape.dims::<4>();
+            let n_out = codes.meta.shape()[0];
+            let conv = ConvGeometry { kernel, stride, pad_top, pad_left, out_h, out_w };
+            let gemm = Gemm { m: b * out_h * out_w, k: c * kernel * kernel, conv: Some(conv) };
+            let out = launch_compact_gemm(input, codes, scales, bias, bits, block, has_bias, gemm, [b, out_h, out_w, n_out].into());
+            // Channels-last in memory, [B, C, H, W] to its users (as burn's convolution writes).
+            permute(out, &[0, 3, 1, 2])
+        }
+
+        fn compact_linear(
+            input: CubeTensor,
+            codes: CubeTensor,
+            scales: CubeTensor,
+            bias: CubeTensor,
+            bits: usize,
+            block: usize,
+            has_bias: bool,
+        ) -> CubeTensor {
+            let [b, n, k] = input.meta.shape().dims::<3>();
+            let n_out = codes.meta.shape()[0];
+            let gemm = Gemm { m: b * n, k, conv: None };
+            launch_compact_gemm(input, codes, scales, bias, bits, block, has_bias, gemm, [b, n, n_out].into())
+        }
+
+        fn compact_dequantize(codes: CubeTensor, scales: CubeTensor, bits: usize, block: usize, cols: usize) -> CubeTensor {
+            let rows = codes.meta.shape()[0];
+            let out = empty_device_dtype(scales.client.clone(), scales.device.clone(), [rows, cols].into(), scales.dtype);
+            let n = rows * cols;
+            let client = scales.client.clone();
+            let dtype = storage(&scales);
+            let cube_dim = CubeDim::new(&client, n);
+            let cube_count = cubecl::calculate_cube_count_elemwise(&client, n, cube_dim);
+            compact_dequantize_kernel::launch(
+                &client,
+                cube_count,
+                cube_dim,
+                codes.into_tensor_arg(),
+                scales.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                bits as u32,
+                block as u32,
+                dtype,
+            );
+            out
+        }
+
         fn layer_norm(input: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f64) -> CubeTensor {
             let [b, n, d] = input.meta.shape().dims::<3>();
             let out = empty_device_dtype(input.client.clone(), input.device.clone(), [b, n, d].into(), input.dtype);
@@ -482,4 +886,57 @@ pub fn geglu<const D: usize>(h: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
 /// LayerNorm (affine) of `x` `[B, N, D]` over D, in one kernel.
 pub fn layer_norm(x: Tensor<3>, gamma: Tensor<1>, beta: Tensor<1>, epsilon: f64) -> Tensor<3> {
     Tensor::from_dispatch(Dispatch::layer_norm(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), epsilon))
+}
+
+/// A convolution of `x` `[B, C, H, W]` with the compact `weight` (`[C_out, C, k, k]`), stride
+/// `stride` and padding `[top, left, bottom, right]`, `+ bias`; one kernel that dequantizes the
+/// weight inside its tiles. The result is stored channels-last.
+pub fn compact_conv2d(x: Tensor<4>, weight: &CompactTensor, bias: Option<Tensor<1>>, stride: usize, padding: [usize; 4]) -> Tensor<4> {
+    let kernel = weight.shape[2];
+    let has_bias = bias.is_some();
+    let bias = bias.map_or_else(|| weight.scales.clone().into_dispatch(), |b| b.into_dispatch());
+    let [top, left, bottom, right] = padding;
+    Tensor::from_dispatch(Dispatch::compact_conv2d(
+        x.into_dispatch(),
+        weight.codes.clone().into_dispatch(),
+        weight.scales.clone().into_dispatch(),
+        bias,
+        weight.quant.bits as usize,
+        weight.quant.block,
+        kernel,
+        stride,
+        top,
+        left,
+        bottom,
+        right,
+        has_bias,
+    ))
+}
+
+/// `x` `[B, N, K]` times the compact `weight` (`[d_out, K]`) transposed, `+ bias`: `[B, N, d_out]`,
+/// in one kernel.
+pub fn compact_linear(x: Tensor<3>, weight: &CompactTensor, bias: Option<Tensor<1>>) -> Tensor<3> {
+    let has_bias = bias.is_some();
+    let bias = bias.map_or_else(|| weight.scales.clone().into_dispatch(), |b| b.into_dispatch());
+    Tensor::from_dispatch(Dispatch::compact_linear(
+        x.into_dispatch(),
+        weight.codes.clone().into_dispatch(),
+        weight.scales.clone().into_dispatch(),
+        bias,
+        weight.quant.bits as usize,
+        weight.quant.block,
+        has_bias,
+    ))
+}
+
+/// The compact `weight`'s values as `[rows, cols]` (its first dimension, the rest flattened).
+pub fn compact_dequantize(weight: &CompactTensor) -> Tensor<2> {
+    let (_, cols) = crate::weights::quant::rows_cols(&weight.shape);
+    Tensor::from_dispatch(Dispatch::compact_dequantize(
+        weight.codes.clone().into_dispatch(),
+        weight.scales.clone().into_dispatch(),
+        weight.quant.bits as usize,
+        weight.quant.block,
+        cols,
+    ))
 }

@@ -2,13 +2,14 @@
 //! with PyTorch's layouts, without a random initialisation first.
 
 use burn::module::Param;
-use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, PaddingConfig2d};
 use burn::tensor::activation;
 use burn::tensor::Tensor;
 
 use crate::weights::{VarBuilder, WeightsError};
+pub use compact::{CompactConv2d, CompactWeight};
 
+pub mod compact;
 #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
 pub mod cpu_conv;
 #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
@@ -18,63 +19,142 @@ pub mod gpu;
 
 type R<T> = Result<T, WeightsError>;
 
-/// `torch.nn.Linear`: `x · weight + bias`, `weight` `[d_in, d_out]` (burn's layout).
+/// A projection's weight.
+#[derive(burn::module::Module, Debug)]
+pub enum LinearWeight {
+    /// `[d_in, d_out]` (burn's layout).
+    Dense(Param<Tensor<2>>),
+    /// `[d_out, d_in]` (PyTorch's), kept compact on the GPU.
+    Compact(CompactWeight),
+}
+
+/// `torch.nn.Linear`: `x · weight + bias`.
 #[derive(burn::module::Module, Debug)]
 pub struct Linear {
-    pub weight: Param<Tensor<2>>,
+    pub weight: LinearWeight,
     pub bias: Option<Param<Tensor<1>>>,
 }
 
 impl Linear {
+    /// A projection with a dense `[d_in, d_out]` weight.
+    pub fn dense(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self { weight: LinearWeight::Dense(Param::from_tensor(weight)), bias: bias.map(Param::from_tensor) }
+    }
+
+    pub fn d_in(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[0],
+            LinearWeight::Compact(c) => c.shape()[1],
+        }
+    }
+
+    pub fn d_out(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[1],
+            LinearWeight::Compact(c) => c.shape()[0],
+        }
+    }
+
     /// `x` `[.., d_in]` → `[.., d_out]`. On the GPU the matmul is kept out of fusion, so that
-    /// the bias add fuses with what follows (a residual add, an activation).
+    /// the bias add fuses with what follows (a residual add, an activation); a compact weight
+    /// runs its own kernel, the bias included.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let weight = match &self.weight {
+            LinearWeight::Compact(c) => return compact::linear(x, c, bias),
+            LinearWeight::Dense(w) => w.val(),
+        };
         #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
         if gpu::on_gpu(&x) {
-            let y = gpu::matmul(x, self.weight.val().unsqueeze());
-            return match &self.bias {
-                Some(b) => y + b.val().unsqueeze(),
+            let y = gpu::matmul(x, weight.unsqueeze());
+            return match bias {
+                Some(b) => y + b.unsqueeze(),
                 None => y,
             };
         }
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        burn::tensor::module::linear(x, weight, bias)
     }
 }
 
 /// `torch.nn.Linear(d_in, d_out, bias)`: weight `[d_out, d_in]`, kept transposed for burn
-/// (on the CPU backend made contiguous, see [`crate::nn::cpu_ops::contiguous`]).
+/// (on the CPU backend made contiguous, see [`crate::nn::cpu_ops::contiguous`]), or compact as
+/// the store holds it.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> R<Linear> {
+    let bias = if bias { Some(Param::from_tensor(vb.get("bias", [d_out])?)) } else { None };
+    if let Some(tensor) = vb.get_compact("weight", &[d_out, d_in])? {
+        return Ok(Linear { weight: LinearWeight::Compact(CompactWeight { tensor }), bias });
+    }
     let weight = vb.get("weight", [d_out, d_in])?.transpose();
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     let weight = crate::nn::cpu_ops::contiguous(weight);
-    let bias = if bias { Some(Param::from_tensor(vb.get("bias", [d_out])?)) } else { None };
-    Ok(Linear { weight: Param::from_tensor(weight), bias })
+    Ok(Linear { weight: LinearWeight::Dense(Param::from_tensor(weight)), bias })
+}
+
+/// `torch.nn.Conv2d` with a square kernel and a bias: burn's, or one with a compact weight.
+#[derive(burn::module::Module, Debug)]
+pub enum Conv2d {
+    Dense(burn::nn::conv::Conv2d),
+    Compact(CompactConv2d),
+}
+
+impl Conv2d {
+    /// `(c_in, c_out)`.
+    pub fn channels(&self) -> (usize, usize) {
+        match self {
+            Conv2d::Dense(c) => {
+                let [c_out, c_in, _, _] = c.weight.dims();
+                (c_in, c_out)
+            }
+            Conv2d::Compact(c) => c.channels(),
+        }
+    }
+
+    /// The stride-1 convolution with padding `[(top, bottom), (left, right)]` instead of its own
+    /// (a band's halo rows replace the zero padding).
+    pub fn forward_padded(&self, x: Tensor<4>, pad: [(usize, usize); 2]) -> Tensor<4> {
+        match self {
+            Conv2d::Dense(c) => {
+                use burn::tensor::ops::ConvOptions;
+                let options = ConvOptions::new_with_padding([1, 1], pad, [1, 1], 1);
+                burn::tensor::module::conv2d(x, c.weight.val(), c.bias.as_ref().map(|b| b.val()), options)
+            }
+            Conv2d::Compact(c) => c.forward_padded(x, [pad[0].0, pad[1].0, pad[0].1, pad[1].1]),
+        }
+    }
 }
 
 /// `torch.nn.Conv2d(c_in, c_out, k, stride, padding)` with a bias.
 pub fn conv2d(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> R<Conv2d> {
-    conv2d_padded(vb, c_in, c_out, kernel, stride, PaddingConfig2d::Explicit(padding, padding, padding, padding))
+    conv2d_padded(vb, c_in, c_out, kernel, stride, [padding; 4])
 }
 
-/// A convolution with explicit (possibly asymmetric) padding `(top, left, bottom, right)`.
-pub fn conv2d_padded(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: PaddingConfig2d) -> R<Conv2d> {
+/// A convolution with explicit (possibly asymmetric) padding `[top, left, bottom, right]`.
+pub fn conv2d_padded(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: [usize; 4]) -> R<Conv2d> {
+    let bias = Param::from_tensor(vb.get("bias", [c_out])?);
+    if let Some(tensor) = vb.get_compact("weight", &[c_out, c_in, kernel, kernel])? {
+        return Ok(Conv2d::Compact(CompactConv2d { weight: CompactWeight { tensor }, bias: Some(bias), stride, padding }));
+    }
     // On a GPU the store keeps it channels-last, as burn's convolution reads it.
     let weight = vb.get("weight", [c_out, c_in, kernel, kernel])?;
-    let bias = vb.get("bias", [c_out])?;
-    Ok(Conv2d {
+    let [top, left, bottom, right] = padding;
+    Ok(Conv2d::Dense(burn::nn::conv::Conv2d {
         weight: Param::from_tensor(weight),
-        bias: Some(Param::from_tensor(bias)),
+        bias: Some(bias),
         stride: [stride, stride],
         kernel_size: [kernel, kernel],
         dilation: [1, 1],
         groups: 1,
-        padding,
-    })
+        padding: PaddingConfig2d::Explicit(top, left, bottom, right),
+    }))
 }
 
 /// `conv.forward(x)`: on the CPU backend through the convolution fast path
-/// ([`crate::nn::cpu_conv`]), elsewhere burn's own kernel.
+/// ([`crate::nn::cpu_conv`]), elsewhere burn's own kernel; a compact weight runs its own.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let conv = match conv {
+        Conv2d::Compact(c) => return c.forward(x),
+        Conv2d::Dense(c) => c,
+    };
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     return crate::nn::cpu_conv::conv2d(conv, x);
     #[cfg(not(all(feature = "cpu", not(target_arch = "wasm32"))))]
@@ -187,28 +267,56 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn linear_geglu<const D: usize>(proj: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
     if let (true, Some(bias)) = (gpu::on_gpu(&x), &proj.bias) {
-        return gpu::geglu(gpu::matmul(x, proj.weight.val().unsqueeze()), bias.val());
+        let h = match &proj.weight {
+            LinearWeight::Dense(w) => gpu::matmul(x, w.val().unsqueeze()),
+            LinearWeight::Compact(c) => compact::linear(x, c, None),
+        };
+        return gpu::geglu(h, bias.val());
     }
     geglu(proj.forward(x))
 }
 
 /// Linears of the same input fused into one (their outputs side by side): one matmul instead of
 /// several. Returns it with each part's `(offset, width)` in its output.
+/// Compact parts of one packing stay compact (their rows side by side); parts of different
+/// packings are expanded (the converter gives fused parts one packing, so only a hand-made
+/// bundle pays that).
 pub fn fuse_linears(parts: Vec<Linear>) -> (Linear, Vec<(usize, usize)>) {
     let mut ranges = Vec::with_capacity(parts.len());
     let mut offset = 0;
     for p in &parts {
-        let width = p.weight.dims()[1];
+        let width = p.d_out();
         ranges.push((offset, width));
         offset += width;
     }
     let with_bias = parts.iter().all(|p| p.bias.is_some());
     let bias =
         with_bias.then(|| Param::from_tensor(Tensor::cat(parts.iter().map(|p| p.bias.as_ref().expect("all have one").val()).collect(), 0)));
-    let weight = Tensor::cat(parts.into_iter().map(|p| p.weight.val()).collect(), 1);
+    let compact: Vec<&CompactWeight> = parts
+        .iter()
+        .filter_map(|p| match &p.weight {
+            LinearWeight::Compact(c) => Some(c),
+            LinearWeight::Dense(_) => None,
+        })
+        .collect();
+    if compact.len() == parts.len() && compact.iter().all(|c| c.tensor.quant == compact[0].tensor.quant) {
+        let first = &compact[0].tensor;
+        let tensor = crate::weights::CompactTensor {
+            codes: Tensor::cat(compact.iter().map(|c| c.tensor.codes.clone()).collect(), 0),
+            scales: Tensor::cat(compact.iter().map(|c| c.tensor.scales.clone()).collect(), 0),
+            quant: first.quant,
+            shape: vec![offset, first.shape[1]],
+        };
+        return (Linear { weight: LinearWeight::Compact(CompactWeight { tensor }), bias }, ranges);
+    }
+    let dense = |p: Linear| match p.weight {
+        LinearWeight::Dense(w) => w.val(),
+        LinearWeight::Compact(c) => c.dense().transpose(),
+    };
+    let weight = Tensor::cat(parts.into_iter().map(dense).collect(), 1);
     #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
     let weight = crate::nn::cpu_ops::contiguous(weight);
-    (Linear { weight: Param::from_tensor(weight), bias }, ranges)
+    (Linear { weight: LinearWeight::Dense(Param::from_tensor(weight)), bias }, ranges)
 }
 
 /// GEGLU's `hidden * gelu(gate)`, `hidden` and `gate` the two halves of `h`'s last dimension:

@@ -77,7 +77,7 @@ pub fn compare(dir: &Path, variants: &[String], opts: &ZepoOptions, content: &Rg
         let mut scheduler = model.scheduler.clone();
         let t = scheduler.zepo_timesteps(opts.steps, opts.strength)?[0] as f32;
         let side = 16;
-        let channels = model.unet.conv_in.weight.dims()[1];
+        let channels = model.unet.conv_in.channels().0;
         let n = channels * side * side;
         let latent: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.618).fract() - 0.5) * 2.0).collect();
         let sample = Tensor::<4>::from_data(TensorData::new(latent, [1, channels, side, side]), &device);

@@ -251,6 +251,29 @@ pub fn dequantize(q: Quant, bytes: &[u8], k: usize, name: &str, file: &str) -> R
     Ok(out)
 }
 
+/// Splits stored rows (`bytes`: whole rows of `k` values) into the two arrays the GPU kernels
+/// read: each row's code words (appended to `words`) and its block scales as f32 (appended to
+/// `scales`), checked finite; `name` and `file` are used in errors.
+pub fn split_rows(q: Quant, bytes: &[u8], k: usize, words: &mut Vec<u32>, scales: &mut Vec<f32>, name: &str, file: &str) -> Result<(), WeightsError> {
+    let row = q.row_bytes(k);
+    let (n_words, n_blocks) = (q.code_words(k), q.blocks(k));
+    for (r, b) in bytes.chunks(row).enumerate() {
+        let (codes, scale_bytes) = b.split_at(4 * n_words);
+        words.extend(codes.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes"))));
+        for j in 0..n_blocks {
+            let d = f16::from_le_bytes([scale_bytes[2 * j], scale_bytes[2 * j + 1]]);
+            if !d.is_finite() {
+                return Err(WeightsError::Corrupt {
+                    file: file.to_string(),
+                    reason: format!("compact tensor `{name}` ({}), row {r}: block {j} has the scale {d}, which is not finite", q.name()),
+                });
+            }
+            scales.push(d.to_f32());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

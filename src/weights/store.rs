@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::bundle::WeightsChoice;
 use super::quant::{self, Quant, QuantTensor};
@@ -22,11 +22,14 @@ pub struct LoadOptions {
     pub max_buffer_bytes: usize,
     /// Which of a bundle's weights to load (`fp16` or a compact variant; `auto`: the smallest).
     pub weights: WeightsChoice,
+    /// On a GPU, keep compact weights compact (their layers dequantize inside their kernels);
+    /// `false` expands them at load, as the CPU backend always does.
+    pub compact_on_device: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, max_buffer_bytes: MAX_WEIGHT_BUFFER_BYTES, weights: WeightsChoice::Auto }
+        Self { dtype: DType::F32, max_buffer_bytes: MAX_WEIGHT_BUFFER_BYTES, weights: WeightsChoice::Auto, compact_on_device: true }
     }
 }
 
@@ -38,19 +41,73 @@ pub const MAX_WEIGHT_BUFFER_BYTES: usize = 120 << 20;
 #[derive(Clone)]
 struct Stored {
     /// Row blocks of the tensor, flattened; one block unless it is over the buffer limit.
+    /// Empty for a compact tensor kept compact.
     blocks: Vec<Tensor<1>>,
     shape: Vec<usize>,
+    compact: Option<CompactTensor>,
+}
+
+/// A compact weight as a GPU holds it: each row's code words and block scales, the arrays the
+/// compact kernels (`crate::nn::gpu`) read; see [`super::quant`] for the packing. `rows` are
+/// the weight's first dimension, each row its other dimensions flattened (PyTorch's order).
+#[derive(Debug, Clone)]
+pub struct CompactTensor {
+    /// `U32 [rows, code words per row]`.
+    pub codes: Tensor<2, Int>,
+    /// `[rows, blocks per row]`, in the compute dtype (f16 scales are exact in both).
+    pub scales: Tensor<2>,
+    pub quant: Quant,
+    /// The weight's logical shape.
+    pub shape: Vec<usize>,
+}
+
+impl CompactTensor {
+    /// A compact tensor of logical `shape` from its stored rows (`bytes`, `quant`'s packing),
+    /// on `device`, scales in `dtype`.
+    pub fn from_stored(quant: Quant, shape: &[usize], bytes: &[u8], device: &Device, dtype: DType) -> Result<Self, WeightsError> {
+        let (mut words, mut scales) = (Vec::new(), Vec::new());
+        let (_, k) = quant::rows_cols(shape);
+        quant::split_rows(quant, bytes, k, &mut words, &mut scales, "a compact tensor", "memory")?;
+        Ok(Self::upload(quant, shape, words, scales, device, dtype))
+    }
+
+    /// Uploads code words and scales (as [`quant::split_rows`] gives them), each one buffer
+    /// outside the device's activation pools.
+    fn upload(q: Quant, shape: &[usize], words: Vec<u32>, scales: Vec<f32>, device: &Device, dtype: DType) -> Self {
+        let (rows, k) = quant::rows_cols(shape);
+        let words = TensorData::new(words, [rows, q.code_words(k)]);
+        let on = device.clone();
+        let codes = device.memory_persistent_allocations(words, move |data| Tensor::<2, Int>::from_data(data, (&on, DType::U32)));
+        let scales = float_data(scales, dtype, None);
+        let blocks = q.blocks(k);
+        let on = device.clone();
+        let scales =
+            device.memory_persistent_allocations(scales, move |data| Tensor::<1>::from_data(data, (&on, dtype)).reshape([rows, blocks]));
+        Self { codes, scales, quant: q, shape: shape.to_vec() }
+    }
+
+    /// Bytes it holds on the device.
+    pub fn device_bytes(&self) -> usize {
+        let elem = if self.scales.dtype() == DType::F16 { 2 } else { 4 };
+        self.codes.shape().num_elements() * 4 + self.scales.shape().num_elements() * elem
+    }
+}
+
+/// Whether `device` runs burn's CubeCL backends (wgpu, WebGPU, CUDA).
+fn on_cube(device: &Device) -> bool {
+    #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+    return matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_));
+    #[cfg(not(any(feature = "gpu", target_arch = "wasm32")))]
+    {
+        let _ = device;
+        false
+    }
 }
 
 /// Whether a weight of `shape` is stored channels-last on `device`: convolution weights on a
 /// GPU, where burn's convolution reads them so (otherwise it re-lays them out at every call).
 fn stored_channels_last(device: &Device, shape: &[usize]) -> bool {
-    #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
-    if shape.len() == 4 {
-        return matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_));
-    }
-    let _ = (device, shape);
-    false
+    shape.len() == 4 && on_cube(device)
 }
 
 /// The `(inner, k)` of a row's channels-last transposition for `shape`, if it is stored so.
@@ -90,6 +147,7 @@ pub struct VarStore {
     partial: Option<Partial>,
     /// The compact tensors declared for the files being read: their packing and logical shape.
     quantized: HashMap<String, (Quant, Vec<usize>)>,
+    compact_on_device: bool,
 }
 
 /// A tensor being received in pieces: its complete row blocks, and the pieces of the next.
@@ -100,6 +158,9 @@ struct Partial {
     blocks: Vec<Tensor<1>>,
     pieces: Vec<Tensor<1>>,
     rows_done: usize,
+    /// A compact tensor kept compact: its code words and scales so far (one weight's worth of
+    /// host memory at most, a few MB).
+    compact: Option<(Vec<u32>, Vec<f32>)>,
 }
 
 impl VarStore {
@@ -117,6 +178,7 @@ impl VarStore {
             requests: Rc::default(),
             partial: None,
             quantized: HashMap::new(),
+            compact_on_device: options.compact_on_device,
         }
     }
 
@@ -146,7 +208,12 @@ impl VarStore {
         };
         let mut store = Self::new(
             &self.device,
-            &LoadOptions { dtype: self.dtype, max_buffer_bytes: self.max_buffer_bytes, ..Default::default() },
+            &LoadOptions {
+                dtype: self.dtype,
+                max_buffer_bytes: self.max_buffer_bytes,
+                compact_on_device: self.compact_on_device,
+                ..Default::default()
+            },
             self.name.clone(),
         );
         store.source = source;
@@ -193,8 +260,9 @@ impl VarStore {
     /// its own, so that a weight is never whole in host memory; the pieces of each row block
     /// are joined on the device once it is complete. The final blocks are allocated outside the
     /// device's activation pools ([`Device::memory_persistent_allocations`]), one buffer each.
-    /// A compact tensor (declared by [`VarStore::expect_quantized`]) arrives as its stored rows
-    /// and is dequantized to the compute dtype here.
+    /// A compact tensor (declared by [`VarStore::expect_quantized`]) arrives as its stored rows:
+    /// on a GPU it is kept so ([`CompactTensor`], unless `compact_on_device` is off), elsewhere
+    /// dequantized to the compute dtype here.
     pub fn insert_piece(&mut self, piece: &StreamedTensor, bytes: &[u8], origin: &str) -> Result<(), WeightsError> {
         let Source::Loaded(_) = &self.source else { return Ok(()) };
         let entry = &piece.entry;
@@ -213,7 +281,9 @@ impl VarStore {
             let rows = rows_of(entry).max(1);
             let row_elems = shape.iter().product::<usize>() / rows;
             let rows_per_block = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
-            self.partial = Some(Partial { rows, row_elems, rows_per_block, blocks: Vec::new(), pieces: Vec::new(), rows_done: 0 });
+            let compact = (quant.is_some() && self.compact_on_device && on_cube(&self.device)).then(Default::default);
+            self.partial =
+                Some(Partial { rows, row_elems, rows_per_block, blocks: Vec::new(), pieces: Vec::new(), rows_done: 0, compact });
         }
         let Some(part) = self.partial.as_mut().filter(|p| p.rows_done == piece.first_row) else {
             return Err(WeightsError::Corrupt {
@@ -221,7 +291,9 @@ impl VarStore {
                 reason: format!("tensor `{}`: a piece out of order", entry.name),
             });
         };
-        if float {
+        if let (Some((words, scales)), Some((q, _))) = (part.compact.as_mut(), &quant) {
+            quant::split_rows(*q, bytes, part.row_elems, words, scales, &entry.name, origin)?;
+        } else if float {
             // Split at block boundaries: a block's pieces are joined, blocks are kept apart.
             let in_row = match &quant {
                 Some((q, _)) => q.row_bytes(part.row_elems),
@@ -262,6 +334,12 @@ impl VarStore {
             return Ok(());
         }
         let part = self.partial.take().expect("a tensor in progress");
+        if let (Some((words, scales)), Some((q, _))) = (part.compact, quant) {
+            let compact = self.upload_compact(q, &shape, words, scales);
+            let Source::Loaded(map) = &mut self.source else { unreachable!("checked above") };
+            map.insert(entry.name.clone(), Stored { blocks: Vec::new(), shape, compact: Some(compact) });
+            return Ok(());
+        }
         let Source::Loaded(map) = &mut self.source else { unreachable!("checked above") };
         let blocks = if float && !part.blocks.is_empty() {
             part.blocks
@@ -270,8 +348,12 @@ impl VarStore {
             // report it unless it is ignorable.
             vec![Tensor::<1>::from_data(TensorData::new(vec![0f32; 0], [0]), (&self.device, self.dtype))]
         };
-        map.insert(entry.name.clone(), Stored { blocks, shape });
+        map.insert(entry.name.clone(), Stored { blocks, shape, compact: None });
         Ok(())
+    }
+
+    fn upload_compact(&self, q: Quant, shape: &[usize], words: Vec<u32>, scales: Vec<f32>) -> CompactTensor {
+        CompactTensor::upload(q, shape, words, scales, &self.device, self.dtype)
     }
 
     /// Declares keys (exact names) that may be present and need not be used.
@@ -318,6 +400,10 @@ impl VarStore {
                 if stored.shape != shape {
                     return Err(WeightsError::Shape { key: key.to_string(), expected: shape.to_vec(), found: stored.shape.clone() });
                 }
+                if let Some(c) = &stored.compact {
+                    let dtype = format!("{} (kept compact on the device, for a layer that reads it so)", c.quant.name());
+                    return Err(WeightsError::Dtype { key: key.to_string(), dtype });
+                }
                 let held: usize = stored.blocks.iter().map(|b| b.dims()[0]).sum();
                 if held != shape.iter().product::<usize>() {
                     return Err(WeightsError::Dtype { key: key.to_string(), dtype: "integer".into() });
@@ -338,6 +424,21 @@ impl VarStore {
             return Ok(Tensor::from_dispatch(stored.permute([0, 3, 1, 2]).into_dispatch()));
         }
         Ok(flat.reshape(shape))
+    }
+
+    /// `key` as the device holds it when it is kept compact; `None` when it is held as floats
+    /// (or made up), to be taken with [`VarStore::take`].
+    fn take_compact(&mut self, key: &str, shape: &[usize]) -> Result<Option<CompactTensor>, WeightsError> {
+        let Source::Loaded(map) = &self.source else { return Ok(None) };
+        let Some(stored) = map.get(key) else { return Ok(None) };
+        let Some(compact) = &stored.compact else { return Ok(None) };
+        if stored.shape != shape {
+            return Err(WeightsError::Shape { key: key.to_string(), expected: shape.to_vec(), found: stored.shape.clone() });
+        }
+        let compact = compact.clone();
+        self.requests.borrow_mut().push((key.to_string(), shape.to_vec()));
+        self.used.insert(key.to_string());
+        Ok(Some(compact))
     }
 
     fn take_row_blocks(&mut self, key: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>, WeightsError> {
@@ -409,6 +510,13 @@ impl VarBuilder {
     pub fn get_row_blocks(&self, name: &str, shape: [usize; 2]) -> Result<Vec<Tensor<2>>, WeightsError> {
         let key = self.key(name);
         self.store.borrow_mut().take_row_blocks(&key, shape)
+    }
+
+    /// `prefix.name` of `shape` as the device holds it, when it is kept compact (see
+    /// [`CompactTensor`]); `None` when it is held as floats, to be taken with [`VarBuilder::get`].
+    pub fn get_compact(&self, name: &str, shape: &[usize]) -> Result<Option<CompactTensor>, WeightsError> {
+        let key = self.key(name);
+        self.store.borrow_mut().take_compact(&key, shape)
     }
 
     /// Whether `prefix.name` exists (optional weights such as a bias).

@@ -199,7 +199,7 @@ impl Zepo {
     }
 
     fn guidance_cond(&self, o: &ZepoOptions, rows: usize) -> Option<Tensor<2>> {
-        let dim = self.unet.time_embedding.cond_proj.as_ref().map(|p| p.weight.dims()[0])?;
+        let dim = self.unet.time_embedding.cond_proj.as_ref().map(|p| p.d_in())?;
         o.no_cfg.then(|| guidance_scale_embedding(&vec![o.cfg - 1.0; rows], dim, &self.device))
     }
 

@@ -10,13 +10,12 @@ pub use config::{PerBlock, UNetConfig};
 pub use embeddings::{guidance_scale_embedding, timestep_proj, TimestepEmbedding};
 pub use transformer::{BasicTransformerBlock, FeedForward, Transformer2DModel};
 
-use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
 use burn::tensor::{Device, Tensor};
 
 use crate::models::attention::{AttentionController, NoControl};
 use crate::models::resnet::TimeShare;
-use crate::nn::{conv2d, conv_forward, fuse_linears, group_norm, group_norm_silu, silu, Linear};
+use crate::nn::{conv2d, conv_forward, fuse_linears, group_norm, group_norm_silu, silu, Conv2d, Linear};
 use crate::weights::VarBuilder;
 
 /// What a UNet call's cross-attentions read of the text context, computed once per context:

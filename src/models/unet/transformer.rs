@@ -1,13 +1,12 @@
 //! `Transformer2DModel` (conv proj_in/out) and its `BasicTransformerBlock`s: self-attention
 //! (the one an [`AttentionController`] may take over), cross-attention, GEGLU feed-forward.
 
-use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 
 use super::UNetContext;
 use crate::models::attention::{Attention, AttentionController, SelfAttentionCall};
-use crate::nn::{conv2d, conv_forward, from_tokens, group_norm, group_norm_forward, linear, linear_geglu, to_tokens, LayerNorm, Linear};
+use crate::nn::{conv2d, conv_forward, from_tokens, group_norm, group_norm_forward, linear, linear_geglu, to_tokens, Conv2d, LayerNorm, Linear};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// Largest feed-forward projection computed at once (f32 bytes).
@@ -34,7 +33,7 @@ impl FeedForward {
     /// 128 MiB). Chunking is exact: nothing mixes tokens here.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, _] = x.dims();
-        let wide = self.proj.weight.dims()[1];
+        let wide = self.proj.d_out();
         let rows = (FF_CHUNK_BYTES / (b * wide * 4).max(1)).max(1);
         if n <= rows {
             return self.forward_chunk(x);
@@ -139,15 +138,16 @@ impl Transformer2DModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::Param;
     use burn::tensor::{Device, Distribution};
 
     #[test]
     fn chunked_feed_forward_equals_whole() {
         let device = Device::flex();
-        let lin = |i: usize, o: usize| Linear {
-            weight: Param::from_tensor(Tensor::random([i, o], Distribution::Normal(0.0, 0.1), &device)),
-            bias: Some(Param::from_tensor(Tensor::random([o], Distribution::Normal(0.0, 0.1), &device))),
+        let lin = |i: usize, o: usize| {
+            Linear::dense(
+                Tensor::random([i, o], Distribution::Normal(0.0, 0.1), &device),
+                Some(Tensor::random([o], Distribution::Normal(0.0, 0.1), &device)),
+            )
         };
         let ff = FeedForward { proj: lin(8, 64), out: lin(32, 8) };
         // 3 × 1.5M tokens × 64 wide × 4 B > FF_CHUNK_BYTES: runs in several chunks.

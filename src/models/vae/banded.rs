@@ -10,17 +10,16 @@
 
 use std::cell::Cell;
 
-use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
-use burn::tensor::module::{conv2d, interpolate};
-use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 
 use super::blocks::{Decoder, Encoder, VaeMidBlock};
 use super::plan::{attention_whole, attn_query_chunk, block_rows, conv_bytes, partition, plain_bytes, ELEM_BYTES};
 use crate::models::attention::SpatialSelfAttention;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::{conv_forward, silu};
+use crate::nn::{conv_forward, silu, Conv2d};
 
 /// What a banded run did: its largest tensor (as the plan counts it) and how its blocks ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,8 +48,7 @@ fn dims(x: &Bands) -> [usize; 4] {
 
 /// `(c_in, c_out)` of a convolution.
 fn io(conv: &Conv2d) -> (usize, usize) {
-    let [c_out, c_in, _, _] = conv.weight.dims();
-    (c_in, c_out)
+    conv.channels()
 }
 
 pub(crate) struct Ctx {
@@ -167,8 +165,6 @@ impl Ctx {
     /// A 3×3, stride-1, padding-1 convolution over bands: each band reads the last row of the
     /// band above and the first row of the band below; image edges keep their zero padding.
     fn conv3(&self, x: &Bands, conv: &Conv2d) -> Bands {
-        let weight = conv.weight.val();
-        let bias = conv.bias.as_ref().map(|b| b.val());
         let n = x.len();
         (0..n)
             .map(|i| {
@@ -186,7 +182,7 @@ impl Ctx {
                 }
                 let input = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(parts, 2) };
                 let pad = [(usize::from(!top), usize::from(!bottom)), (1, 1)];
-                let y = conv2d(input, weight.clone(), bias.clone(), ConvOptions::new_with_padding([1, 1], pad, [1, 1], 1));
+                let y = conv.forward_padded(input, pad);
                 self.see_t(&y);
                 y
             })

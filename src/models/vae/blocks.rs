@@ -1,14 +1,13 @@
 //! The VAE's encoder and decoder with diffusers' structure and key names, and their plain
 //! (whole-tensor) forwards.
 
-use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 
 use super::config::{VaeConfig, VAE_NORM_EPS};
 use crate::models::attention::SpatialSelfAttention;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::{conv2d, conv_forward, group_norm, group_norm_silu};
+use crate::nn::{conv2d, conv_forward, group_norm, group_norm_silu, Conv2d};
 use crate::weights::{VarBuilder, WeightsError};
 
 /// `layers` resnets without time embedding, `c_in` → `c_out` in the first.

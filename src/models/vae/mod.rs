@@ -12,10 +12,9 @@ pub use blocks::{Decoder, DownEncoderBlock2D, Encoder, UpDecoderBlock2D, VaeMidB
 pub use config::{VaeConfig, VAE_NORM_EPS};
 pub use plan::{decode_plan, encode_plan, BufferPlan, VaeOptions, VaeShape, DEFAULT_MAX_BUFFER_BYTES, ELEM_BYTES};
 
-use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
-use crate::nn::{conv2d, conv_forward};
+use crate::nn::{conv2d, conv_forward, Conv2d};
 use crate::weights::VarBuilder;
 use banded::Ctx;
 
