@@ -213,6 +213,9 @@ impl<'a> Bench<'a> {
     }
 }
 
+/// The weights the UNet fuses into one projection (`nn::fuse_linears`): they take one packing.
+const FUSED_TIME_PROJECTION: &str = "time_emb_proj.weight";
+
 /// A unit of the search: tensors that take one packing together.
 struct Unit {
     tensors: Vec<usize>,
@@ -276,13 +279,24 @@ pub fn calibrate(
         })
         .collect();
 
-    // The units: each weight of 2+ dimensions alone, the 1-D tensors of each output together.
+    // The units: each weight of 2+ dimensions alone, except the resnets' time projections,
+    // which the UNet runs as one fused projection (one packing keeps it compact on the GPU);
+    // the 1-D tensors of each output together.
     let output_of = |name: &str| outputs.iter().position(|o| (o.owns)(name));
     let mut units: Vec<Unit> = Vec::new();
     let mut vectors: Vec<Vec<usize>> = vec![Vec::new(); outputs.len()];
+    let mut fused: HashMap<usize, usize> = HashMap::new();
     for (i, w) in weights.iter().enumerate() {
         let Some(o) = output_of(&w.name) else { continue };
-        if w.shape.len() >= 2 {
+        if w.shape.len() >= 2 && w.name.ends_with(FUSED_TIME_PROJECTION) {
+            match fused.get(&o) {
+                Some(&u) => units[u].tensors.push(i),
+                None => {
+                    fused.insert(o, units.len());
+                    units.push(Unit { tensors: vec![i], output: o, options: Vec::new() });
+                }
+            }
+        } else if w.shape.len() >= 2 {
             units.push(Unit { tensors: vec![i], output: o, options: Vec::new() });
         } else {
             vectors[o].push(i);

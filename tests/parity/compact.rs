@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use half::f16;
 use zepo::tools::convert::{convert, part_files, ConvertOptions};
 use zepo::tools::verify::verify;
@@ -94,6 +94,7 @@ fn compact_tensors_are_the_fp16_weights_quantized() {
     }
     let mut compact = 0;
     for v in manifest.variants.values() {
+        let mut time_projection: Option<Quant> = None;
         for (part, p) in &v.parts {
             for shard in &p.shards {
                 let st = SafetensorsBytes::new(std::fs::read(dir.join(&shard.file.url)).unwrap(), "shard").unwrap();
@@ -105,6 +106,11 @@ fn compact_tensors_are_the_fp16_weights_quantized() {
                         continue;
                     };
                     let q: Quant = qt.quant(&t.name).unwrap();
+                    if t.name.ends_with("time_emb_proj.weight") {
+                        // The UNet fuses these into one projection: one packing keeps it compact.
+                        let first = *time_projection.get_or_insert(q);
+                        assert_eq!(q, first, "{}: the time projections take one packing", t.name);
+                    }
                     let (rows, k) = rows_cols(&qt.shape);
                     assert_eq!(t.shape, [rows, q.row_bytes(k)]);
                     let mut expected = Vec::new();
@@ -160,6 +166,47 @@ fn compact_variants_load_and_run_near_the_fp16_weights() {
             .unwrap()
             .to_string();
     assert!(err.contains("no `q5` weights") && err.contains("fp16, mixed, q8"), "{err}");
+}
+
+/// On a GPU each compact variant stays compact: its convolutions' and projections' weights are
+/// not expanded (they are not burn parameters but code words and scales, read by the compact
+/// kernels), and the UNet, the VAE decoder and encoder give what the same weights expanded at
+/// load give, up to summation order. Runs where `ZEPO_TEST_WGPU=1` (lavapipe in CI).
+#[test]
+fn compact_variants_stay_compact_on_the_gpu_and_match_them_expanded() {
+    use burn::module::Module;
+    let (dir, _) = compact_bundle();
+    let fx = Fixture::load("components.safetensors");
+    let t: Vec<f32> = fx.f32("unet_in_timestep");
+    let gpus: Vec<(&str, Device)> = devices().into_iter().filter(|(name, _)| *name != "cpu").collect();
+    if gpus.is_empty() {
+        println!("no GPU device: ZEPO_TEST_WGPU=1 runs this on wgpu");
+    }
+    for (dev_name, device) in gpus {
+        for name in ["q8", "mixed"] {
+            let run = |compact_on_device: bool| {
+                let opts = LoadOptions { weights: WeightsChoice::parse(name), compact_on_device, ..Default::default() };
+                let l = Loader::dir(dir, &device, &opts, WeightSource::Checkpoint).unwrap();
+                let (unet, _) = block_on(l.unet()).unwrap();
+                let vae = block_on(l.vae()).unwrap();
+                let params = unet.num_params() + vae.num_params();
+                let u = values(unet.forward(fx.tensor("unet_in_sample", &device), &t, &fx.tensor("unet_in_ehs", &device)));
+                let d = values(vae.decode(fx.tensor("vae_dec_in", &device)));
+                let image: Tensor<4> = fx.tensor("vae_enc_in", &device);
+                let e = values(vae.encode(image).mean);
+                (params, [u, d, e])
+            };
+            let (compact_params, compact) = run(true);
+            let (dense_params, dense) = run(false);
+            println!("{dev_name} {name}: {compact_params} parameters held as floats, {dense_params} expanded");
+            let share = compact_params as f64 / dense_params as f64;
+            let most = if name == "q8" { 0.05 } else { 0.9 };
+            assert!(share < most, "{dev_name} {name}: {share:.3} of the weights held as floats");
+            for (what, (c, d)) in ["unet", "vae decode", "vae encode"].iter().zip(compact.iter().zip(&dense)) {
+                assert_close_rel(&format!("{dev_name} {name} {what}: compact vs expanded"), c, d, 1e-4);
+            }
+        }
+    }
 }
 
 /// Copies the compact bundle, lets `tamper` change the q8 UNet's first compact shard (bytes
