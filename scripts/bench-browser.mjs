@@ -6,8 +6,13 @@
 // bytes live — with the times, the wasm heap and the browser's memory; and, for comparison, the
 // same work natively (zepo bench on the CPU and on wgpu). It prints numbers; it asserts nothing.
 //
-//   node scripts/bench-browser.mjs [--model DIR|URL] [--sizes 64,128] [--steps 2,4]
-//        [--precision auto|f32|f16] [--unet] [--cold] [--native cpu,wgpu|none] [--json FILE]
+//   node scripts/bench-browser.mjs [--model DIR|URL] [--weights auto,fp16,q8,…] [--sizes 64,128]
+//        [--steps 2,4|0] [--precision auto|f32|f16] [--unet] [--cold] [--native cpu,wgpu|none]
+//        [--json FILE]
+//
+// --weights runs each of a bundle's weight variants in turn (a fresh browser each), for
+// comparing their download, GPU bytes and dispatches; --steps 0 runs no stylization (with
+// --unet: load and one UNet call, the quickest full-size measurement).
 //
 // As the page does, the engine warms up after loading (ZePo.warmup at the run's size): the
 // "first" run is the first stylization a user waits for; --cold skips the warm-up and shows the cold first run.
@@ -28,6 +33,7 @@ const { values: opt } = parseArgs({
     sizes: { type: 'string', default: '64' },
     steps: { type: 'string', default: '2' },
     precision: { type: 'string', default: 'auto' },
+    weights: { type: 'string', default: 'auto' },
     unet: { type: 'boolean', default: false },
     cold: { type: 'boolean', default: false },
     native: { type: 'string', default: 'cpu,wgpu' },
@@ -41,7 +47,8 @@ if (opt.help) {
 }
 const list = (s) => s.split(',').filter(Boolean).map(Number);
 const sizes = list(opt.sizes);
-const stepsList = list(opt.steps);
+const stepsList = list(opt.steps).filter((n) => n > 0);
+const variants = opt.weights.split(',').filter(Boolean);
 const MiB = (b) => (b / 2 ** 20).toFixed(0);
 const s1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '-');
 
@@ -52,10 +59,10 @@ if (!modelUrl) modelDir = fullSizeBundle();
 else if (fs.existsSync(opt.model)) { modelDir = path.resolve(opt.model); modelUrl = null; }
 const server = await serve(modelDir ? { model: modelDir } : {});
 const model = modelUrl || '/model';
-const weights = modelDir && fs.existsSync(path.join(modelDir, 'manifest.json')) ? bundleWeights(modelDir) : null;
+const bundleDir = modelDir && fs.existsSync(path.join(modelDir, 'manifest.json')) ? modelDir : null;
 
 const results = [];
-for (const size of sizes) {
+for (const variant of variants) for (const size of sizes) {
   const browser = await launch({ webgpu: true });
   await routeWorkerPrelude(browser.context);
   const rss = sampleBrowserRss(browser.userDataDir);
@@ -66,13 +73,13 @@ for (const size of sizes) {
   });
   try {
     await browser.page.goto(`${server.url}/package.json`);
-    console.error(`${size}²: loading ${modelDir || model} ...`);
+    console.error(`${size}²: loading ${modelDir || model} (weights ${variant}) ...`);
     const out = await inPage(browser.page, async (api, a, _w, kit) => {
       const gpuStats = (0, eval)(a.reader);
       const [content, style] = await kit.examples();
       const t0 = performance.now();
       const say = (what) => (e) => e.stage !== 'download' && console.log(`[bench] ${what} ${e.stage}${e.part ? ` ${e.part}` : ''}${e.steps && e.stage !== 'done' ? ` ${e.step + 1}/${e.steps}` : ''}`);
-      const engine = await api.ZePo.load({ model: a.model, precision: a.precision, onProgress: say('load') });
+      const engine = await api.ZePo.load({ model: a.model, precision: a.precision, weights: a.weights, onProgress: say('load') });
       const load = { seconds: (performance.now() - t0) / 1000, info: engine.info, device: engine.device, stats: await gpuStats(engine.worker) };
       if (a.warmup) load.warmup = await engine.warmup({ resolution: a.size, steps: a.steps[0] }, { onProgress: say('warm-up') });
       const runs = [];
@@ -94,14 +101,15 @@ for (const size of sizes) {
         const sample = Array.from({ length: b * 4 * lat * lat }, (_, i) => Math.sin(i));
         const context = Array.from({ length: b * ctxLen * dim }, (_, i) => Math.cos(i) * 0.5);
         engine.worker.postMessage({ type: 'gpu-stats:reset' });
+        const before = await gpuStats(engine.worker);
         const r = await engine.unetForward(sample, [b, 4, lat, lat], [499, 499], context);
-        unet = { seconds: r.seconds, before: runs.at(-1)?.stats, stats: await gpuStats(engine.worker) };
+        unet = { seconds: r.seconds, before, stats: await gpuStats(engine.worker) };
       }
       engine.dispose();
       return { load, runs, unet };
-    }, { model, precision: opt.precision, size, steps: stepsList, unet: opt.unet, warmup: !opt.cold, reader: GPU_STATS_READER });
+    }, { model, precision: opt.precision, weights: variant, size, steps: stepsList, unet: opt.unet, warmup: !opt.cold && stepsList.length > 0, reader: GPU_STATS_READER });
     if (out.error) throw new Error(`${size}²: ${out.error.name}: ${out.error.message}\n${browser.logs.slice(-20).join('\n')}`);
-    results.push({ size, ...out, rss: rss.stop() });
+    results.push({ size, variant, ...out, rss: rss.stop() });
   } finally {
     rss.stop();
     await browser.close();
@@ -119,16 +127,17 @@ const per = (c, k) => (c.calls ? Math.round((c[k] || 0) / c.calls) : '-');
 const device = results[0]?.load.device || {};
 console.log(`\n# Browser benchmark: ${modelDir ? path.basename(modelDir) : model}`);
 console.log(`Chromium WebGPU: ${device.gpu_description || device.adapter || '?'} (${device.gpu_architecture || device.backend}), precision ${device.precision}, shader-f16 ${device.shader_f16}`);
-if (weights) {
-  const w = weights.parts;
-  const el = (w.unet?.elements || 0) + (w.vae?.elements || 0);
-  const bytesPer = device.precision === 'f16' ? 2 : 4;
-  console.log(`weights streamed (UNet + VAE): ${(el / 1e6).toFixed(0)} M parameters, ${MiB((w.unet?.fileBytes || 0) + (w.vae?.fileBytes || 0))} MiB of fp16 shards, ${MiB(el * bytesPer)} MiB on the GPU in ${device.precision}`);
-  for (const r of results) r.weightBytes = el * bytesPer;
-}
 for (const r of results) {
   const L = r.load.stats;
-  console.log(`\n## ${r.size}²`);
+  const loaded = r.load.info.weights || 'fp16';
+  console.log(`\n## ${r.size}², weights ${loaded}${r.variant !== loaded ? ` (asked: ${r.variant})` : ''}`);
+  if (bundleDir) {
+    const w = bundleWeights(bundleDir, loaded).parts;
+    const el = (w.unet?.elements || 0) + (w.vae?.elements || 0);
+    r.weightBytes = (w.unet?.gpuBytes[device.precision] || 0) + (w.vae?.gpuBytes[device.precision] || 0);
+    r.downloadBytes = (w.unet?.fileBytes || 0) + (w.vae?.fileBytes || 0);
+    console.log(`weights streamed (UNet + VAE): ${(el / 1e6).toFixed(0)} M parameters, ${MiB(r.downloadBytes)} MiB of shards (${(r.downloadBytes / 1e6).toFixed(1)} MB), ${MiB(r.weightBytes)} MiB held on the GPU in ${device.precision} (${(r.weightBytes / r.downloadBytes).toFixed(3)} × the download)`);
+  }
   console.log(`load: ${s1(r.load.seconds)} s (download + parse + upload, ${r.load.info.layout}${r.load.warmup ? `; then warm-up ${s1(r.load.warmup)} s` : ''}); GPU live after load ${MiB(L.live)} MiB, peak ${MiB(L.peakLive)} MiB, largest buffer ${MiB(L.largest)} MiB; wasm heap ${MiB(L.wasmBytes)} MiB; pipelines ${L.pipelines}, dispatches ${L.dispatches}, submits ${L.submits}`);
   const first = r.runs.find((x) => x.kind === 'first');
   const warm0 = r.runs.find((x) => x.kind === 'warm');
@@ -153,12 +162,13 @@ for (const r of results) {
   if (first && warm0) console.log(`first / warm: ${(first.seconds / warm0.seconds).toFixed(2)}${r.load.warmup ? ' (after the warm-up)' : ' (no warm-up)'}`);
   if (r.unet) {
     const u = diffCounts(r.unet.before, r.unet.stats);
-    console.log(`bare UNet call (unetForward, batch 2): ${s1(r.unet.seconds)} s, dispatches ${u.dispatches}, submits ${u.submits}, read-backs ${u.readbacks}, new pipelines ${u.pipelines}`);
+    console.log(`bare UNet call (unetForward, batch 2): ${s1(r.unet.seconds)} s, dispatches ${u.dispatches}, submits ${u.submits}, read-backs ${u.readbacks}, new pipelines ${u.pipelines}; GPU live peak ${MiB(r.unet.stats.peakLive)} MiB; wasm heap ${MiB(r.unet.stats.wasmBytes)} MiB`);
+    console.log(`  dispatches by kernel: ${Object.entries(r.unet.stats.byKernel).sort((a, b) => b[1] - a[1]).slice(0, 12).map(([k, v]) => `${v} ${k.slice(0, 40)}`).join(', ')}`);
   }
   console.log(`browser RSS peak: ${MiB(r.rss.total)} MiB in all (${Object.entries(r.rss.byType).map(([k, v]) => `${k} ${MiB(v)}`).join(', ')})`);
 }
 
-if (opt.native !== 'none' && modelDir) {
+if (opt.native !== 'none' && modelDir && stepsList.length) {
   const cli = zepoCli();
   console.log(`\n## The same work natively (${path.relative(ROOT, cli)} bench: the same structure, random f32 weights)`);
   const args = ['bench', '--backend', opt.native, '--sizes', sizes.join(','), '--steps', stepsList.join(',')];

@@ -61,12 +61,20 @@ export function fullSizeBundle({ cache = process.env.ZEPO_FULLSIZE_CACHE || path
   return bundle;
 }
 
-/** Bytes of the bundle's weights in a part, and their count, from its manifest. */
-export function bundleWeights(bundle) {
+/**
+ * What each part's weights take, from the bundle's manifest and shard headers: `elements` (the
+ * weights' logical sizes), `fileBytes` (the download) and `gpuBytes` in f32 and f16 (what the
+ * GPU holds: floats in the compute dtype; a compact tensor's code words and its scales in the
+ * compute dtype, as the engine keeps it). `variant`: `fp16` (default) or a compact variant.
+ */
+export function bundleWeights(bundle, variant = 'fp16') {
   const manifest = JSON.parse(fs.readFileSync(path.join(bundle, 'manifest.json'), 'utf8'));
+  const parts = variant === 'fp16' ? manifest.parts : { ...manifest.parts, ...manifest.variants?.[variant]?.parts };
+  if (variant !== 'fp16' && !manifest.variants?.[variant]) throw new Error(`${bundle} has no \`${variant}\` weights`);
   const out = {};
-  for (const [part, p] of Object.entries(manifest.parts)) {
+  for (const [part, p] of Object.entries(parts)) {
     let elements = 0;
+    const gpuBytes = { f32: 0, f16: 0 };
     for (const shard of p.shards) {
       const fd = fs.openSync(path.join(bundle, shard.url), 'r');
       const prefix = Buffer.alloc(8);
@@ -76,10 +84,26 @@ export function bundleWeights(bundle) {
       fs.readSync(fd, buf, 0, len, 8);
       fs.closeSync(fd);
       for (const [name, t] of Object.entries(JSON.parse(buf.toString('utf8')))) {
-        if (name !== '__metadata__') elements += t.shape.reduce((a, b) => a * b, 1);
+        if (name === '__metadata__') continue;
+        const q = shard.quantized?.[name];
+        const shape = q ? q.shape : t.shape;
+        const n = shape.reduce((a, b) => a * b, 1);
+        elements += n;
+        if (q) {
+          const bits = Number(q.scheme.slice(1));
+          const rows = shape[0];
+          const k = n / rows;
+          const words = rows * Math.ceil((k * bits) / 32);
+          const blocks = rows * Math.ceil(k / q.block);
+          gpuBytes.f32 += 4 * words + 4 * blocks;
+          gpuBytes.f16 += 4 * words + 2 * blocks;
+        } else {
+          gpuBytes.f32 += 4 * n;
+          gpuBytes.f16 += 2 * n;
+        }
       }
     }
-    out[part] = { elements, fileBytes: p.total_bytes };
+    out[part] = { elements, fileBytes: p.total_bytes, gpuBytes };
   }
   return { manifest, parts: out };
 }

@@ -65,8 +65,7 @@ test('the full-size model streams into the browser and its UNet matches the nati
   assert.equal(out.info.layout, 'bundle');
 
   const w = bundleWeights(bundle).parts;
-  const bytesPer = out.device.precision === 'f16' ? 2 : 4;
-  const weights = (w.unet.elements + w.vae.elements) * bytesPer;
+  const weights = w.unet.gpuBytes[out.device.precision] + w.vae.gpuBytes[out.device.precision];
   const { load, unet } = out;
   const call = diffCounts(load, unet);
   const activations = unet.peakLive - load.live;
