@@ -187,6 +187,11 @@ export interface ModelInfo {
   precision: 'f16' | 'f32';
   /** The weights loaded: 'fp16' (a diffusers layout's own weights too) or a compact variant. */
   weights: string;
+  /**
+   * GPU bytes holding the UNet's and the VAE's weights: floats in `precision`, compact weights
+   * as they stay on the GPU (their kernels dequantize as they read them).
+   */
+  weight_bytes: number;
   /** Seconds the load took. */
   seconds: number;
   /** Bytes read (network or cache). */

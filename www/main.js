@@ -498,6 +498,7 @@ async function main() {
     ['load time', `${seconds.toFixed(2)} s`],
     ['precision', engine.info.precision],
     ['weights', engine.info.weights],
+    ['GPU memory for weights', mib(engine.info.weight_bytes)],
   ]);
   Object.assign(window.zepo, { device: engine.device, info: { ...engine.info, seconds }, engine });
   document.querySelector('.progress-row').hidden = true;

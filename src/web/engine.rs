@@ -127,7 +127,7 @@ impl Engine {
     /// then the UNet and the VAE, each streamed tensor by tensor onto the GPU. The text encoder
     /// is loaded on demand. `on_stage(name)` is called as each part starts. `weights`: which
     /// of a bundle's weights ('auto', the smallest it has; 'fp16'; a compact variant such as
-    /// 'q8' or 'mixed'). Resolves to `{ unet_parameters, vae_parameters, dtype, weights }`.
+    /// 'q8' or 'mixed'). Resolves to the model's info (`ModelInfo` in pkg/index.d.ts).
     pub fn load(&self, files: JsValue, on_stage: Option<Function>, weights: Option<String>) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -175,6 +175,8 @@ impl Engine {
                 ("precision", if gpu.dtype == burn::tensor::DType::F16 { "f16" } else { "f32" }.into()),
                 ("layout", if loader.layout.manifest().is_some() { "bundle" } else { "diffusers" }.into()),
                 ("weights", loader.layout.variant().into()),
+                // What the GPU holds of the UNet's and the VAE's weights.
+                ("weight_bytes", (loader.weight_bytes() as f64).into()),
                 ("precomputed_prompts", precomputed.keys().map(|k| JsValue::from_str(k)).collect::<js_sys::Array>().into()),
             ]);
             *inner.model.borrow_mut() = Some(Rc::new(Model {

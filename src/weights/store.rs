@@ -148,6 +148,8 @@ pub struct VarStore {
     /// The compact tensors declared for the files being read: their packing and logical shape.
     quantized: HashMap<String, (Quant, Vec<usize>)>,
     compact_on_device: bool,
+    /// Device bytes of the weights held (loaded ones).
+    held_bytes: usize,
 }
 
 /// A tensor being received in pieces: its complete row blocks, and the pieces of the next.
@@ -179,6 +181,7 @@ impl VarStore {
             partial: None,
             quantized: HashMap::new(),
             compact_on_device: options.compact_on_device,
+            held_bytes: 0,
         }
     }
 
@@ -236,6 +239,12 @@ impl VarStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Device bytes of the weights loaded into it: floats in the compute dtype, compact
+    /// tensors as the device keeps them ([`CompactTensor::device_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// Decodes one tensor's raw bytes, casts it to the compute dtype and uploads it.
@@ -336,12 +345,15 @@ impl VarStore {
         let part = self.partial.take().expect("a tensor in progress");
         if let (Some((words, scales)), Some((q, _))) = (part.compact, quant) {
             let compact = self.upload_compact(q, &shape, words, scales);
+            self.held_bytes += compact.device_bytes();
             let Source::Loaded(map) = &mut self.source else { unreachable!("checked above") };
             map.insert(entry.name.clone(), Stored { blocks: Vec::new(), shape, compact: Some(compact) });
             return Ok(());
         }
         let Source::Loaded(map) = &mut self.source else { unreachable!("checked above") };
         let blocks = if float && !part.blocks.is_empty() {
+            let elem = if self.dtype == DType::F16 { 2 } else { 4 };
+            self.held_bytes += part.blocks.iter().map(|b| b.dims()[0] * elem).sum::<usize>();
             part.blocks
         } else {
             // No rows (one empty block), or not a float: a placeholder, so that `finish` can

@@ -33,13 +33,21 @@ pub struct Loader<S> {
     pub device: Device,
     pub options: LoadOptions,
     pub weights: WeightSource,
+    /// Device bytes of the weights of the parts built so far (see [`Loader::weight_bytes`]).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl<S: ModelSource> Loader<S> {
     /// Tells the source's layout ([`Layout::detect`]: a bundle's files are declared to it).
     pub async fn open(source: S, device: &Device, options: LoadOptions, weights: WeightSource) -> Result<Self> {
         let layout = Layout::detect(&source, &options.weights).await?;
-        Ok(Self { source, layout, device: device.clone(), options, weights })
+        Ok(Self { source, layout, device: device.clone(), options, weights, held: Default::default() })
+    }
+
+    /// Device bytes holding the weights of the parts this loader has built (UNet, VAE, text
+    /// encoder): floats in the compute dtype, compact weights as the GPU keeps them.
+    pub fn weight_bytes(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A text file that must be there (the source's error names it otherwise).
@@ -113,6 +121,7 @@ impl<S: ModelSource> Loader<S> {
             Some(s) => s,
             None => self.store(part).await?,
         };
+        self.held.fetch_add(store.held_bytes(), std::sync::atomic::Ordering::Relaxed);
         Ok((make(store, &cfg)?, cfg))
     }
 

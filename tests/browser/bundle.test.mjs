@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { execFileSync } from 'node:child_process';
-import { zepoCli } from './fullsize-model.mjs';
+import { bundleWeights, zepoCli } from './fullsize-model.mjs';
 import { ROOT, assertEngineBuilt, assertMatchesNative, decodePng, inPage, launch, readSafetensors, serve } from './helpers.mjs';
 
 const T = 10 * 60_000;
@@ -180,6 +180,17 @@ describe('a bundle on WebGPU', () => {
         }
       }
       assert.ok(!asked.some((u) => /^(unet|vae)\/fp16-/.test(u)), `no fp16 shard requested: ${asked.join(', ')}`);
+      // On the GPU the compact weights stay compact: what the engine says it holds is the code
+      // words and scales of each compact tensor plus the rest in f32 (SwiftShader), counted
+      // here from the shards' headers, not the weights expanded.
+      for (const w of ['q8', 'mixed']) {
+        const held = bundleWeights(dir, w).parts;
+        const want = held.unet.gpuBytes[out[w].info.precision] + held.vae.gpuBytes[out[w].info.precision];
+        const expanded = (held.unet.elements + held.vae.elements) * (out[w].info.precision === 'f16' ? 2 : 4);
+        console.log(`${w} on the GPU: ${out[w].info.weight_bytes} bytes of weights (${(out[w].info.weight_bytes / expanded).toFixed(3)} of them expanded)`);
+        assert.equal(out[w].info.weight_bytes, want, `${w}: GPU bytes of the weights`);
+        assert.ok(want < 0.8 * expanded);
+      }
       // The download question's sizes: each variant's, auto's pick the smallest.
       const names = out.sizes.variants.map((v) => v.name);
       assert.deepEqual(names, ['fp16', 'mixed', 'q8']);
