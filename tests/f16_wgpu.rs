@@ -109,3 +109,45 @@ fn f16_kernels_accumulate_in_f32() {
     println!("f16 attention with huge logits: {e:.2e}");
     assert!(e < 3e-2, "f16 attention: {e:e}");
 }
+
+/// The compact weights' kernels in f16 (activations and scales f16, as the browser engine runs
+/// them on a `shader-f16` adapter): they dequantize and accumulate in f32, so they stay within
+/// the output's f16 rounding of the same kernels in f32 (the inputs are f16 values in both).
+#[test]
+#[ignore = "runs on wgpu: ZEPO_TEST_WGPU=1 ... -- --include-ignored"]
+fn f16_compact_kernels_accumulate_in_f32() {
+    use zepo::nn::gpu;
+    use zepo::weights::quant::{rows_cols, Quant};
+    use zepo::weights::CompactTensor;
+    let device = f16_device();
+    let rel = |a: Vec<f32>, b: Vec<f32>| {
+        assert!(a.iter().all(|v| v.is_finite()), "non-finite f16 output");
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    };
+    let weight = |shape: &[usize], dtype| {
+        let quant = Quant { bits: 8, block: 32 };
+        let (rows, k) = rows_cols(shape);
+        let v = values(normal([rows * k], 1.0, 11, &device, DType::F32));
+        let mut stored = Vec::new();
+        for row in v.chunks(k) {
+            quant.quantize_row(row, &mut stored);
+        }
+        CompactTensor::from_stored(quant, shape, &stored, &device, dtype).unwrap()
+    };
+    let conv = |dtype| {
+        let x = normal([1, 320, 8, 8], 30.0, 12, &device, dtype);
+        let b = normal([64], 1.0, 13, &device, dtype);
+        values(gpu::compact_conv2d(x, &weight(&[64, 320, 3, 3], dtype), Some(b), 1, [1, 1, 1, 1]))
+    };
+    let e = rel(conv(DType::F16), conv(DType::F32));
+    println!("f16 compact 3×3 convolution, 320 channels: {e:.2e} of max |f32|");
+    assert!(e < 2e-3, "f16 compact convolution: {e:e}");
+    let linear = |dtype| {
+        let x = normal([2, 40, 1280], 30.0, 14, &device, dtype);
+        values(gpu::compact_linear(x, &weight(&[96, 1280], dtype), None))
+    };
+    let e = rel(linear(DType::F16), linear(DType::F32));
+    println!("f16 compact projection, 1280 wide: {e:.2e}");
+    assert!(e < 2e-3, "f16 compact projection: {e:e}");
+}
