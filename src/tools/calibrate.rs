@@ -157,14 +157,26 @@ fn values(t: Tensor<4>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 values")
 }
 
-/// The part's model, built on the CPU in f32 from `weights`, those in `over` replaced.
+/// The part's model, built on the CPU in f32 from `weights`, some of them quantized.
 struct Bench<'a> {
     loader: &'a Loader<crate::weights::dir::DirSource>,
-    /// The fp16 weights as f32 device tensors, shared by every build, and their shapes.
+    /// The fp16 weights as f32 device tensors, shared by every build.
     base: VarStore,
-    shapes: HashMap<&'a str, &'a [usize]>,
+    weights: HashMap<&'a str, &'a Weight>,
     runner: Runner,
     runs: usize,
+}
+
+/// Which weights a run quantizes, and how (the others keep their f16 values).
+type Packings<'a> = HashMap<&'a str, Quant>;
+
+/// `w` as a store entry: its f16 values, or those values quantized and dequantized by `q`.
+fn entry_of(w: &Weight, q: Option<Quant>) -> (TensorEntry, Vec<u8>) {
+    let (dtype, bytes): (Dtype, Vec<u8>) = match q {
+        None => (Dtype::F16, w.values.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Some(q) => (Dtype::F32, q.round_trip(&w.as_f32(), rows_cols(&w.shape).1).iter().flat_map(|x| x.to_le_bytes()).collect()),
+    };
+    (TensorEntry { name: w.name.clone(), dtype, shape: w.shape.clone(), start: 0, end: bytes.len() as u64 }, bytes)
 }
 
 impl<'a> Bench<'a> {
@@ -177,29 +189,35 @@ impl<'a> Bench<'a> {
     ) -> Result<Self> {
         let mut base = VarStore::new(device, &LoadOptions::default(), format!("{part} (calibration)"));
         for w in weights {
-            let bytes: Vec<u8> = w.values.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let entry = TensorEntry { name: w.name.clone(), dtype: Dtype::F16, shape: w.shape.clone(), start: 0, end: bytes.len() as u64 };
+            let (entry, bytes) = entry_of(w, None);
             base.insert(&entry, &bytes, "calibration")?;
         }
-        let shapes = weights.iter().map(|w| (w.name.as_str(), w.shape.as_slice())).collect();
-        Ok(Self { loader, base, shapes, runner, runs: 0 })
+        let weights = weights.iter().map(|w| (w.name.as_str(), w)).collect();
+        Ok(Self { loader, base, weights, runner, runs: 0 })
     }
 
-    fn store(&self, over: &HashMap<&str, Vec<f32>>) -> Result<VarStore> {
+    /// Every output's values with the weights in `over` quantized. The model is held once: the
+    /// quantized weights replace the base's for the run (each made and uploaded one at a
+    /// time), and the f16 ones are restored after it.
+    fn run(&mut self, over: &Packings) -> Result<Vec<Vec<f32>>> {
+        self.runs += 1;
+        for name in over.keys() {
+            self.base.remove(name);
+        }
         let mut store = self.base.share();
-        for (name, values) in over {
-            let shape = self.shapes[name].to_vec();
-            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let entry = TensorEntry { name: name.to_string(), dtype: Dtype::F32, shape, start: 0, end: bytes.len() as u64 };
+        for (name, q) in over {
+            let (entry, bytes) = entry_of(self.weights[name], Some(*q));
             store.insert(&entry, &bytes, "calibration")?;
         }
-        Ok(store)
+        let outputs = self.outputs(store);
+        for name in over.keys() {
+            let (entry, bytes) = entry_of(self.weights[name], None);
+            self.base.insert(&entry, &bytes, "calibration")?;
+        }
+        outputs
     }
 
-    /// Every output's values with the weights in `over` replaced.
-    fn run(&mut self, over: &HashMap<&str, Vec<f32>>) -> Result<Vec<Vec<f32>>> {
-        self.runs += 1;
-        let store = self.store(over)?;
+    fn outputs(&self, store: VarStore) -> Result<Vec<Vec<f32>>> {
         match &self.runner {
             Runner::Unet { sample, timestep, context } => {
                 let (unet, _) = block_on(self.loader.unet_from_store(store))?;
@@ -332,14 +350,7 @@ pub fn calibrate(
     for (u, unit) in units.iter_mut().enumerate() {
         let candidates = candidates_of(unit).to_vec();
         let probe = candidates[0];
-        let over: HashMap<&str, Vec<f32>> = unit
-            .tensors
-            .iter()
-            .map(|&i| {
-                let w = &weights[i];
-                (w.name.as_str(), probe.round_trip(&w.as_f32(), rows_cols(&w.shape).1))
-            })
-            .collect();
+        let over: Packings = unit.tensors.iter().map(|&i| (weights[i].name.as_str(), probe)).collect();
         // Without a target only the 1-D groups are decided by measurement: every other unit
         // takes the one candidate, and its run would decide nothing.
         let is_vector = weights[unit.tensors[0]].shape.len() < 2;
@@ -502,7 +513,7 @@ fn solve(units: &[Unit], mine: &[usize], budget: f64, level: &mut [usize]) {
     }
 }
 
-fn recipe_weights<'a>(weights: &'a [Weight], units: &[Unit], level: &[usize], only: Option<usize>) -> HashMap<&'a str, Vec<f32>> {
+fn recipe_weights<'a>(weights: &'a [Weight], units: &[Unit], level: &[usize], only: Option<usize>) -> Packings<'a> {
     let mut over = HashMap::new();
     for (u, unit) in units.iter().enumerate() {
         if only.is_some_and(|o| unit.output != o) {
@@ -510,8 +521,7 @@ fn recipe_weights<'a>(weights: &'a [Weight], units: &[Unit], level: &[usize], on
         }
         if let Some(q) = unit.options[level[u]].0 {
             for &i in &unit.tensors {
-                let w = &weights[i];
-                over.insert(w.name.as_str(), q.round_trip(&w.as_f32(), rows_cols(&w.shape).1));
+                over.insert(weights[i].name.as_str(), q);
             }
         }
     }

@@ -368,6 +368,16 @@ impl VarStore {
         CompactTensor::upload(q, shape, words, scales, &self.device, self.dtype)
     }
 
+    /// Drops a loaded tensor (`key` may then be inserted again): the converter's calibration
+    /// swaps weights in and out of one store. `false` if it held none.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.origin.remove(key);
+        match &mut self.source {
+            Source::Loaded(map) => map.remove(key).is_some(),
+            Source::Random { .. } | Source::Zeros => false,
+        }
+    }
+
     /// Declares keys (exact names) that may be present and need not be used.
     pub fn ignore(&mut self, key: impl Into<String>) {
         self.ignorable.push(key.into());
