@@ -66,9 +66,10 @@ wgpu_parity() {
     echo "  Vulkan driver: $icd"
     cargo test --quiet --no-run --test parity --test f16_wgpu --test gpu_ops || return 1
     # Built first, so that the limit is on the tests (a few minutes), not on a cold build.
-    # gpu_ops: the GPU kernels against burn's plain compositions (ignored without a GPU backend).
+    # gpu_ops: the GPU kernels against burn's plain compositions and the compact kernels against
+    # the CPU's dequantization (ignored without a GPU backend).
     VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd" ZEPO_TEST_WGPU=1 ZEPO_TEST_WGPU_ADAPTER=llvmpipe \
-        timeout --kill-after=30s 20m cargo test --quiet --test parity --test f16_wgpu --test gpu_ops -- --include-ignored
+        timeout --kill-after=30s 25m cargo test --quiet --test parity --test f16_wgpu --test gpu_ops -- --include-ignored
 }
 
 browser_tests() {
