@@ -371,6 +371,10 @@ mod cube {
     const TILE_N: usize = 64;
     const TILE_K: usize = 16;
     const PER_UNIT: usize = 4;
+    /// Row stride of the staged tiles in workgroup memory: one more than a row, so that the
+    /// units staging one `k` column each (consecutive units, consecutive `k`) hit different
+    /// banks.
+    const TILE_STRIDE: usize = TILE_M + 1;
     const UNITS: usize = (TILE_M / PER_UNIT) * (TILE_N / PER_UNIT);
 
     /// Value `k` of row `n` of a compact weight: `d·(u − 2^(bits−1))`, with `u` the `bits`-bit
@@ -390,10 +394,22 @@ mod cube {
         d * (f32::cast_from(code) - f32::cast_from(1u32 << (bits - 1)))
     }
 
+    /// The weight column of reduction step `k`: for a convolution the steps run tap by tap with
+    /// the channel fastest (`k = tap·C + c`), so that consecutive units read consecutive
+    /// channels of a channels-last map; the weight's row is PyTorch's `c·taps + tap`.
+    #[cube]
+    fn weight_column(k: usize, channels: usize, taps: usize, #[comptime] conv: bool) -> usize {
+        let mut col = k;
+        if conv {
+            col = (k % channels) * taps + k / channels;
+        }
+        col
+    }
+
     /// Element `(m, k)` of the GEMM's left operand, read from `input` in place: for a
     /// projection `input[b, t, k]` (`m = b·N + t`); for a convolution the implicit im2col
     /// `input[b, c, oy·stride + ky − pad_top, ox·stride + kx − pad_left]` (`m = (b·OH + oy)·OW + ox`,
-    /// `k = (c·kernel + ky)·kernel + kx`, PyTorch's weight order), zero in the padding.
+    /// `k = (ky·kernel + kx)·C + c`, see [`weight_column`]), zero in the padding.
     #[cube]
     #[allow(clippy::too_many_arguments)]
     fn gemm_lhs<F: Float>(
@@ -412,9 +428,8 @@ mod cube {
         if conv {
             let b = m / (out_h * out_w);
             let r = m % (out_h * out_w);
-            let taps = kernel * kernel;
-            let c = k / taps;
-            let q = k % taps;
+            let c = k % input.shape(1);
+            let q = k / input.shape(1);
             let y = (r / out_w) * stride + q / kernel;
             let x = (r % out_w) * stride + q % kernel;
             if y >= pad_top && y < input.shape(2) + pad_top && x >= pad_left && x < input.shape(3) + pad_left {
@@ -434,8 +449,8 @@ mod cube {
     ///
     /// Tiling: one cube of 256 units per 64 × 64 output tile. Each step stages a 64 × 16 slice
     /// of the left operand and a 16 × 64 slice of the weight, dequantized once as it is staged,
-    /// in workgroup memory (2 × 4 KiB, f32), then every unit accumulates its 4 × 4 outputs over
-    /// the 16 (f32 registers, whatever the dtype). Per step the cube does 2·64·64·16 = 131,072
+    /// in workgroup memory (2 × 16 × 65 f32, 8.1 KiB of WebGPU's guaranteed 16 KiB), then every
+    /// unit accumulates its 4 × 4 outputs over the 16 (f32 registers, whatever the dtype). Per step the cube does 2·64·64·16 = 131,072
     /// FLOPs and reads from global memory 64·16 activations (4 KiB in f32, 2 KiB in f16) and
     /// 64·16 codes (1 KiB at 8 bits) with 64 · 16/32 scales: an arithmetic intensity of about
     /// 25 FLOPs per byte in f32 and 40 in f16 at 8 bits (more at fewer bits), against about
@@ -473,8 +488,10 @@ mod cube {
         let k_total = k_total as usize;
         let n_out = codes.shape(0);
         let block = block as usize;
-        let mut lhs_tile = Shared::<[f32]>::new_slice(TILE_K * TILE_M);
-        let mut w_tile = Shared::<[f32]>::new_slice(TILE_K * TILE_N);
+        let channels = input.shape(1);
+        let taps = kernel as usize * kernel as usize;
+        let mut lhs_tile = Shared::<[f32]>::new_slice(TILE_K * TILE_STRIDE);
+        let mut w_tile = Shared::<[f32]>::new_slice(TILE_K * TILE_STRIDE);
         let mut acc = Array::<f32>::new(PER_UNIT * PER_UNIT);
         for i in 0..PER_UNIT * PER_UNIT {
             acc[i] = 0.0f32;
@@ -505,7 +522,7 @@ mod cube {
                         conv,
                     );
                 }
-                lhs_tile[kk * TILE_M + mm] = v;
+                lhs_tile[kk * TILE_STRIDE + mm] = v;
             }
             for i in 0..(TILE_K * TILE_N) / UNITS {
                 let e = tid + i * UNITS;
@@ -515,16 +532,16 @@ mod cube {
                 let k = k0 + kk;
                 let mut v = 0.0f32;
                 if n < n_out && k < k_total {
-                    v = compact_value(codes, scales, n, k, bits, block);
+                    v = compact_value(codes, scales, n, weight_column(k, channels, taps, conv), bits, block);
                 }
-                w_tile[kk * TILE_N + nn] = v;
+                w_tile[kk * TILE_STRIDE + nn] = v;
             }
             sync_cube();
             for kk in 0..TILE_K {
                 for i in 0..PER_UNIT {
-                    let a = lhs_tile[kk * TILE_M + ty * PER_UNIT + i];
+                    let a = lhs_tile[kk * TILE_STRIDE + ty * PER_UNIT + i];
                     for j in 0..PER_UNIT {
-                        acc[i * PER_UNIT + j] += a * w_tile[kk * TILE_N + tx * PER_UNIT + j];
+                        acc[i * PER_UNIT + j] += a * w_tile[kk * TILE_STRIDE + tx * PER_UNIT + j];
                     }
                 }
             }
