@@ -9,6 +9,8 @@ import { ZePo, resolveModel } from './zepo.js';
 import { modelSize } from './model-size.js';
 import { rememberWeights, showWeightsChoice, weightsFor } from './weights-choice.js';
 import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
+import { setUpCamera } from './camera.js';
+import { shareOrDownload } from './share.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -234,12 +236,21 @@ for (const which of ['content', 'style']) {
     input.click();
   });
 }
-for (const button of document.querySelectorAll('button.example')) {
+for (const button of document.querySelectorAll('button.example[data-src]')) {
   button.addEventListener('click', async () => {
     const r = await fetch(button.dataset.src);
     setImage(button.dataset.for, await r.blob());
   });
 }
+
+// The camera: the system's on a phone, a live preview with a shutter elsewhere.
+const camera = setUpCamera({
+  dialog: $('camera-dialog'), video: $('camera-video'), shutter: $('camera-shutter'), cancel: $('camera-cancel'),
+  message: $('camera-message'), capture: $('camera-capture'),
+}, (which, blob, name) => {
+  setImage(which, blob, name);
+  $('status').textContent = `Took the ${which === 'content' ? 'portrait' : 'style image'} with the camera.`;
+});
 
 // Paste (Ctrl+V / Cmd+V) an image: into the focused drop zone, else the first empty one, else
 // the portrait. A text field keeps its paste.
@@ -357,6 +368,9 @@ async function run() {
     a.download = downloadName({ ...named, seed: o.seed ?? 0, width, height });
     a.setAttribute('aria-label', `Download the result as PNG (${a.download})`);
     a.hidden = false;
+    $('share').hidden = false;
+    $('share').setAttribute('aria-label', `Share the result (${a.download})`);
+    shared = { blob, name: a.download };
     warmed.add(o.resolution);
     window.zepo.result = { width, height, bytes: blob.size, seconds, ...engine.last,
       settings: Object.fromEntries(settings), fileName: a.download };
@@ -375,6 +389,15 @@ async function run() {
 }
 
 $('stylize').addEventListener('click', run);
+// Share the result through the system's share sheet, or download it where files cannot be shared.
+let shared = null;
+$('share').addEventListener('click', async () => {
+  if (!shared) return;
+  const how = await shareOrDownload(shared.blob, shared.name, () => $('download').click());
+  window.zepo.shared = how;
+  if (how === 'downloaded') $('status').textContent = 'This browser cannot share files here: the result was downloaded instead.';
+  else if (how === 'shared') $('status').textContent = 'Shared.';
+});
 $('cancel').addEventListener('click', () => running?.abort());
 
 /** The precision remembered from an earlier choice ('auto' | 'f16' | 'f32'). */
@@ -539,7 +562,7 @@ function warmUp() {
 }
 form.elements.namedItem('resolution')?.addEventListener('change', warmUp);
 
-window.zepo = { model: MODEL, progress: seen };
+window.zepo = { model: MODEL, progress: seen, camera };
 // The Storage panel and the offline app (www/pwa.js). A page that hands over to a waiting new
 // version reloads before its engine starts.
 const storage = storagePanel(MODEL, () => !!running || document.body.dataset.state === 'loading');

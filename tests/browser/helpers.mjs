@@ -28,7 +28,9 @@ export function chromiumPath() {
 
 const BASE_FLAGS = ['--headless=new', '--no-sandbox', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--disable-dev-shm-usage'];
+  '--disable-dev-shm-usage',
+  // A fake camera (a test pattern) that needs no permission prompt (the camera test).
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'];
 
 /**
  * Launches Chromium on a fresh profile. `webgpu`: add --enable-unsafe-webgpu (WebGPU through

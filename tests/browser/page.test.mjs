@@ -11,8 +11,12 @@
 //   pressed with Enter;
 // - the result: the before/after slider moves with the keyboard and changes what is revealed; the
 //   run's settings list the seed; the download's file name says what was made;
+// - share (www/share.js): the result file to the system's share sheet (navigator.share stubbed),
+//   a cancelled share, and the download where files cannot be shared;
 // - screenshots at desktop (1280×900) and phone (390×844) width: nothing overflows horizontally on
-//   the phone, and the result, the slider and the download link are visible.
+//   the phone, and the result, the slider and the download link are visible;
+// - the camera (www/camera.js), with Chromium's fake capture device: preview, shutter, the stream
+//   stopped however the dialog closes, denied / missing / busy cameras, a phone's system camera.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -172,11 +176,10 @@ test('the page: size before the download, paste and keyboard input, before/after
   assert.deepEqual(loaded, { stored: 'f32', precision: 'f32' }, 'the chosen precision is remembered and used');
   assert.ok(modelRequests(server).some((r) => r.method === 'GET' && r.url.endsWith('.safetensors')), 'the weights came after the button');
 
-  // The style from the keyboard: Tab from the portrait's zone (past its example button) to the
-  // style's zone, Enter opens the file picker.
+  // The style from the keyboard: Tab from the portrait's zone (past its example and camera
+  // buttons) to the style's zone, Enter opens the file picker.
   await page.focus('#content-zone');
-  await page.keyboard.press('Tab');
-  await page.keyboard.press('Tab');
+  for (let i = 0; i < 3; i++) await page.keyboard.press('Tab');
   assert.equal(await page.evaluate(() => document.activeElement.id), 'style-zone');
   // Enter opens it. Headless Chromium once reported no file chooser for it (1 run in 3 here,
   // cause unknown), so Space, which opens it too, is a second try; the log says when it is used.
@@ -273,9 +276,42 @@ test('the page: size before the download, paste and keyboard input, before/after
   assert.equal(download.suggestedFilename(), EXPECTED_FILE);
   const file = path.join(os.tmpdir(), `zepo-page-${process.pid}.png`);
   await download.saveAs(file);
-  const png = decodePng(fs.readFileSync(file));
+  const downloaded = fs.readFileSync(file);
+  const png = decodePng(downloaded);
   fs.rmSync(file, { force: true });
   assert.deepEqual([png.width, png.height], [64, 64]);
+
+  // Share: the same file (name, bytes, so its embedded settings) to the system's share sheet;
+  // a cancelled share is no error and downloads nothing; where files cannot be shared, the
+  // download instead.
+  await page.evaluate(() => {
+    window.__shared = [];
+    navigator.canShare = (data) => !!data?.files?.length;
+    navigator.share = async (data) => {
+      const f = data.files[0];
+      window.__shared.push({ name: f.name, type: f.type, bytes: Array.from(new Uint8Array(await f.arrayBuffer())) });
+    };
+  });
+  assert.ok(await page.isVisible('#share'));
+  await page.click('#share');
+  await page.waitForFunction(() => window.zepo.shared === 'shared');
+  const sharedFiles = await page.evaluate(() => window.__shared);
+  assert.equal(sharedFiles.length, 1);
+  assert.equal(sharedFiles[0].name, EXPECTED_FILE);
+  assert.equal(sharedFiles[0].type, 'image/png');
+  assert.ok(Buffer.from(sharedFiles[0].bytes).equals(downloaded), 'the shared file is the downloaded PNG, settings included');
+  await page.evaluate(() => {
+    window.zepo.shared = null;
+    navigator.share = async () => { throw new DOMException('the share sheet was closed', 'AbortError'); };
+  });
+  const [noDownload] = await Promise.all([page.waitForEvent('download', { timeout: 2000 }).catch(() => null), page.click('#share')]);
+  await page.waitForFunction(() => window.zepo.shared === 'cancelled');
+  assert.equal(noDownload, null, 'a cancelled share downloads nothing');
+  assert.equal(await page.isVisible('#error'), false, 'a cancelled share is no error');
+  await page.evaluate(() => { navigator.canShare = () => false; });
+  const [fallback] = await Promise.all([page.waitForEvent('download'), page.click('#share')]);
+  assert.equal(fallback.suggestedFilename(), EXPECTED_FILE);
+  assert.match(await page.textContent('#status'), /downloaded instead/);
 
   // A loaded model is stored: its size is known without the network.
   const stored = await page.evaluate(async () => (await import('/www/model-size.js')).modelSize(window.zepo.model));
@@ -311,4 +347,95 @@ test('the page: size before the download, paste and keyboard input, before/after
   assert.ok(requests.every((r) => r.url.startsWith(server.url) || r.url.startsWith('blob:') || r.url.startsWith('data:')),
     `no other host: ${requests.map((r) => r.url).filter((u) => !u.startsWith(server.url))}`);
   console.log(`page test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+});
+
+test('the camera: live preview and shutter, the stream stopped however the dialog closes, denied and missing cameras, the phone\'s system camera', { timeout: T }, async () => {
+  const page = await browser.context.newPage();
+  try {
+    await page.setViewportSize({ width: 1280, height: 900 });
+    // No engine needed: the page waits at its download question.
+    await page.goto(`${server.url}/${QUERY}&confirm=1`);
+    await page.waitForFunction(() => document.body.dataset.state === 'confirm', null, { timeout: 60_000 });
+    // Every stream the page gets, to check that its tracks end.
+    await page.evaluate(() => {
+      window.__streams = [];
+      const get = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+      window.__realGetUserMedia = get;
+      navigator.mediaDevices.getUserMedia = async (c) => {
+        const s = await get(c);
+        window.__streams.push(s);
+        return s;
+      };
+    });
+    const ended = () => page.evaluate(() => window.__streams.map((s) => s.getTracks().every((t) => t.readyState === 'ended')));
+
+    // Desktop: the preview, then the shutter.
+    await page.click('#content-drop button.camera');
+    await page.waitForFunction(() => document.getElementById('camera-video').videoWidth > 0 && !document.getElementById('camera-shutter').disabled);
+    assert.equal(await page.evaluate(() => window.zepo.camera.active), true);
+    await screenshot(page, 'camera-desktop.png');
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForTimeout(200);
+    const phone = await page.evaluate(() => {
+      const r = document.getElementById('camera-dialog').getBoundingClientRect();
+      const shutter = document.getElementById('camera-shutter').getBoundingClientRect();
+      return { left: r.left, right: r.right, innerWidth, scrollWidth: document.documentElement.scrollWidth, shutter: shutter.bottom <= innerHeight };
+    });
+    await screenshot(page, 'camera-phone.png');
+    assert.ok(phone.left >= 0 && phone.right <= phone.innerWidth && phone.scrollWidth <= phone.innerWidth, `the camera dialog fits a phone: ${JSON.stringify(phone)}`);
+    assert.ok(phone.shutter, 'the shutter is on screen at phone size');
+    await page.setViewportSize({ width: 1280, height: 900 });
+    const frame = await page.evaluate(() => [document.getElementById('camera-video').videoWidth, document.getElementById('camera-video').videoHeight]);
+    await page.click('#camera-shutter');
+    await page.waitForFunction(() => !document.getElementById('content-preview').hidden && document.getElementById('content-preview').naturalWidth > 0);
+    const taken = await page.evaluate(() => ({
+      open: document.getElementById('camera-dialog').open,
+      size: [document.getElementById('content-preview').naturalWidth, document.getElementById('content-preview').naturalHeight],
+      status: document.getElementById('status').textContent,
+      active: window.zepo.camera.active,
+      source: document.getElementById('camera-video').srcObject,
+    }));
+    assert.equal(taken.open, false);
+    assert.deepEqual(taken.size, frame, 'the portrait is the camera\'s frame');
+    assert.match(taken.status, /Took the portrait with the camera/);
+    assert.equal(taken.active, false);
+    assert.equal(taken.source, null);
+    assert.deepEqual(await ended(), [true], 'the stream stopped when the photo was taken');
+
+    // Closed with Escape, and with its button, before a photo: the stream stops all the same.
+    for (const close of [() => page.keyboard.press('Escape'), () => page.click('#camera-cancel')]) {
+      await page.click('#style-drop button.camera');
+      await page.waitForFunction(() => !document.getElementById('camera-shutter').disabled);
+      await close();
+      await page.waitForFunction(() => !document.getElementById('camera-dialog').open);
+    }
+    assert.deepEqual(await ended(), [true, true, true], 'every stream stopped');
+    assert.equal(await page.evaluate(() => document.getElementById('style-preview').hidden), true, 'no style image was taken');
+
+    // A denied permission, a missing camera, a busy one: a message that says which.
+    for (const [name, said] of [['NotAllowedError', /permission was denied/], ['NotFoundError', /No camera was found/], ['NotReadableError', /another app/]]) {
+      await page.evaluate((n) => { navigator.mediaDevices.getUserMedia = async () => { throw new DOMException('refused', n); }; }, name);
+      await page.click('#content-drop button.camera');
+      await page.waitForFunction(() => !document.getElementById('camera-message').hidden);
+      const shown = await page.evaluate(() => ({ text: document.getElementById('camera-message').textContent, shutter: document.getElementById('camera-shutter').disabled }));
+      assert.match(shown.text, said, name);
+      assert.equal(shown.shutter, true, `${name}: no shutter without a picture`);
+      if (name === 'NotAllowedError') await screenshot(page, 'camera-denied.png');
+      await page.click('#camera-cancel');
+    }
+
+    // A phone (a coarse pointer): the system camera through the file input's capture.
+    await page.evaluate(() => {
+      const real = window.matchMedia.bind(window);
+      window.matchMedia = (q) => (q === '(pointer: coarse)' ? { matches: true, media: q, addEventListener() {}, removeEventListener() {} } : real(q));
+    });
+    const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.click('#style-drop button.camera')]);
+    assert.equal(await page.evaluate(() => document.getElementById('camera-capture').getAttribute('capture')), 'environment', 'the back camera for a style photo');
+    assert.equal(await page.evaluate(() => document.getElementById('camera-dialog').open), false, 'no preview dialog on a phone');
+    await chooser.setFiles({ name: 'IMG_0001.png', mimeType: 'image/png', buffer: fs.readFileSync(path.join(ROOT, 'www/examples/style.png')) });
+    await page.waitForFunction(() => !document.getElementById('style-preview').hidden);
+    assert.match(await page.getAttribute('#style-zone', 'aria-label'), /IMG_0001\.png/);
+  } finally {
+    await page.close();
+  }
 });
