@@ -85,7 +85,7 @@ browser_tests() {
 T0=$SECONDS
 stage "setup" setup_all || { section "summary"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 stage "cargo test (CPU)" cpu_tests
-stage "fuzz (6 parsers)" fuzz
+stage "fuzz (7 parsers)" fuzz
 stage "parity on wgpu (lavapipe)" wgpu_parity
 if stage "wasm build" bash scripts/build-wasm.sh; then
     # (tests/browser/package.test.mjs fails on its own if this did.)

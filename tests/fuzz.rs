@@ -1,9 +1,10 @@
 //! Fuzzing on stable Rust: a time-boxed, seeded driver over every parser that takes input
 //! from outside — the safetensors header and the streaming parser (bytes in arbitrary chunks),
 //! the bundle manifest (compact variants included), compact weights' stored rows, the tokenizer (any Unicode, any length), the JS options object (the
-//! engine's parser, natively), image decoding. Properties: never a panic; never an allocation
-//! beyond the stated limit of its target (a counting allocator measures each call's peak); the
-//! streaming parser gives exactly what the whole-file parser gives, for every chunking.
+//! engine's parser, natively), image decoding, embedded ICC colour profiles. Properties: never
+//! a panic; never an allocation beyond the stated limit of its target (a counting allocator
+//! measures each call's peak); the streaming parser gives exactly what the whole-file parser
+//! gives, for every chunking.
 //!
 //! Each target first replays its regression corpus (`tests/fuzz-corpus/<target>/`: inputs
 //! that once failed), then mutates seeds for `ZEPO_FUZZ_SECONDS` seconds (default 2; the test
@@ -23,7 +24,7 @@ use zepo::models::tokenizer::ClipTokenizer;
 use zepo::weights::bundle::{FileRef, Manifest, Shard};
 use zepo::weights::quant::{Quant, QuantTensor};
 use zepo::weights::{SafetensorsBytes, StreamParser};
-use zepo::zepo::image::{RgbImage, MAX_PIXELS};
+use zepo::zepo::image::{profile_to_srgb, RgbImage, MAX_PIXELS};
 use zepo::zepo::ZepoOptions;
 
 /// Counts live heap bytes and their peak.
@@ -386,6 +387,31 @@ fn encoded_images() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The colour fixtures (tests/fixtures/color): ICC profiles, or images with a profile or alpha.
+fn color_fixtures(ext: &str) -> Vec<Vec<u8>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/color");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    let of = |p: &PathBuf| p.extension().is_some_and(|e| e == ext) && !p.to_string_lossy().contains(".srgb.");
+    names.iter().filter(|p| of(p)).map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// Images with an embedded profile (Display P3, Adobe RGB: JPEGs as Pillow writes them) and
+/// with alpha (a PNG with garbage under its transparent pixels; a P3-tagged PNG with alpha).
+fn tagged_images() -> Vec<Vec<u8>> {
+    let mut seeds = color_fixtures("jpg");
+    let transparent = color_fixtures("png").into_iter().find(|b| image::load_from_memory(b).unwrap().color().has_alpha()).unwrap();
+    let icc = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/color/display-p3.icc")).unwrap();
+    let rgba = image::load_from_memory(&transparent).unwrap().into_rgba8();
+    let mut tagged = Vec::new();
+    let mut e = image::codecs::png::PngEncoder::new(&mut tagged);
+    image::ImageEncoder::set_icc_profile(&mut e, icc).unwrap();
+    image::ImageEncoder::write_image(e, rgba.as_raw(), rgba.width(), rgba.height(), image::ExtendedColorType::Rgba8).unwrap();
+    seeds.push(transparent);
+    seeds.push(tagged);
+    seeds
+}
+
 #[test]
 fn fuzz_every_parser() {
     let budget = Duration::from_secs_f64(std::env::var("ZEPO_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0));
@@ -459,7 +485,7 @@ fn fuzz_every_parser() {
         },
         Target {
             name: "image",
-            seeds: encoded_images(),
+            seeds: [encoded_images(), tagged_images()].concat(),
             mutate: mutate_bytes,
             check: Box::new(|input| {
                 if let Ok(img) = RgbImage::decode(input, "fuzz") {
@@ -469,6 +495,20 @@ fn fuzz_every_parser() {
             // The decoder's frame (at most RGBA8 of MAX_PIXELS: image::Limits) and its RGB8 copy.
             limit: |n| 7 * MAX_PIXELS as usize + 64 * n + (32 << 20),
             limit_text: "7 B × 50 MP + 64 × input + 32 MiB (pixel limit checked before decoding; decoder capped at 4 B × 50 MP)",
+        },
+        Target {
+            // An embedded profile's parser and transform (qcms) on its own: mutations of the
+            // profile itself, which reach far more of it than mutations of an image holding one.
+            name: "icc",
+            seeds: color_fixtures("icc"),
+            mutate: mutate_bytes,
+            check: Box::new(|input| {
+                let mut px: Vec<u8> = (0..=255u8).flat_map(|v| [v, 255 - v, v / 3]).collect();
+                profile_to_srgb(input, &mut px);
+            }),
+            // The profile's curves (at most 40000 entries each) and qcms's tables.
+            limit: |n| 64 * n + (1 << 20),
+            limit_text: "64 × profile + 1 MiB",
         },
     ];
     let mut failures = Vec::new();
