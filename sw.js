@@ -17,6 +17,11 @@
 // - Fetch: a navigation to the app gets this version's page; other requests the client's
 //   version's shell file, else model files from the model cache of www/weights.js when stored
 //   there in full, else the network.
+// - Share target (manifest.webmanifest's share_target): a multipart POST to ./share-target with
+//   an image is kept in zepo-shared-v1 and answered with a redirect to the app (./?shared=<id>),
+//   which takes it from there (www/share-in.js); it needs no network. Anything else POSTed there
+//   (another encoding, no file, not an image, too large, a damaged body) stores nothing and
+//   redirects to ./?share-error=<what was wrong>, which the page shows.
 // - Content-Security-Policy: the page and the scripts it serves (the engine's Worker among them:
 //   a dedicated Worker's policy comes from its script's response, never from the page's <meta>)
 //   carry the policy of their version's page as a header, the page's
@@ -45,6 +50,10 @@ const NETWORK = 'network';
 // A pin whose client was never listed keeps its version this long (a page or Worker between
 // its request and its creation); once listed, it goes with its client.
 const PIN_GRACE_MS = 30_000;
+// The share target, where shared images wait for the page, and the largest one taken.
+const SHARE_TARGET = new URL('share-target', BASE).href;
+const SHARED = 'zepo-shared-v1';
+const MAX_SHARE_BYTES = 64 * 1024 * 1024;
 // The nudge Worker needs nothing at all.
 const NUDGE_POLICY = "default-src 'none'";
 
@@ -284,6 +293,45 @@ async function fromModelCache(request) {
   return fetch(request);
 }
 
+/** A share from the system's share sheet: see the header. */
+async function receiveShare(request) {
+  // The target's own query (a deploy may name its model there) goes on to the app.
+  const back = (key, value) => {
+    const to = new URL('./', BASE);
+    to.search = new URL(request.url).search;
+    to.searchParams.delete('shared');
+    to.searchParams.delete('share-error');
+    to.searchParams.set(key, value);
+    return Response.redirect(to.href, 303);
+  };
+  const refuse = (reason) => back('share-error', reason);
+  const type = request.headers.get('content-type') || '';
+  if (!/^multipart\/form-data/i.test(type)) return refuse(`the share came as ${type.split(';')[0] || 'no content type'}, not as a multipart form with an image`);
+  const length = Number(request.headers.get('content-length') || 0);
+  if (length > MAX_SHARE_BYTES) return refuse(`the share is ${(length / 2 ** 20).toFixed(0)} MiB; at most ${MAX_SHARE_BYTES / 2 ** 20} MiB are taken`);
+  let form;
+  try {
+    form = await request.formData();
+  } catch (e) {
+    return refuse(`the shared data could not be read (a damaged multipart body: ${e.message})`);
+  }
+  const files = [...form.values()].filter((v) => typeof v === 'object' && v && typeof v.arrayBuffer === 'function');
+  if (!files.length) return refuse('nothing to stylize was shared: share a photo');
+  const image = files.find((f) => f.type.startsWith('image/'));
+  if (!image) return refuse(`"${files[0].name}" (${files[0].type || 'of unknown type'}) is not an image`);
+  if (image.size > MAX_SHARE_BYTES) return refuse(`"${image.name}" is ${(image.size / 2 ** 20).toFixed(0)} MiB; at most ${MAX_SHARE_BYTES / 2 ** 20} MiB are taken`);
+  const id = crypto.randomUUID();
+  try {
+    const cache = await caches.open(SHARED);
+    await cache.put(new URL(`__zepo/shared/${id}`, BASE).href, new Response(image, {
+      headers: { 'content-type': image.type, 'x-zepo-name': encodeURIComponent(image.name || 'shared-image') },
+    }));
+  } catch (e) {
+    return refuse(`the shared image could not be kept (${e.name}: the site's storage may be full)`);
+  }
+  return back('shared', id);
+}
+
 function isAppPage(href) {
   const url = new URL(href);
   url.search = '';
@@ -293,6 +341,10 @@ function isAppPage(href) {
 
 self.addEventListener('fetch', (event) => {
   const request = event.request;
+  if (request.method === 'POST' && request.url.split(/[?#]/)[0] === SHARE_TARGET) {
+    event.respondWith(receiveShare(request));
+    return;
+  }
   // Range requests (resumed downloads) and anything but GET go to the network untouched.
   if (request.method !== 'GET' || request.headers.has('range')) return;
   if (request.cache === 'only-if-cached' && request.mode !== 'same-origin') return;

@@ -11,6 +11,7 @@ import { rememberWeights, showWeightsChoice, weightsFor } from './weights-choice
 import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
 import { setUpCamera } from './camera.js';
 import { shareOrDownload } from './share.js';
+import { onLaunchFiles, recentPortrait, rememberPortrait, takeShared } from './share-in.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -197,6 +198,64 @@ function setImage(which, blob, name = null) {
   $(`${which}-drop`).classList.add('filled');
   $(`${which}-zone`).setAttribute('aria-label', `${LABELS[which]}: ${name ? `${name}; ` : ''}choose another image file`);
   updateButton();
+  if (which === 'content') rememberPortrait(blob, name);
+}
+
+/** A message about something the page was handed (a share, an opened file), not about the model. */
+function showNotice(kind, message) {
+  document.body.dataset.notice = kind;
+  $('error').textContent = message;
+  $('error').hidden = false;
+}
+
+/**
+ * Images handed to the app (shared to it, opened with it): two are the portrait and the style;
+ * one is the portrait, or the style when a portrait is already there (on this page, or kept
+ * from the page a share just replaced).
+ */
+async function receive(items, how) {
+  const [first, second] = items;
+  if (second) {
+    setImage('content', first.blob, first.name);
+    setImage('style', second.blob, second.name);
+    $('status').textContent = `${how}: the portrait and the style image.`;
+    return;
+  }
+  await restorePortrait();
+  const which = images.content ? 'style' : 'content';
+  setImage(which, first.blob, first.name);
+  $('status').textContent = `${how}: ${first.name || 'an image'} is the ${which === 'content' ? 'portrait' : 'style image'}.`;
+}
+
+/** The portrait kept from the page a share replaced, back in place (a share reloads the app). */
+async function restorePortrait() {
+  if (images.content) return;
+  const kept = await recentPortrait();
+  if (kept) setImage('content', kept.blob, kept.name);
+}
+
+// Arrivals from the system: a share (sw.js redirected it here), files opened with the app.
+async function arrivals() {
+  const id = params.get('shared');
+  const refused = params.get('share-error');
+  if (id || refused) {
+    // The share's parameters go, so that a reload does not take it again.
+    const url = new URL(location.href);
+    url.searchParams.delete('shared');
+    url.searchParams.delete('share-error');
+    history.replaceState(null, '', url);
+  }
+  if (refused) {
+    // Nothing is lost: the portrait the share interrupted is back.
+    await restorePortrait();
+    showNotice('ShareError', `The shared item was not taken: ${refused}.`);
+  }
+  if (id) {
+    const got = await takeShared(id).catch(() => null);
+    if (got) await receive([got], 'Shared');
+    else showNotice('ShareError', 'The shared image is no longer here (it was taken already): share it again.');
+  }
+  onLaunchFiles((files) => receive(files.map((f) => ({ blob: f, name: f.name })), 'Opened'));
 }
 
 /** A file's name without its extension, as a file-name part: lower case, [a-z0-9-], ≤ 40 chars. */
@@ -563,6 +622,7 @@ function warmUp() {
 form.elements.namedItem('resolution')?.addEventListener('change', warmUp);
 
 window.zepo = { model: MODEL, progress: seen, camera };
+window.zepo.arrived = arrivals().catch((e) => showNotice('ShareError', `A shared image could not be taken: ${e.message}`));
 // The Storage panel and the offline app (www/pwa.js). A page that hands over to a waiting new
 // version reloads before its engine starts.
 const storage = storagePanel(MODEL, () => !!running || document.body.dataset.state === 'loading');

@@ -17,6 +17,7 @@
 //   the phone, and the result, the slider and the download link are visible;
 // - the camera (www/camera.js), with Chromium's fake capture device: preview, shutter, the stream
 //   stopped however the dialog closes, denied / missing / busy cameras, a phone's system camera.
+// - files opened with the app (launchQueue, stubbed: Chromium gives it to installed apps only).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -439,3 +440,35 @@ test('the camera: live preview and shutter, the stream stopped however the dialo
     await page.close();
   }
 });
+
+test('opened with the app (file_handlers, launchQueue): one image is the portrait, two are the portrait and the style', { timeout: T }, async () => {
+  const page = await browser.context.newPage();
+  try {
+    // Chromium gives launchQueue to an installed app only: the page gets one whose consumer
+    // the test calls as the browser would.
+    await page.addInitScript(() => {
+      Object.defineProperty(window, 'launchQueue', { configurable: true, value: { setConsumer(f) { window.__launch = f; } } });
+    });
+    await page.goto(`${server.url}/${QUERY}&confirm=1`);
+    await page.waitForFunction(() => document.body.dataset.state === 'confirm' && window.__launch, null, { timeout: 60_000 });
+    await page.evaluate(() => caches.delete('zepo-inputs-v1'));
+    const open = (names) => page.evaluate(async (list) => {
+      const files = await Promise.all(list.map(async ([url, name]) => new File([await (await fetch(url)).blob()], name, { type: 'image/png' })));
+      await window.__launch({ files: files.map((f) => ({ getFile: async () => f })) });
+    }, names);
+    const labels = () => page.evaluate(() => ['content', 'style'].map((w) => (document.getElementById(`${w}-preview`).hidden ? null : document.getElementById(`${w}-zone`).getAttribute('aria-label'))));
+    await open([['/www/examples/portrait.png', 'me.png'], ['/www/examples/style.png', 'art.png']]);
+    await page.waitForFunction(() => !document.getElementById('style-preview').hidden);
+    const [content, style] = await labels();
+    assert.match(content, /me\.png/);
+    assert.match(style, /art\.png/);
+    assert.match(await page.textContent('#status'), /Opened: the portrait and the style image/);
+    // One more: the portrait is there, so it is the style.
+    await open([['/www/examples/style.png', 'other.png']]);
+    await page.waitForFunction(() => /other\.png/.test(document.getElementById('style-zone').getAttribute('aria-label')));
+    assert.match((await labels())[0], /me\.png/, 'the portrait stays');
+  } finally {
+    await page.close();
+  }
+});
+

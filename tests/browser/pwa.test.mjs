@@ -3,7 +3,9 @@
 // - offline: one online run, then the network off (context.setOffline, and the server stopped),
 //   reload, run again → the same pixels; the service worker controls the page, the start URL
 //   opens offline, the manifest is valid (Chromium's own parser) and its icons load; the Storage
-//   panel shows the stored model and deletes it;
+//   panel shows the stored model and deletes it; the share target, online and offline: a
+//   multipart POST with a photo lands as the portrait, the next one as the style, other bodies
+//   are refused by name and store nothing;
 // - update: a new build on the server is installed in full beside the old one while the old one
 //   keeps running; the next load switches to it directly (page, main script, engine Worker and
 //   the engine it imports all of the new build), without console errors; the old shell cache is
@@ -101,6 +103,79 @@ function caches(page) {
   }, MODEL_CACHE);
 }
 
+/**
+ * Shares `file` ({ name, type, bytes }) to the app as the system's share sheet does: a form POST
+ * (`enctype`) to its share target, from another page. Returns the app's page once it took the
+ * share (window.zepo.arrived), with what it shows.
+ */
+async function shareTo(context, target, file, enctype = 'multipart/form-data') {
+  const p = await context.newPage();
+  await p.goto('about:blank');
+  await p.evaluate(([action, f, type]) => {
+    const form = document.createElement('form');
+    Object.assign(form, { method: 'POST', enctype: type, action });
+    const input = document.createElement('input');
+    Object.assign(input, { type: 'file', name: 'image' });
+    const data = new DataTransfer();
+    data.items.add(new File([new Uint8Array(f.bytes)], f.name, { type: f.type }));
+    input.files = data.files;
+    form.append(input);
+    document.body.append(form);
+    form.submit();
+  }, [target, { ...file, bytes: Array.from(file.bytes) }, enctype]);
+  await p.waitForFunction(() => window.zepo?.arrived, null, { timeout: 60_000 });
+  await p.evaluate(() => window.zepo.arrived);
+  const shown = await p.evaluate(() => ({
+    url: location.href,
+    content: document.getElementById('content-preview').hidden ? null : document.getElementById('content-zone').getAttribute('aria-label'),
+    style: document.getElementById('style-preview').hidden ? null : document.getElementById('style-zone').getAttribute('aria-label'),
+    notice: document.body.dataset.notice || null,
+    error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+    status: document.getElementById('status').textContent,
+    fromServiceWorker: performance.getEntriesByType('navigation')[0]?.workerStart > 0,
+  }));
+  return { page: p, shown };
+}
+
+/** Every share test: to an app with no portrait kept, one with a portrait, and bodies refused. */
+async function checkShareTarget(context, base, label) {
+  const target = `${base}/share-target?confirm=1&warmup=0`;
+  const photo = { name: 'IMG_2040.png', type: 'image/png', bytes: fs.readFileSync(path.join(ROOT, 'www/examples/portrait.png')) };
+  const clearKept = (p) => p.evaluate(() => caches.delete('zepo-inputs-v1'));
+  // No portrait kept: the photo is the portrait.
+  let got = await shareTo(context, target, photo);
+  await clearKept(got.page);
+  await got.page.close();
+  got = await shareTo(context, target, photo);
+  assert.match(got.shown.content || '', /IMG_2040\.png/, `${label}: the shared photo is the portrait: ${JSON.stringify(got.shown)}`);
+  assert.equal(got.shown.style, null);
+  assert.equal(got.shown.error, null);
+  assert.ok(!/[?&]shared=/.test(got.shown.url) && /confirm=1/.test(got.shown.url), `the share's id leaves the address, the target's query stays: ${got.shown.url}`);
+  assert.ok(got.shown.fromServiceWorker, 'the app page came from the service worker');
+  assert.deepEqual(await got.page.evaluate(async () => (await (await caches.open('zepo-shared-v1')).keys()).length), 0, 'the shared image was taken out of its cache');
+  await got.page.close();
+  // A portrait is there (kept from the page the share replaces): the next photo is the style.
+  const style = { name: 'painting.webp', type: 'image/png', bytes: fs.readFileSync(path.join(ROOT, 'www/examples/style.png')) };
+  got = await shareTo(context, target, style);
+  assert.match(got.shown.content || '', /IMG_2040\.png/, `${label}: the portrait stays: ${JSON.stringify(got.shown)}`);
+  assert.match(got.shown.style || '', /painting\.webp/, `${label}: the shared image is the style`);
+  assert.match(got.shown.status, /is the style image/);
+  await got.page.close();
+  // Refused by name, nothing stored, the kept portrait untouched: not an image, not multipart.
+  for (const [what, file, enctype, said] of [
+    ['a text file', { name: 'notes.txt', type: 'text/plain', bytes: Buffer.from('hello') }, 'multipart/form-data', /"notes\.txt" \(text\/plain\) is not an image/],
+    ['a plain-text body', photo, 'text/plain', /came as text\/plain, not as a multipart form/],
+  ]) {
+    got = await shareTo(context, target, file, enctype);
+    assert.equal(got.shown.notice, 'ShareError', `${label}, ${what}: ${JSON.stringify(got.shown)}`);
+    assert.match(got.shown.error || '', said, `${label}, ${what}`);
+    assert.match(got.shown.content || '', /IMG_2040\.png/, `${label}, ${what}: the kept portrait is still there`);
+    assert.deepEqual(await got.page.evaluate(async () => (await (await caches.open('zepo-shared-v1')).keys()).length), 0, `${label}, ${what}: nothing stored`);
+    await got.page.close();
+  }
+  console.log(`share target ${label}: a photo lands as the portrait, the next as the style; a text file and a plain-text body refused by name`);
+}
+
 const errorsIn = (logs) => logs.filter((l) => l.startsWith('[error]') || l.startsWith('[pageerror]') || l.startsWith('[worker error]'));
 
 test('offline: after one online run, a reload with the network off stylizes to the same pixels', { timeout: T }, async () => {
@@ -123,6 +198,9 @@ test('offline: after one online run, a reload with the network off stylizes to t
       .filter((f) => f.endsWith('.safetensors')).map((f) => fs.statSync(path.join(TINY, part, f)).size));
     assert.ok(afterRun >= shards.reduce((a, b) => a + b), 'the panel counts the stored model (at least its UNet and VAE shards)');
 
+    // The share target, online.
+    await checkShareTarget(context, srv.url, 'online');
+
     // Does setOffline cut what the service worker itself fetches? A URL that no cache holds:
     await context.setOffline(true);
     const seen = srv.requests.length;
@@ -143,6 +221,8 @@ test('offline: after one online run, a reload with the network off stylizes to t
     assert.ok(Buffer.from(c.data).equals(Buffer.from(a.data)), 'the offline result has the online result\'s pixels');
     console.log(`offline reload + run: ${((Date.now() - t1) / 1000).toFixed(1)} s, ${a.width}×${a.height} pixels identical`);
     await screenshot(page, 'pwa-offline.png');
+    // The share target, offline (the server is gone).
+    await checkShareTarget(context, srv.url, 'offline');
 
     // The manifest, as Chromium parses it (served offline), and what installing needs.
     const cdp = await context.newCDPSession(page);
@@ -153,6 +233,12 @@ test('offline: after one online run, a reload with the network off stylizes to t
       assert.ok(typeof manifest[key] === 'string' && manifest[key], `manifest.${key}`);
     }
     assert.equal(manifest.display, 'standalone');
+    // The share target and the file handlers, as Chromium reads them.
+    assert.equal(new URL(manifest.share_target.action, app.url).href, new URL('share-target', app.url).href);
+    assert.equal(manifest.share_target.method, 'POST');
+    assert.equal(manifest.share_target.enctype, 'multipart/form-data');
+    assert.equal(manifest.share_target.params.files[0].name, 'image');
+    assert.ok(manifest.file_handlers?.[0]?.accept?.['image/jpeg'], 'file handlers for images');
     assert.ok(!/^(\/|[a-z]+:)/.test(manifest.start_url) && !/^(\/|[a-z]+:)/.test(manifest.scope), 'start_url and scope are relative (sub-path hosting)');
     const css = fs.readFileSync(path.join(ROOT, 'www/style.css'), 'utf8');
     assert.ok(css.includes(`--accent: ${manifest.theme_color}`) && css.includes(`--bg: ${manifest.background_color}`), 'colours match style.css');
