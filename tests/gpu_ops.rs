@@ -226,3 +226,41 @@ fn compact_convolution_matches_the_dense_weight() {
         }
     }
 }
+
+/// f16 weights kept as f16 words (`Packing::F16`, an f16 bundle on a GPU computing in f32):
+/// every f16 value (zeros of both signs, subnormals, the largest, infinities) decodes to its
+/// exact f32, and the projection and convolution kernels read them as the dense path does.
+#[test]
+#[ignore = "runs on wgpu: ZEPO_TEST_WGPU=1 ... -- --include-ignored"]
+fn f16_words_decode_exactly_and_run_like_the_dense_weight() {
+    use half::f16;
+    let device = device();
+    // All 65536 f16 bit patterns but NaNs, as 248 rows of 263 (odd: a row ends in a half word).
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).filter(|v| !v.is_nan()).collect();
+    let k = 263;
+    let rows = all.len() / k;
+    let bytes: Vec<u8> = all[..rows * k].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let compact = CompactTensor::from_f16(&[rows, k], &bytes, &device, DType::F32);
+    let gpu = values(gpu::compact_dequantize(&compact));
+    let cpu: Vec<f32> = all[..rows * k].iter().map(|v| v.to_f32()).collect();
+    let same = gpu.iter().zip(&cpu).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "every f16 decodes to its exact f32, sign of zero included");
+
+    let weight = |shape: &[usize], seed: u64| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = values(rnd([n], 0.5, &device)).into_iter().map(|x| f16::from_f32(x + seed as f32 * 1e-3).to_f32()).collect();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
+        (CompactTensor::from_f16(shape, &bytes, &device, DType::F32), v)
+    };
+    let (compact, v) = weight(&[77, 321], 1);
+    let dense: Tensor<2> = Tensor::from_data(TensorData::new(v, [77, 321]), &device).transpose();
+    let x = rnd([2, 19, 321], 1.0, &device);
+    let e = rel(values(gpu::compact_linear(x.clone(), &compact, None)), values(linear(x, dense, None)));
+    assert!(e < 1e-5, "f16 words, projection: {e:e}");
+    let (compact, v) = weight(&[24, 13, 3, 3], 2);
+    let dense: Tensor<4> = Tensor::from_data(TensorData::new(v, [24, 13, 3, 3]), &device);
+    let x = rnd([2, 7, 9, 13], 1.0, &device).permute([0, 3, 1, 2]);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let e = rel(values(gpu::compact_conv2d(x.clone(), &compact, None, 1, [1, 1, 1, 1])), values(conv2d(x, dense, None, options)));
+    assert!(e < 1e-5, "f16 words, 3×3 convolution: {e:e}");
+}

@@ -29,12 +29,25 @@ pub struct UnetArgs {
     seed: u64,
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// A bundle's weights: auto (the smallest), fp16, or a compact variant (q8, mixed, …).
+    #[arg(long, default_value = "auto")]
+    weights: String,
     /// Calls to time (the first one includes compiling the GPU's pipelines).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Output safetensors file: `sample`, `timesteps`, `context`, `output` (f32).
     #[arg(long)]
     out: PathBuf,
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+/// The device allocator's bytes in use and reserved (its pools keep what a call needed: after
+/// a call, reserved is its peak), where the backend reports them.
+fn memory(device: &burn::tensor::Device, when: &str) -> String {
+    device.memory_pool_usage().map_or_else(String::new, |u| {
+        format!("; device memory {when}: {:.0} MiB in use, {:.0} MiB reserved", u.bytes_in_use as f64 / MIB, u.bytes_reserved as f64 / MIB)
+    })
 }
 
 fn normal(n: usize, seed: u64) -> Vec<f32> {
@@ -50,8 +63,16 @@ pub fn run(args: UnetArgs) -> Result<()> {
     }
     let device = zepo::device::device(args.backend.parse::<Backend>()?)?;
     let t = Instant::now();
-    let (unet, cfg) = block_on(Loader::dir(&args.model, &device, &Default::default(), WeightSource::Checkpoint)?.unet())?;
-    eprintln!("UNet loaded in {:.1} s", t.elapsed().as_secs_f64());
+    let load = zepo::weights::LoadOptions { weights: zepo::weights::bundle::WeightsChoice::parse(&args.weights), ..Default::default() };
+    let loader = Loader::dir(&args.model, &device, &load, WeightSource::Checkpoint)?;
+    let (unet, cfg) = block_on(loader.unet())?;
+    eprintln!(
+        "UNet loaded in {:.1} s ({} weights, {:.0} MiB on the device){}",
+        t.elapsed().as_secs_f64(),
+        loader.layout.variant(),
+        loader.weight_bytes() as f64 / MIB,
+        memory(&device, "after load")
+    );
     let lat = args.size / 8;
     let sample_shape = [args.batch, cfg.in_channels, lat, lat];
     let context_shape = [args.batch, 77, cfg.cross_attention_dim];
@@ -68,7 +89,7 @@ pub fn run(args: UnetArgs) -> Result<()> {
         );
         output =
             out.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| Error::Device(format!("reading the UNet output: {e:?}")))?;
-        eprintln!("UNet call {sample_shape:?}: {:.2} s", t.elapsed().as_secs_f64());
+        eprintln!("UNet call {sample_shape:?}: {:.2} s{}", t.elapsed().as_secs_f64(), memory(&device, "after the call"));
     }
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let tensors = [

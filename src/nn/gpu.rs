@@ -29,7 +29,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::{Shape, Tensor};
 
-use crate::weights::CompactTensor;
+use crate::weights::{CompactTensor, Packing};
 
 /// Threads per cube of the normalisation kernels (a power of two, for the tree reduction).
 const BLOCK: usize = 256;
@@ -376,12 +376,51 @@ mod cube {
     /// banks.
     const TILE_STRIDE: usize = TILE_M + 1;
     const UNITS: usize = (TILE_M / PER_UNIT) * (TILE_N / PER_UNIT);
+    /// The `bits` that say a compact weight is f16 values, two per word
+    /// (`crate::weights::Packing::F16`).
+    pub(super) const F16_WORDS: u32 = 16;
 
-    /// Value `k` of row `n` of a compact weight: `d·(u − 2^(bits−1))`, with `u` the `bits`-bit
-    /// code at bit `k·bits` of the row's words (least significant first, possibly straddling two
-    /// words) and `d` its block's scale. Exact in f32, as on the CPU (`quant::dequantize_row`).
+    /// The f32 value of the f16 bits `h` (exact: every f16 is an f32).
     #[cube]
+    fn f16_bits_to_f32(h: u32) -> f32 {
+        let sign = (h >> 15) << 31;
+        let e = (h >> 10) & 31;
+        let m = h & 1023;
+        // Rebiased (15 → 127); infinities and NaN keep the all-ones exponent.
+        let mut exp = e + 112;
+        if e == 31 {
+            exp = 255;
+        }
+        let mut v = f32::reinterpret(sign | (exp << 23) | (m << 13));
+        if e == 0 {
+            // Zero and subnormals: m·2^-24.
+            v = f32::cast_from(m) * 5.9604645e-8f32;
+            if sign != 0 {
+                v = -v;
+            }
+        }
+        v
+    }
+
+    /// Value `k` of row `n` of a compact weight. Blocks: `d·(u − 2^(bits−1))`, with `u` the
+    /// `bits`-bit code at bit `k·bits` of the row's words (least significant first, possibly
+    /// straddling two words) and `d` its block's scale, exact in f32 as on the CPU
+    /// (`quant::dequantize_row`). `bits` [`F16_WORDS`]: the f16 in half `k % 2` of word `k / 2`.
+    #[cube]
+    #[allow(unused_assignments)] // the first value is what the kernel's variable starts as
     fn compact_value<F: Float>(codes: &Tensor<u32>, scales: &Tensor<F>, n: usize, k: usize, bits: u32, block: usize) -> f32 {
+        let mut v = 0.0f32;
+        if bits == F16_WORDS {
+            let word = codes[n * codes.stride(0) + k / 2];
+            v = f16_bits_to_f32((word >> ((k % 2) as u32 * 16)) & 0xffff);
+        } else {
+            v = block_value(codes, scales, n, k, bits, block);
+        }
+        v
+    }
+
+    #[cube]
+    fn block_value<F: Float>(codes: &Tensor<u32>, scales: &Tensor<F>, n: usize, k: usize, bits: u32, block: usize) -> f32 {
         let bit = k * bits as usize;
         let w = n * codes.stride(0) + bit / 32;
         let s = (bit % 32) as u32;
@@ -918,8 +957,8 @@ pub fn compact_conv2d(x: Tensor<4>, weight: &CompactTensor, bias: Option<Tensor<
         weight.codes.clone().into_dispatch(),
         weight.scales.clone().into_dispatch(),
         bias,
-        weight.quant.bits as usize,
-        weight.quant.block,
+        packing_bits(weight),
+        packing_block(weight),
         kernel,
         stride,
         top,
@@ -940,8 +979,8 @@ pub fn compact_linear(x: Tensor<3>, weight: &CompactTensor, bias: Option<Tensor<
         weight.codes.clone().into_dispatch(),
         weight.scales.clone().into_dispatch(),
         bias,
-        weight.quant.bits as usize,
-        weight.quant.block,
+        packing_bits(weight),
+        packing_block(weight),
         has_bias,
     ))
 }
@@ -952,8 +991,23 @@ pub fn compact_dequantize(weight: &CompactTensor) -> Tensor<2> {
     Tensor::from_dispatch(Dispatch::compact_dequantize(
         weight.codes.clone().into_dispatch(),
         weight.scales.clone().into_dispatch(),
-        weight.quant.bits as usize,
-        weight.quant.block,
+        packing_bits(weight),
+        packing_block(weight),
         cols,
     ))
+}
+
+/// The `bits` the compact kernels take for `weight`'s packing (16: f16 words).
+fn packing_bits(weight: &CompactTensor) -> usize {
+    match weight.packing {
+        Packing::Blocks(q) => q.bits as usize,
+        Packing::F16 => cube::F16_WORDS as usize,
+    }
+}
+
+fn packing_block(weight: &CompactTensor) -> usize {
+    match weight.packing {
+        Packing::Blocks(q) => q.block,
+        Packing::F16 => 1,
+    }
 }

@@ -80,14 +80,17 @@ impl Linear {
 /// (on the CPU backend made contiguous, see [`crate::nn::cpu_ops::contiguous`]), or compact as
 /// the store holds it.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> R<Linear> {
+    let weight = match vb.get_compact("weight", &[d_out, d_in])? {
+        Some(tensor) => LinearWeight::Compact(CompactWeight { tensor }),
+        None => {
+            let weight = vb.get("weight", [d_out, d_in])?.transpose();
+            #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+            let weight = crate::nn::cpu_ops::contiguous(weight);
+            LinearWeight::Dense(Param::from_tensor(weight))
+        }
+    };
     let bias = if bias { Some(Param::from_tensor(vb.get("bias", [d_out])?)) } else { None };
-    if let Some(tensor) = vb.get_compact("weight", &[d_out, d_in])? {
-        return Ok(Linear { weight: LinearWeight::Compact(CompactWeight { tensor }), bias });
-    }
-    let weight = vb.get("weight", [d_out, d_in])?.transpose();
-    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
-    let weight = crate::nn::cpu_ops::contiguous(weight);
-    Ok(Linear { weight: LinearWeight::Dense(Param::from_tensor(weight)), bias })
+    Ok(Linear { weight, bias })
 }
 
 /// `torch.nn.Conv2d` with a square kernel and a bias: burn's, or one with a compact weight.
@@ -130,12 +133,13 @@ pub fn conv2d(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, stride:
 
 /// A convolution with explicit (possibly asymmetric) padding `[top, left, bottom, right]`.
 pub fn conv2d_padded(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: [usize; 4]) -> R<Conv2d> {
-    let bias = Param::from_tensor(vb.get("bias", [c_out])?);
     if let Some(tensor) = vb.get_compact("weight", &[c_out, c_in, kernel, kernel])? {
+        let bias = Param::from_tensor(vb.get("bias", [c_out])?);
         return Ok(Conv2d::Compact(CompactConv2d { weight: CompactWeight { tensor }, bias: Some(bias), stride, padding }));
     }
     // On a GPU the store keeps it channels-last, as burn's convolution reads it.
     let weight = vb.get("weight", [c_out, c_in, kernel, kernel])?;
+    let bias = Param::from_tensor(vb.get("bias", [c_out])?);
     let [top, left, bottom, right] = padding;
     Ok(Conv2d::Dense(burn::nn::conv::Conv2d {
         weight: Param::from_tensor(weight),
@@ -299,12 +303,12 @@ pub fn fuse_linears(parts: Vec<Linear>) -> (Linear, Vec<(usize, usize)>) {
             LinearWeight::Dense(_) => None,
         })
         .collect();
-    if compact.len() == parts.len() && compact.iter().all(|c| c.tensor.quant == compact[0].tensor.quant) {
+    if compact.len() == parts.len() && compact.iter().all(|c| c.tensor.packing == compact[0].tensor.packing) {
         let first = &compact[0].tensor;
         let tensor = crate::weights::CompactTensor {
             codes: Tensor::cat(compact.iter().map(|c| c.tensor.codes.clone()).collect(), 0),
             scales: Tensor::cat(compact.iter().map(|c| c.tensor.scales.clone()).collect(), 0),
-            quant: first.quant,
+            packing: first.packing,
             shape: vec![offset, first.shape[1]],
         };
         return (Linear { weight: LinearWeight::Compact(CompactWeight { tensor }), bias }, ranges);

@@ -16,7 +16,7 @@ mod store;
 
 pub use safetensors::{parse_header, Dtype, Header, SafetensorsBytes, StreamParser, StreamedTensor, TensorEntry};
 pub use source::{Layout, ModelSource};
-pub use store::{random_weight, CompactTensor, LoadOptions, Requests, VarBuilder, VarStore, MAX_WEIGHT_BUFFER_BYTES};
+pub use store::{f16_words, random_weight, CompactTensor, LoadOptions, Packing, Requests, VarBuilder, VarStore, MAX_WEIGHT_BUFFER_BYTES};
 
 /// What can go wrong while reading or assigning weights.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 //! maybe sharded, see [`super::diffusers`]). Together they give every part's config text and
 //! weights the same way for the CLI, the converter and verifier, and the browser engine.
 
-use super::bundle::{ChecksumList, Manifest, WeightsChoice, FP16, MANIFEST_FILE, PARTS};
+use super::bundle::{ChecksumList, Manifest, WeightsChoice, FP16, LOADED_PARTS, MANIFEST_FILE, PARTS};
 use super::diffusers::{self, ShardIndex};
 use super::{Header, LoadOptions, SafetensorsBytes, VarStore, WeightsError};
 use crate::{Error, Result};
@@ -161,6 +161,9 @@ impl Layout {
                 let what = if variant == FP16 { String::new() } else { format!(", {variant} weights") };
                 let mut store =
                     VarStore::new(device, opts, format!("{} (bundle part {part}{what})", source.name("").trim_end_matches('/')));
+                if LOADED_PARTS.contains(&part) {
+                    store.keep_f16_compact();
+                }
                 for shard in manifest.part_shards(part, variant)? {
                     let name = source.name(&shard.file.url);
                     store.expect_quantized(&shard.quantized, &name)?;
@@ -170,6 +173,9 @@ impl Layout {
             }
             Layout::Diffusers => {
                 let mut store = VarStore::new(device, opts, source.name(part));
+                if LOADED_PARTS.contains(&part) {
+                    store.keep_f16_compact();
+                }
                 diffusers_weights(source, part, &mut async |path, index| match index {
                     None => source.stream_into(path, true, &mut store, &|_| Ok(())).await,
                     Some(index) => {

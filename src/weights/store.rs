@@ -47,49 +47,104 @@ struct Stored {
     compact: Option<CompactTensor>,
 }
 
+/// How a [`CompactTensor`]'s words hold its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// Block-quantized codes and scales ([`super::quant`]).
+    Blocks(Quant),
+    /// f16 values, two per word (the first in the low half): an f16 weight on a GPU that
+    /// computes in f32, held in half the bytes of its f32 expansion.
+    F16,
+}
+
+impl Packing {
+    /// Code words in a row of `k` values.
+    pub fn words(&self, k: usize) -> usize {
+        match self {
+            Packing::Blocks(q) => q.code_words(k),
+            Packing::F16 => k.div_ceil(2),
+        }
+    }
+
+    /// `q<bits>`, or `f16`.
+    pub fn name(&self) -> String {
+        match self {
+            Packing::Blocks(q) => q.name(),
+            Packing::F16 => "f16".into(),
+        }
+    }
+}
+
 /// A compact weight as a GPU holds it: each row's code words and block scales, the arrays the
-/// compact kernels (`crate::nn::gpu`) read; see [`super::quant`] for the packing. `rows` are
-/// the weight's first dimension, each row its other dimensions flattened (PyTorch's order).
+/// compact kernels (`crate::nn::gpu`) read; see [`super::quant`] for the packing, and
+/// [`Packing::F16`]. `rows` are the weight's first dimension, each row its other dimensions
+/// flattened (PyTorch's order).
 #[derive(Debug, Clone)]
 pub struct CompactTensor {
     /// `U32 [rows, code words per row]`.
     pub codes: Tensor<2, Int>,
-    /// `[rows, blocks per row]`, in the compute dtype (f16 scales are exact in both).
+    /// `[rows, blocks per row]`, in the compute dtype (f16 scales are exact in both); `[1, 1]`,
+    /// unread, for [`Packing::F16`].
     pub scales: Tensor<2>,
-    pub quant: Quant,
+    pub packing: Packing,
     /// The weight's logical shape.
     pub shape: Vec<usize>,
 }
 
+/// An f16 tensor's rows (`bytes`: whole rows of `k` little-endian f16 values) as words of two
+/// values, the first in the low half, a row's odd last value with a zero (appended to `words`).
+pub fn f16_words(bytes: &[u8], k: usize, words: &mut Vec<u32>) {
+    for row in bytes.chunks(2 * k) {
+        let mut pairs = row.chunks_exact(4);
+        words.extend(pairs.by_ref().map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes"))));
+        if let [a, b] = pairs.remainder() {
+            words.push(u16::from_le_bytes([*a, *b]) as u32);
+        }
+    }
+}
+
 impl CompactTensor {
+    /// An f16 weight of `shape` (`bytes`: its little-endian f16 values) kept as f16 words.
+    pub fn from_f16(shape: &[usize], bytes: &[u8], device: &Device, dtype: DType) -> Self {
+        let mut words = Vec::new();
+        f16_words(bytes, quant::rows_cols(shape).1, &mut words);
+        Self::upload(Packing::F16, shape, words, Vec::new(), device, dtype)
+    }
+
     /// A compact tensor of logical `shape` from its stored rows (`bytes`, `quant`'s packing),
     /// on `device`, scales in `dtype`.
     pub fn from_stored(quant: Quant, shape: &[usize], bytes: &[u8], device: &Device, dtype: DType) -> Result<Self, WeightsError> {
         let (mut words, mut scales) = (Vec::new(), Vec::new());
         let (_, k) = quant::rows_cols(shape);
         quant::split_rows(quant, bytes, k, &mut words, &mut scales, "a compact tensor", "memory")?;
-        Ok(Self::upload(quant, shape, words, scales, device, dtype))
+        Ok(Self::upload(Packing::Blocks(quant), shape, words, scales, device, dtype))
     }
 
-    /// Uploads code words and scales (as [`quant::split_rows`] gives them), each one buffer
-    /// outside the device's activation pools.
-    fn upload(q: Quant, shape: &[usize], words: Vec<u32>, scales: Vec<f32>, device: &Device, dtype: DType) -> Self {
+    /// Uploads code words and scales (as [`quant::split_rows`] or [`f16_words`] give them),
+    /// each one buffer outside the device's activation pools.
+    fn upload(packing: Packing, shape: &[usize], words: Vec<u32>, scales: Vec<f32>, device: &Device, dtype: DType) -> Self {
         let (rows, k) = quant::rows_cols(shape);
-        let words = TensorData::new(words, [rows, q.code_words(k)]);
+        let words = TensorData::new(words, [rows, packing.words(k)]);
         let on = device.clone();
         let codes = device.memory_persistent_allocations(words, move |data| Tensor::<2, Int>::from_data(data, (&on, DType::U32)));
+        let (scales, [r, c]) = match packing {
+            Packing::Blocks(q) => (scales, [rows, q.blocks(k)]),
+            Packing::F16 => (vec![0.0], [1, 1]),
+        };
         let scales = float_data(scales, dtype, None);
-        let blocks = q.blocks(k);
         let on = device.clone();
-        let scales =
-            device.memory_persistent_allocations(scales, move |data| Tensor::<1>::from_data(data, (&on, dtype)).reshape([rows, blocks]));
-        Self { codes, scales, quant: q, shape: shape.to_vec() }
+        let scales = device.memory_persistent_allocations(scales, move |data| Tensor::<1>::from_data(data, (&on, dtype)).reshape([r, c]));
+        Self { codes, scales, packing, shape: shape.to_vec() }
     }
 
-    /// Bytes it holds on the device.
+    /// Bytes it holds on the device (its words, and its scales if it has any).
     pub fn device_bytes(&self) -> usize {
         let elem = if self.scales.dtype() == DType::F16 { 2 } else { 4 };
-        self.codes.shape().num_elements() * 4 + self.scales.shape().num_elements() * elem
+        let scales = match self.packing {
+            Packing::Blocks(_) => self.scales.shape().num_elements() * elem,
+            Packing::F16 => 0,
+        };
+        self.codes.shape().num_elements() * 4 + scales
     }
 }
 
@@ -148,6 +203,10 @@ pub struct VarStore {
     /// The compact tensors declared for the files being read: their packing and logical shape.
     quantized: HashMap<String, (Quant, Vec<usize>)>,
     compact_on_device: bool,
+    /// Whether f16 weights of 2+ dimensions are kept as f16 words ([`Packing::F16`]) when the
+    /// device computes in f32: for model parts whose every such weight is a projection's or a
+    /// convolution's ([`VarStore::keep_f16_compact`]).
+    f16_compact: bool,
     /// Device bytes of the weights held (loaded ones).
     held_bytes: usize,
 }
@@ -160,9 +219,9 @@ struct Partial {
     blocks: Vec<Tensor<1>>,
     pieces: Vec<Tensor<1>>,
     rows_done: usize,
-    /// A compact tensor kept compact: its code words and scales so far (one weight's worth of
-    /// host memory at most, a few MB).
-    compact: Option<(Vec<u32>, Vec<f32>)>,
+    /// A compact tensor kept compact: its packing, code words and scales so far (one weight's
+    /// worth of host memory at most, a few MB).
+    compact: Option<(Packing, Vec<u32>, Vec<f32>)>,
 }
 
 impl VarStore {
@@ -181,6 +240,7 @@ impl VarStore {
             partial: None,
             quantized: HashMap::new(),
             compact_on_device: options.compact_on_device,
+            f16_compact: false,
             held_bytes: 0,
         }
     }
@@ -221,6 +281,7 @@ impl VarStore {
         );
         store.source = source;
         store.ignorable = self.ignorable.clone();
+        store.f16_compact = self.f16_compact;
         store
     }
 
@@ -290,7 +351,13 @@ impl VarStore {
             let rows = rows_of(entry).max(1);
             let row_elems = shape.iter().product::<usize>() / rows;
             let rows_per_block = block_rows(rows, row_elems, self.dtype, self.max_buffer_bytes);
-            let compact = (quant.is_some() && self.compact_on_device && on_cube(&self.device)).then(Default::default);
+            let kept = self.compact_on_device && on_cube(&self.device);
+            let f16 = self.f16_compact && entry.dtype == Dtype::F16 && shape.len() >= 2 && self.dtype == DType::F32;
+            let compact = match &quant {
+                Some((q, _)) if kept => Some((Packing::Blocks(*q), Vec::new(), Vec::new())),
+                None if kept && f16 => Some((Packing::F16, Vec::new(), Vec::new())),
+                _ => None,
+            };
             self.partial =
                 Some(Partial { rows, row_elems, rows_per_block, blocks: Vec::new(), pieces: Vec::new(), rows_done: 0, compact });
         }
@@ -300,8 +367,11 @@ impl VarStore {
                 reason: format!("tensor `{}`: a piece out of order", entry.name),
             });
         };
-        if let (Some((words, scales)), Some((q, _))) = (part.compact.as_mut(), &quant) {
-            quant::split_rows(*q, bytes, part.row_elems, words, scales, &entry.name, origin)?;
+        if let Some((packing, words, scales)) = part.compact.as_mut() {
+            match packing {
+                Packing::Blocks(q) => quant::split_rows(*q, bytes, part.row_elems, words, scales, &entry.name, origin)?,
+                Packing::F16 => f16_words(bytes, part.row_elems, words),
+            }
         } else if float {
             // Split at block boundaries: a block's pieces are joined, blocks are kept apart.
             let in_row = match &quant {
@@ -343,8 +413,8 @@ impl VarStore {
             return Ok(());
         }
         let part = self.partial.take().expect("a tensor in progress");
-        if let (Some((words, scales)), Some((q, _))) = (part.compact, quant) {
-            let compact = self.upload_compact(q, &shape, words, scales);
+        if let Some((packing, words, scales)) = part.compact {
+            let compact = CompactTensor::upload(packing, &shape, words, scales, &self.device, self.dtype);
             self.held_bytes += compact.device_bytes();
             let Source::Loaded(map) = &mut self.source else { unreachable!("checked above") };
             map.insert(entry.name.clone(), Stored { blocks: Vec::new(), shape, compact: Some(compact) });
@@ -364,8 +434,11 @@ impl VarStore {
         Ok(())
     }
 
-    fn upload_compact(&self, q: Quant, shape: &[usize], words: Vec<u32>, scales: Vec<f32>) -> CompactTensor {
-        CompactTensor::upload(q, shape, words, scales, &self.device, self.dtype)
+    /// Keeps this part's f16 weights of 2+ dimensions as f16 words where the device computes in
+    /// f32 (see [`Packing::F16`]): only for parts whose every such weight is a projection's or a
+    /// convolution's (the UNet, the VAE), as a layer that reads a weight dense cannot take one.
+    pub fn keep_f16_compact(&mut self) {
+        self.f16_compact = true;
     }
 
     /// Drops a loaded tensor (`key` may then be inserted again): the converter's calibration
@@ -423,7 +496,7 @@ impl VarStore {
                     return Err(WeightsError::Shape { key: key.to_string(), expected: shape.to_vec(), found: stored.shape.clone() });
                 }
                 if let Some(c) = &stored.compact {
-                    let dtype = format!("{} (kept compact on the device, for a layer that reads it so)", c.quant.name());
+                    let dtype = format!("{} (kept compact on the device, for a layer that reads it so)", c.packing.name());
                     return Err(WeightsError::Dtype { key: key.to_string(), dtype });
                 }
                 let held: usize = stored.blocks.iter().map(|b| b.dims()[0]).sum();

@@ -64,8 +64,10 @@ export function fullSizeBundle({ cache = process.env.ZEPO_FULLSIZE_CACHE || path
 /**
  * What each part's weights take, from the bundle's manifest and shard headers: `elements` (the
  * weights' logical sizes), `fileBytes` (the download) and `gpuBytes` in f32 and f16 (what the
- * GPU holds: floats in the compute dtype; a compact tensor's code words and its scales in the
- * compute dtype, as the engine keeps it). `variant`: `fp16` (default) or a compact variant.
+ * GPU holds, as the engine keeps it: a compact tensor's code words and its scales in the compute
+ * dtype; the UNet's and VAE's f16 weights of 2+ dimensions in f16, two per 32-bit word, also
+ * where the GPU computes in f32; other floats in the compute dtype). `variant`: `fp16`
+ * (default) or a compact variant.
  */
 export function bundleWeights(bundle, variant = 'fp16') {
   const manifest = JSON.parse(fs.readFileSync(path.join(bundle, 'manifest.json'), 'utf8'));
@@ -97,6 +99,9 @@ export function bundleWeights(bundle, variant = 'fp16') {
           const blocks = rows * Math.ceil(k / q.block);
           gpuBytes.f32 += 4 * words + 4 * blocks;
           gpuBytes.f16 += 4 * words + 2 * blocks;
+        } else if (['unet', 'vae'].includes(part) && t.dtype === 'F16' && shape.length >= 2) {
+          gpuBytes.f32 += 4 * shape[0] * Math.ceil(n / shape[0] / 2);
+          gpuBytes.f16 += 2 * n;
         } else {
           gpuBytes.f32 += 4 * n;
           gpuBytes.f16 += 2 * n;
