@@ -69,6 +69,13 @@ fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
+/// Max |a − b| over max |b| (`a`: an f16 run, which must be finite).
+fn rel(a: Vec<f32>, b: Vec<f32>) -> f32 {
+    assert!(a.iter().all(|v| v.is_finite()), "non-finite f16 output");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
 /// The GPU kernels in f16 on values whose sums of squares and attention logits overflow f16
 /// if accumulated in it: they accumulate in f32 and stay within f16 rounding of the f32 run.
 #[test]
@@ -76,11 +83,6 @@ fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
 fn f16_kernels_accumulate_in_f32() {
     use zepo::nn::gpu;
     let device = f16_device();
-    let rel = |a: Vec<f32>, b: Vec<f32>| {
-        assert!(a.iter().all(|v| v.is_finite()), "non-finite f16 output");
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    };
     // GroupNorm (+ SiLU) over groups of 4·32² values of magnitude ~200: sums of squares ~1.6e8.
     let gn = |dtype| {
         let x = normal([1, 32, 32, 32], 200.0, 1, &device, dtype);
@@ -120,11 +122,6 @@ fn f16_compact_kernels_accumulate_in_f32() {
     use zepo::weights::quant::{rows_cols, Quant};
     use zepo::weights::CompactTensor;
     let device = f16_device();
-    let rel = |a: Vec<f32>, b: Vec<f32>| {
-        assert!(a.iter().all(|v| v.is_finite()), "non-finite f16 output");
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    };
     let weight = |shape: &[usize], dtype| {
         let quant = Quant { bits: 8, block: 32 };
         let (rows, k) = rows_cols(shape);

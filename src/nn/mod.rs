@@ -21,6 +21,7 @@ type R<T> = Result<T, WeightsError>;
 
 /// A projection's weight.
 #[derive(burn::module::Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer, built once
 pub enum LinearWeight {
     /// `[d_in, d_out]` (burn's layout).
     Dense(Param<Tensor<2>>),
@@ -95,6 +96,7 @@ pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> R<Linea
 
 /// `torch.nn.Conv2d` with a square kernel and a bias: burn's, or one with a compact weight.
 #[derive(burn::module::Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer, built once
 pub enum Conv2d {
     Dense(burn::nn::conv::Conv2d),
     Compact(CompactConv2d),
