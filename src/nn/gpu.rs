@@ -379,6 +379,10 @@ mod cube {
     /// The `bits` that say a compact weight is f16 values, two per word
     /// (`crate::weights::Packing::F16`).
     pub(super) const F16_WORDS: u32 = 16;
+    /// Rows of the left operand (and of the weight) each unit stages per step, and how far
+    /// apart they are.
+    const STAGED: usize = TILE_K * TILE_M / UNITS;
+    const ROWS_APART: usize = UNITS / TILE_K;
 
     /// The f32 value of the f16 bits `h` (exact: every f16 is an f32).
     #[cube]
@@ -433,56 +437,6 @@ mod cube {
         d * (f32::cast_from(code) - f32::cast_from(1u32 << (bits - 1)))
     }
 
-    /// The weight column of reduction step `k`: for a convolution the steps run tap by tap with
-    /// the channel fastest (`k = tap·C + c`), so that consecutive units read consecutive
-    /// channels of a channels-last map; the weight's row is PyTorch's `c·taps + tap`.
-    #[cube]
-    fn weight_column(k: usize, channels: usize, taps: usize, #[comptime] conv: bool) -> usize {
-        let mut col = k;
-        if conv {
-            col = (k % channels) * taps + k / channels;
-        }
-        col
-    }
-
-    /// Element `(m, k)` of the GEMM's left operand, read from `input` in place: for a
-    /// projection `input[b, t, k]` (`m = b·N + t`); for a convolution the implicit im2col
-    /// `input[b, c, oy·stride + ky − pad_top, ox·stride + kx − pad_left]` (`m = (b·OH + oy)·OW + ox`,
-    /// `k = (ky·kernel + kx)·C + c`, see [`weight_column`]), zero in the padding.
-    #[cube]
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_lhs<F: Float>(
-        input: &Tensor<F>,
-        m: usize,
-        k: usize,
-        kernel: usize,
-        stride: usize,
-        pad_top: usize,
-        pad_left: usize,
-        out_h: usize,
-        out_w: usize,
-        #[comptime] conv: bool,
-    ) -> f32 {
-        let mut v = 0.0f32;
-        if conv {
-            let b = m / (out_h * out_w);
-            let r = m % (out_h * out_w);
-            let c = k % input.shape(1);
-            let q = k / input.shape(1);
-            let y = (r / out_w) * stride + q / kernel;
-            let x = (r % out_w) * stride + q % kernel;
-            if y >= pad_top && y < input.shape(2) + pad_top && x >= pad_left && x < input.shape(3) + pad_left {
-                v = f32::cast_from(
-                    input[b * input.stride(0) + c * input.stride(1) + (y - pad_top) * input.stride(2) + (x - pad_left) * input.stride(3)],
-                );
-            }
-        } else {
-            let rows = input.shape(1);
-            v = f32::cast_from(input[(m / rows) * input.stride(0) + (m % rows) * input.stride(1) + k * input.stride(2)]);
-        }
-        v
-    }
-
     /// `output[m, n] = Σ_k lhs(m, k) · w(n, k) (+ bias[n])`, `output` contiguous `[M, N_out]`
     /// (a convolution's is `[B, OH, OW, C_out]`, channels-last), `w` the compact weight.
     ///
@@ -494,8 +448,15 @@ mod cube {
     /// 64·16 codes (1 KiB at 8 bits) with 64 · 16/32 scales: an arithmetic intensity of about
     /// 25 FLOPs per byte in f32 and 40 in f16 at 8 bits (more at fewer bits), against about
     /// 0.25 for burn's direct convolution, which reads an input and a weight per FMA. A 3×3
-    /// convolution is the same GEMM over the implicit im2col (`gemm_lhs`), with `K = C_in·9`:
-    /// nothing is expanded in memory, neither the weight nor the patches.
+    /// convolution is the same GEMM over the implicit im2col, with `K = C_in·9`: nothing is
+    /// expanded in memory, neither the weight nor the patches.
+    ///
+    /// The left operand, read from `input` in place: for a projection `input[b, t, k]`
+    /// (`m = b·N + t`); for a convolution `input[b, c, oy·stride + ky − pad_top, ox·stride + kx −
+    /// pad_left]` (`m = (b·OH + oy)·OW + ox`), zero in the padding. A convolution's steps run tap
+    /// by tap with the channel fastest (`k = (ky·kernel + kx)·C + c`), so that consecutive units
+    /// read consecutive channels of a channels-last map; its weight column is PyTorch's
+    /// `c·kernel² + tap`.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     fn compact_gemm_kernel<F: Float>(
@@ -536,44 +497,78 @@ mod cube {
             acc[i] = 0.0f32;
         }
 
+        // Staging: unit `tid` takes reduction column `kk` (the same at every step, UNITS being
+        // a multiple of TILE_K: consecutive units read consecutive code words and a row's
+        // consecutive inputs) of STAGED rows of each tile, `first`, `first + ROWS_APART`, …
+        // Where those rows start in `input` is worked out once, not at every step.
+        let kk = tid % TILE_K;
+        let first = tid / TILE_K;
+        let mut row_base = Array::<u32>::new(STAGED);
+        let mut row_y = Array::<u32>::new(STAGED);
+        let mut row_x = Array::<u32>::new(STAGED);
+        let mut row_ok = Array::<u32>::new(STAGED);
+        for i in 0..STAGED {
+            let m = m0 + first + i * ROWS_APART;
+            row_base[i] = 0u32;
+            row_y[i] = 0u32;
+            row_x[i] = 0u32;
+            row_ok[i] = 0u32;
+            if m < m_total {
+                row_ok[i] = 1u32;
+                if conv {
+                    let plane = out_h as usize * out_w as usize;
+                    let r = m % plane;
+                    row_base[i] = ((m / plane) * input.stride(0)) as u32;
+                    row_y[i] = ((r / out_w as usize) * stride as usize) as u32;
+                    row_x[i] = ((r % out_w as usize) * stride as usize) as u32;
+                } else {
+                    let rows = input.shape(1);
+                    row_base[i] = ((m / rows) * input.stride(0) + (m % rows) * input.stride(1)) as u32;
+                }
+            }
+        }
+        let height = input.shape(2);
+        let width = input.shape(3);
+
         let mut k0 = 0;
         while k0 < k_total {
-            // Staging: unit `tid` takes elements tid, tid + 256, …, `k` fastest (consecutive
-            // units read consecutive code words and a row's consecutive inputs).
-            for i in 0..(TILE_K * TILE_M) / UNITS {
-                let e = tid + i * UNITS;
-                let kk = e % TILE_K;
-                let mm = e / TILE_K;
-                let m = m0 + mm;
-                let k = k0 + kk;
-                let mut v = 0.0f32;
-                if m < m_total && k < k_total {
-                    v = gemm_lhs(
-                        input,
-                        m,
-                        k,
-                        kernel as usize,
-                        stride as usize,
-                        pad_top as usize,
-                        pad_left as usize,
-                        out_h as usize,
-                        out_w as usize,
-                        conv,
-                    );
-                }
-                lhs_tile[kk * TILE_STRIDE + mm] = v;
+            let k = k0 + kk;
+            let k_ok = k < k_total;
+            // A convolution's step `k` is channel `c` of tap (`ky`, `kx`), weight column `c·kernel² + tap`.
+            let c = k % channels;
+            let tap = k / channels;
+            let ky = tap / kernel as usize;
+            let kx = tap % kernel as usize;
+            let mut col = k;
+            if conv {
+                col = c * taps + tap;
             }
-            for i in 0..(TILE_K * TILE_N) / UNITS {
-                let e = tid + i * UNITS;
-                let kk = e % TILE_K;
-                let nn = e / TILE_K;
-                let n = n0 + nn;
-                let k = k0 + kk;
+            for i in 0..STAGED {
+                let slot = kk * TILE_STRIDE + first + i * ROWS_APART;
                 let mut v = 0.0f32;
-                if n < n_out && k < k_total {
-                    v = compact_value(codes, scales, n, weight_column(k, channels, taps, conv), bits, block);
+                if row_ok[i] == 1 && k_ok {
+                    if conv {
+                        let y = row_y[i] as usize + ky;
+                        let x = row_x[i] as usize + kx;
+                        if y >= pad_top as usize && y < height + pad_top as usize && x >= pad_left as usize && x < width + pad_left as usize {
+                            v = f32::cast_from(
+                                input[row_base[i] as usize
+                                    + c * input.stride(1)
+                                    + (y - pad_top as usize) * input.stride(2)
+                                    + (x - pad_left as usize) * input.stride(3)],
+                            );
+                        }
+                    } else {
+                        v = f32::cast_from(input[row_base[i] as usize + k * input.stride(2)]);
+                    }
                 }
-                w_tile[kk * TILE_STRIDE + nn] = v;
+                lhs_tile[slot] = v;
+                let n = n0 + first + i * ROWS_APART;
+                let mut w = 0.0f32;
+                if n < n_out && k_ok {
+                    w = compact_value(codes, scales, n, col, bits, block);
+                }
+                w_tile[slot] = w;
             }
             sync_cube();
             for kk in 0..TILE_K {
@@ -673,12 +668,12 @@ mod cube {
             gemm.k as u32,
             bits as u32,
             block as u32,
-            g.kernel as u32,
+            g.kernel.max(1) as u32,
             g.stride as u32,
             g.pad_top as u32,
             g.pad_left as u32,
-            g.out_h as u32,
-            g.out_w as u32,
+            g.out_h.max(1) as u32,
+            g.out_w.max(1) as u32,
             gemm.conv.is_some(),
             has_bias,
             dtype,
