@@ -172,8 +172,8 @@ fn compact_dequantization_gives_the_cpus_values_exactly() {
 fn compact_linear_matches_the_dense_weight() {
     let device = device();
     // (tokens, d_in, d_out): the UNet's widths, a row shorter than a block, tiles cut by both
-    // edges.
-    for (n, d_in, d_out, bits) in [(70, 320, 77, 8), (9, 100, 130, 4), (64, 20, 64, 5), (1, 1280, 320, 6)] {
+    // edges; at most 16 rows (2·tokens) the skinny kernel, a row tile cut short (3 → 6 rows).
+    for (n, d_in, d_out, bits) in [(70, 320, 77, 8), (9, 100, 130, 4), (64, 20, 64, 5), (1, 1280, 320, 6), (8, 300, 70, 8), (3, 64, 65, 3)] {
         let quant = Quant { bits, block: 32 };
         let (compact, cpu) = compact_weight(&[d_out, d_in], quant, n as u32, &device);
         let dense: Tensor<2> = Tensor::from_data(TensorData::new(cpu, [d_out, d_in]), &device).transpose();
@@ -198,8 +198,17 @@ fn compact_convolution_matches_the_dense_weight() {
     let device = device();
     // (c_in, c_out, kernel, stride, [top, left, bottom, right], h, w): the UNet's and VAE's 3×3
     // and 1×1 convolutions, the downsamplers' stride 2 with the VAE's asymmetric padding, a
-    // band's halo padding, `c_in·9` not a whole number of blocks (conv_in: 4·9 = 36).
+    // band's halo padding, `c_in·9` not a whole number of blocks (conv_in: 4·9 = 36). Maps so
+    // small that taps only read padding (skipped): a 1×1 map (the centre tap alone), a 2×2 map
+    // downsampled with the VAE's padding (its bottom row and right column of taps), one row of
+    // 12 (tiled: only the middle row of taps); the skinny kernel for at most 16 output pixels
+    // (2 items of 1×1, 2×2 with `c_in` not a multiple of its 64 steps, 2×4 at stride 2).
     let cases = [
+        (64, 40, 3, 1, [1, 1, 1, 1], 1, 1, 8),
+        (16, 16, 3, 2, [0, 0, 1, 1], 2, 2, 6),
+        (24, 8, 3, 1, [1, 1, 1, 1], 1, 12, 8),
+        (20, 70, 3, 1, [1, 1, 1, 1], 2, 2, 4),
+        (24, 33, 3, 2, [1, 1, 1, 1], 4, 8, 8),
         (4, 32, 3, 1, [1, 1, 1, 1], 9, 7, 8),
         (40, 70, 3, 1, [1, 1, 1, 1], 6, 11, 4),
         (16, 16, 3, 2, [0, 0, 1, 1], 9, 8, 8),
@@ -252,15 +261,20 @@ fn f16_words_decode_exactly_and_run_like_the_dense_weight() {
         let bytes: Vec<u8> = v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
         (CompactTensor::from_f16(shape, &bytes, &device, DType::F32), v)
     };
+    // Both GEMM kernels: 38 rows (tiled) and 10 (skinny).
     let (compact, v) = weight(&[77, 321], 1);
     let dense: Tensor<2> = Tensor::from_data(TensorData::new(v, [77, 321]), &device).transpose();
-    let x = rnd([2, 19, 321], 1.0, &device);
-    let e = rel(values(gpu::compact_linear(x.clone(), &compact, None)), values(linear(x, dense, None)));
-    assert!(e < 1e-5, "f16 words, projection: {e:e}");
+    for tokens in [19, 5] {
+        let x = rnd([2, tokens, 321], 1.0, &device);
+        let e = rel(values(gpu::compact_linear(x.clone(), &compact, None)), values(linear(x, dense.clone(), None)));
+        assert!(e < 1e-5, "f16 words, projection of {tokens} tokens: {e:e}");
+    }
     let (compact, v) = weight(&[24, 13, 3, 3], 2);
     let dense: Tensor<4> = Tensor::from_data(TensorData::new(v, [24, 13, 3, 3]), &device);
-    let x = rnd([2, 7, 9, 13], 1.0, &device).permute([0, 3, 1, 2]);
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let e = rel(values(gpu::compact_conv2d(x.clone(), &compact, None, 1, [1, 1, 1, 1])), values(conv2d(x, dense, None, options)));
-    assert!(e < 1e-5, "f16 words, 3×3 convolution: {e:e}");
+    for (h, w) in [(7, 9), (2, 2)] {
+        let x = rnd([2, h, w, 13], 1.0, &device).permute([0, 3, 1, 2]);
+        let e = rel(values(gpu::compact_conv2d(x.clone(), &compact, None, 1, [1, 1, 1, 1])), values(conv2d(x, dense.clone(), None, options.clone())));
+        assert!(e < 1e-5, "f16 words, 3×3 convolution of a {h}×{w} map: {e:e}");
+    }
 }

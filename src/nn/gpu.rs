@@ -384,6 +384,14 @@ mod cube {
     const STAGED: usize = TILE_K * TILE_M / UNITS;
     const ROWS_APART: usize = UNITS / TILE_K;
 
+    /// The skinny GEMM (at most `SKINNY_MAX_M` rows: a small image's deep levels, where most of
+    /// the weights are): `SKINNY_M` rows × `SKINNY_N` output channels per cube, one channel
+    /// per unit, `SKINNY_K` of the reduction staged per step (one column per unit).
+    const SKINNY_M: usize = 8;
+    const SKINNY_N: usize = 64;
+    const SKINNY_K: usize = SKINNY_N;
+    pub(super) const SKINNY_MAX_M: usize = 2 * SKINNY_M;
+
     /// The f32 value of the f16 bits `h` (exact: every f16 is an f32).
     #[cube]
     fn f16_bits_to_f32(h: u32) -> f32 {
@@ -408,23 +416,24 @@ mod cube {
 
     /// Value `k` of row `n` of a compact weight. Blocks: `d·(u − 2^(bits−1))`, with `u` the
     /// `bits`-bit code at bit `k·bits` of the row's words (least significant first, possibly
-    /// straddling two words) and `d` its block's scale, exact in f32 as on the CPU
-    /// (`quant::dequantize_row`). `bits` [`F16_WORDS`]: the f16 in half `k % 2` of word `k / 2`.
+    /// straddling two words) and `d` its block's scale (blocks of `2^block_shift` values), exact
+    /// in f32 as on the CPU (`quant::dequantize_row`). `bits` [`F16_WORDS`]: the f16 in half
+    /// `k % 2` of word `k / 2`.
     #[cube]
     #[allow(unused_assignments)] // the first value is what the kernel's variable starts as
-    fn compact_value<F: Float>(codes: &Tensor<u32>, scales: &Tensor<F>, n: usize, k: usize, bits: u32, block: usize) -> f32 {
+    fn compact_value<F: Float>(codes: &Tensor<u32>, scales: &Tensor<F>, n: usize, k: usize, bits: u32, block_shift: u32) -> f32 {
         let mut v = 0.0f32;
         if bits == F16_WORDS {
             let word = codes[n * codes.stride(0) + k / 2];
             v = f16_bits_to_f32((word >> ((k % 2) as u32 * 16)) & 0xffff);
         } else {
-            v = block_value(codes, scales, n, k, bits, block);
+            v = block_value(codes, scales, n, k, bits, block_shift);
         }
         v
     }
 
     #[cube]
-    fn block_value<F: Float>(codes: &Tensor<u32>, scales: &Tensor<F>, n: usize, k: usize, bits: u32, block: usize) -> f32 {
+    fn block_value<F: Float>(codes: &Tensor<u32>, scales: &Tensor<F>, n: usize, k: usize, bits: u32, block_shift: u32) -> f32 {
         let bit = k * bits as usize;
         let w = n * codes.stride(0) + bit / 32;
         let s = (bit % 32) as u32;
@@ -433,8 +442,90 @@ mod cube {
             u |= codes[w + 1] << (32 - s);
         }
         let code = u & ((1u32 << bits) - 1);
-        let d = f32::cast_from(scales[n * scales.stride(0) + (k / block) * scales.stride(1)]);
+        let d = f32::cast_from(scales[n * scales.stride(0) + (k >> block_shift as usize) * scales.stride(1)]);
         d * (f32::cast_from(code) - f32::cast_from(1u32 << (bits - 1)))
+    }
+
+    /// Where output row `m` reads `input`, stored in slot `i` of `base`, `y`, `x`: a
+    /// projection's row `input[b, t, ·]` (`m = b·N + t`) starts at `base`; a convolution's
+    /// output pixel (`m = (b·OH + oy)·OW + ox`) reads batch item `base` from (`y`, `x`) =
+    /// (`oy·stride`, `ox·stride`) of the padded map.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn row_origin<F: Float>(
+        input: &Tensor<F>,
+        m: usize,
+        out_h: u32,
+        out_w: u32,
+        stride: u32,
+        base: &mut Array<u32>,
+        y: &mut Array<u32>,
+        x: &mut Array<u32>,
+        i: usize,
+        #[comptime] conv: bool,
+    ) {
+        if conv {
+            let plane = out_h as usize * out_w as usize;
+            let r = m % plane;
+            base[i] = ((m / plane) * input.stride(0)) as u32;
+            y[i] = ((r / out_w as usize) * stride as usize) as u32;
+            x[i] = ((r % out_w as usize) * stride as usize) as u32;
+        } else {
+            let rows = input.shape(1);
+            base[i] = ((m / rows) * input.stride(0) + (m % rows) * input.stride(1)) as u32;
+            y[i] = 0u32;
+            x[i] = 0u32;
+        }
+    }
+
+    /// The left operand at reduction step `k` of the row whose origin is (`base`, `y0`, `x0`)
+    /// (see [`row_origin`]): for a convolution channel `c` of tap (`ky`, `kx`), zero in the
+    /// padding.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn lhs_value<F: Float>(
+        input: &Tensor<F>,
+        base: u32,
+        y0: u32,
+        x0: u32,
+        k: usize,
+        c: usize,
+        ky: usize,
+        kx: usize,
+        pad_top: u32,
+        pad_left: u32,
+        #[comptime] conv: bool,
+    ) -> f32 {
+        let mut v = 0.0f32;
+        if conv {
+            let y = y0 as usize + ky;
+            let x = x0 as usize + kx;
+            let (top, left) = (pad_top as usize, pad_left as usize);
+            if y >= top && y < input.shape(2) + top && x >= left && x < input.shape(3) + left {
+                v = f32::cast_from(input[base as usize + c * input.stride(1) + (y - top) * input.stride(2) + (x - left) * input.stride(3)]);
+            }
+        } else {
+            v = f32::cast_from(input[base as usize + k * input.stride(2)]);
+        }
+        v
+    }
+
+    /// Whether reduction steps `k0 .. k0 + len` (of `k_total`) reach the image: a convolution's
+    /// steps run tap by tap, and a tap that only ever reads padding (bit clear in `live_taps`:
+    /// most of a 3×3 kernel on a 1×1 map) contributes nothing. The same for every unit.
+    #[cube]
+    fn steps_live(k0: usize, len: usize, k_total: usize, channels: usize, live_taps: u32, #[comptime] conv: bool) -> bool {
+        let mut live = true;
+        if conv {
+            let mut last = k0 + len;
+            if last > k_total {
+                last = k_total;
+            }
+            let lo = k0 / channels;
+            let hi = (last - 1) / channels;
+            live = ((live_taps >> lo as u32) & ((2u32 << (hi - lo) as u32) - 1)) != 0;
+        }
+        live
     }
 
     /// `output[m, n] = Σ_k lhs(m, k) · w(n, k) (+ bias[n])`, `output` contiguous `[M, N_out]`
@@ -456,7 +547,7 @@ mod cube {
     /// pad_left]` (`m = (b·OH + oy)·OW + ox`), zero in the padding. A convolution's steps run tap
     /// by tap with the channel fastest (`k = (ky·kernel + kx)·C + c`), so that consecutive units
     /// read consecutive channels of a channels-last map; its weight column is PyTorch's
-    /// `c·kernel² + tap`.
+    /// `c·kernel² + tap`. Steps of taps that only read padding are skipped ([`steps_live`]).
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     fn compact_gemm_kernel<F: Float>(
@@ -468,13 +559,14 @@ mod cube {
         m_total: u32,
         k_total: u32,
         bits: u32,
-        block: u32,
+        block_shift: u32,
         kernel: u32,
         stride: u32,
         pad_top: u32,
         pad_left: u32,
         out_h: u32,
         out_w: u32,
+        live_taps: u32,
         #[comptime] conv: bool,
         #[comptime] has_bias: bool,
         #[define(F)] _dtype: ElemType,
@@ -487,7 +579,6 @@ mod cube {
         let m_total = m_total as usize;
         let k_total = k_total as usize;
         let n_out = codes.shape(0);
-        let block = block as usize;
         let channels = input.shape(1);
         let taps = kernel as usize * kernel as usize;
         let mut lhs_tile = Shared::<[f32]>::new_slice(TILE_K * TILE_STRIDE);
@@ -506,80 +597,49 @@ mod cube {
         let mut row_base = Array::<u32>::new(STAGED);
         let mut row_y = Array::<u32>::new(STAGED);
         let mut row_x = Array::<u32>::new(STAGED);
-        let mut row_ok = Array::<u32>::new(STAGED);
         for i in 0..STAGED {
-            let m = m0 + first + i * ROWS_APART;
-            row_base[i] = 0u32;
-            row_y[i] = 0u32;
-            row_x[i] = 0u32;
-            row_ok[i] = 0u32;
-            if m < m_total {
-                row_ok[i] = 1u32;
-                if conv {
-                    let plane = out_h as usize * out_w as usize;
-                    let r = m % plane;
-                    row_base[i] = ((m / plane) * input.stride(0)) as u32;
-                    row_y[i] = ((r / out_w as usize) * stride as usize) as u32;
-                    row_x[i] = ((r % out_w as usize) * stride as usize) as u32;
-                } else {
-                    let rows = input.shape(1);
-                    row_base[i] = ((m / rows) * input.stride(0) + (m % rows) * input.stride(1)) as u32;
-                }
-            }
+            row_origin(input, m0 + first + i * ROWS_APART, out_h, out_w, stride, &mut row_base, &mut row_y, &mut row_x, i, conv);
         }
-        let height = input.shape(2);
-        let width = input.shape(3);
 
         let mut k0 = 0;
         while k0 < k_total {
-            let k = k0 + kk;
-            let k_ok = k < k_total;
-            // A convolution's step `k` is channel `c` of tap (`ky`, `kx`), weight column `c·kernel² + tap`.
-            let c = k % channels;
-            let tap = k / channels;
-            let ky = tap / kernel as usize;
-            let kx = tap % kernel as usize;
-            let mut col = k;
-            if conv {
-                col = c * taps + tap;
-            }
-            for i in 0..STAGED {
-                let slot = kk * TILE_STRIDE + first + i * ROWS_APART;
-                let mut v = 0.0f32;
-                if row_ok[i] == 1 && k_ok {
-                    if conv {
-                        let y = row_y[i] as usize + ky;
-                        let x = row_x[i] as usize + kx;
-                        if y >= pad_top as usize && y < height + pad_top as usize && x >= pad_left as usize && x < width + pad_left as usize {
-                            v = f32::cast_from(
-                                input[row_base[i] as usize
-                                    + c * input.stride(1)
-                                    + (y - pad_top as usize) * input.stride(2)
-                                    + (x - pad_left as usize) * input.stride(3)],
-                            );
+            if steps_live(k0, TILE_K, k_total, channels, live_taps, conv) {
+                let k = k0 + kk;
+                let k_ok = k < k_total;
+                // A convolution's step `k` is channel `c` of tap (`ky`, `kx`), weight column `c·kernel² + tap`.
+                let c = k % channels;
+                let tap = k / channels;
+                let ky = tap / kernel as usize;
+                let kx = tap % kernel as usize;
+                let mut col = k;
+                if conv {
+                    col = c * taps + tap;
+                }
+                for i in 0..STAGED {
+                    let slot = kk * TILE_STRIDE + first + i * ROWS_APART;
+                    let mut v = 0.0f32;
+                    if m0 + first + i * ROWS_APART < m_total && k_ok {
+                        v = lhs_value(input, row_base[i], row_y[i], row_x[i], k, c, ky, kx, pad_top, pad_left, conv);
+                    }
+                    lhs_tile[slot] = v;
+                    let n = n0 + first + i * ROWS_APART;
+                    let mut w = 0.0f32;
+                    if n < n_out && k_ok {
+                        w = compact_value(codes, scales, n, col, bits, block_shift);
+                    }
+                    w_tile[slot] = w;
+                }
+                sync_cube();
+                for kk in 0..TILE_K {
+                    for i in 0..PER_UNIT {
+                        let a = lhs_tile[kk * TILE_STRIDE + ty * PER_UNIT + i];
+                        for j in 0..PER_UNIT {
+                            acc[i * PER_UNIT + j] += a * w_tile[kk * TILE_STRIDE + tx * PER_UNIT + j];
                         }
-                    } else {
-                        v = f32::cast_from(input[row_base[i] as usize + k * input.stride(2)]);
                     }
                 }
-                lhs_tile[slot] = v;
-                let n = n0 + first + i * ROWS_APART;
-                let mut w = 0.0f32;
-                if n < n_out && k_ok {
-                    w = compact_value(codes, scales, n, col, bits, block);
-                }
-                w_tile[slot] = w;
+                sync_cube();
             }
-            sync_cube();
-            for kk in 0..TILE_K {
-                for i in 0..PER_UNIT {
-                    let a = lhs_tile[kk * TILE_STRIDE + ty * PER_UNIT + i];
-                    for j in 0..PER_UNIT {
-                        acc[i * PER_UNIT + j] += a * w_tile[kk * TILE_STRIDE + tx * PER_UNIT + j];
-                    }
-                }
-            }
-            sync_cube();
             k0 += TILE_K;
         }
 
@@ -600,6 +660,111 @@ mod cube {
         }
     }
 
+    /// The same GEMM as [`compact_gemm_kernel`] for few rows (at most [`SKINNY_MAX_M`]): there a
+    /// 64-row tile would be mostly padding, and the cost is reading the weight, each value of
+    /// which serves only these rows. One cube per `SKINNY_M` rows × `SKINNY_N` output channels,
+    /// one channel per unit, which dequantizes its weight row straight into registers (no
+    /// weight tile, no bank conflicts); each step stages `SKINNY_M` × `SKINNY_K` of the left
+    /// operand (2 KiB of workgroup memory), read by every unit.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    fn compact_skinny_gemm_kernel<F: Float>(
+        input: &Tensor<F>,
+        codes: &Tensor<u32>,
+        scales: &Tensor<F>,
+        bias: &Tensor<F>,
+        output: &mut Tensor<F>,
+        m_total: u32,
+        k_total: u32,
+        bits: u32,
+        block_shift: u32,
+        kernel: u32,
+        stride: u32,
+        pad_top: u32,
+        pad_left: u32,
+        out_h: u32,
+        out_w: u32,
+        live_taps: u32,
+        #[comptime] conv: bool,
+        #[comptime] has_bias: bool,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let tid = UNIT_POS_X as usize;
+        let n = CUBE_POS_X as usize * SKINNY_N + tid;
+        let m0 = CUBE_POS_Y as usize * SKINNY_M;
+        let m_total = m_total as usize;
+        let k_total = k_total as usize;
+        let n_out = codes.shape(0);
+        let channels = input.shape(1);
+        let taps = kernel as usize * kernel as usize;
+        let mut lhs_tile = Shared::<[f32]>::new_slice(SKINNY_K * SKINNY_M);
+        let mut acc = Array::<f32>::new(SKINNY_M);
+        let mut row_base = Array::<u32>::new(SKINNY_M);
+        let mut row_y = Array::<u32>::new(SKINNY_M);
+        let mut row_x = Array::<u32>::new(SKINNY_M);
+        for i in 0..SKINNY_M {
+            acc[i] = 0.0f32;
+            row_origin(input, m0 + i, out_h, out_w, stride, &mut row_base, &mut row_y, &mut row_x, i, conv);
+        }
+
+        let mut k0 = 0;
+        while k0 < k_total {
+            if steps_live(k0, SKINNY_K, k_total, channels, live_taps, conv) {
+                // Staging: unit `tid` takes step `k0 + tid` of every row.
+                let k = k0 + tid;
+                let c = k % channels;
+                let tap = k / channels;
+                for i in 0..SKINNY_M {
+                    let mut v = 0.0f32;
+                    if m0 + i < m_total && k < k_total {
+                        v = lhs_value(input, row_base[i], row_y[i], row_x[i], k, c, tap / kernel as usize, tap % kernel as usize, pad_top, pad_left, conv);
+                    }
+                    lhs_tile[tid * SKINNY_M + i] = v;
+                }
+                sync_cube();
+                if n < n_out {
+                    let mut steps = k_total - k0;
+                    if steps > SKINNY_K {
+                        steps = SKINNY_K;
+                    }
+                    // The weight column of step `k0 + kk`, followed step by step (no division).
+                    let mut c = k0 % channels;
+                    let mut tap = k0 / channels;
+                    for kk in 0..steps {
+                        let mut col = k0 + kk;
+                        if conv {
+                            col = c * taps + tap;
+                            c += 1;
+                            if c == channels {
+                                c = 0;
+                                tap += 1;
+                            }
+                        }
+                        let w = compact_value(codes, scales, n, col, bits, block_shift);
+                        for i in 0..SKINNY_M {
+                            acc[i] += lhs_tile[kk * SKINNY_M + i] * w;
+                        }
+                    }
+                }
+                sync_cube();
+            }
+            k0 += SKINNY_K;
+        }
+
+        if n < n_out {
+            for i in 0..SKINNY_M {
+                let m = m0 + i;
+                if m < m_total {
+                    let mut y = acc[i];
+                    if has_bias {
+                        y += f32::cast_from(bias[n]);
+                    }
+                    output[m * n_out + n] = F::cast_from(y);
+                }
+            }
+        }
+    }
+
     /// One unit per value of a compact weight: `output` `[rows, cols]`, contiguous.
     #[cube(launch)]
     fn compact_dequantize_kernel<F: Float>(
@@ -607,7 +772,7 @@ mod cube {
         scales: &Tensor<F>,
         output: &mut Tensor<F>,
         bits: u32,
-        block: u32,
+        block_shift: u32,
         #[define(F)] _dtype: ElemType,
     ) {
         let pos = ABSOLUTE_POS;
@@ -615,7 +780,7 @@ mod cube {
             terminate!();
         }
         let cols = output.shape(1);
-        output[pos] = F::cast_from(compact_value(codes, scales, pos / cols, pos % cols, bits, block as usize));
+        output[pos] = F::cast_from(compact_value(codes, scales, pos / cols, pos % cols, bits, block_shift));
     }
 
     /// What a compact GEMM computes: a projection, or a convolution's geometry.
@@ -635,7 +800,23 @@ mod cube {
         out_w: usize,
     }
 
-    /// Launches [`compact_gemm_kernel`] into a new contiguous `out_shape` (`[M, N_out]` in memory).
+    /// The taps of a convolution that read the image for some output pixel (bit `ky·kernel +
+    /// kx`); the others only ever read padding.
+    fn live_taps(g: &ConvGeometry, height: usize, width: usize) -> u32 {
+        let reaches = |k: usize, pad: usize, out: usize, size: usize| (0..out).any(|o| (pad..pad + size).contains(&(o * g.stride + k)));
+        let mut mask = 0u32;
+        for ky in 0..g.kernel {
+            for kx in 0..g.kernel {
+                if reaches(ky, g.pad_top, g.out_h, height) && reaches(kx, g.pad_left, g.out_w, width) {
+                    mask |= 1 << (ky * g.kernel + kx);
+                }
+            }
+        }
+        mask
+    }
+
+    /// Launches [`compact_gemm_kernel`] (or, for few rows, [`compact_skinny_gemm_kernel`]) into a
+    /// new contiguous `out_shape` (`[M, N_out]` in memory).
     #[allow(clippy::too_many_arguments)]
     fn launch_compact_gemm(
         input: CubeTensor,
@@ -648,36 +829,55 @@ mod cube {
         gemm: Gemm,
         out_shape: burn::tensor::Shape,
     ) -> CubeTensor {
+        assert!(block.is_power_of_two(), "a compact weight's block ({block}) is a power of two");
         let n_out = codes.meta.shape()[0];
+        let dims = input.meta.shape().clone();
         let out = empty_device_dtype(input.client.clone(), input.device.clone(), out_shape, input.dtype);
         let client = input.client.clone();
         let dtype = storage(&input);
-        let tiles_m = gemm.m.div_ceil(TILE_M);
-        assert!(tiles_m <= u16::MAX as usize, "a compact GEMM of {} rows is over the dispatch limit", gemm.m);
         let g = gemm.conv.unwrap_or_default();
-        compact_gemm_kernel::launch(
-            &client,
-            CubeCount::Static(n_out.div_ceil(TILE_N) as u32, tiles_m as u32, 1),
-            CubeDim::new_1d(UNITS as u32),
-            input.into_tensor_arg(),
-            codes.into_tensor_arg(),
-            scales.into_tensor_arg(),
-            bias.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            gemm.m as u32,
-            gemm.k as u32,
-            bits as u32,
-            block as u32,
-            g.kernel.max(1) as u32,
-            g.stride as u32,
-            g.pad_top as u32,
-            g.pad_left as u32,
-            g.out_h.max(1) as u32,
-            g.out_w.max(1) as u32,
-            gemm.conv.is_some(),
-            has_bias,
-            dtype,
-        );
+        // Up to 5×5 kernels: their taps fit the mask's 32 bits.
+        assert!(g.kernel <= 5, "a compact convolution's kernel is at most 5×5, not {0}×{0}", g.kernel);
+        let live = if gemm.conv.is_some() { live_taps(&g, dims[2], dims[3]) } else { u32::MAX };
+        let skinny = gemm.m <= SKINNY_MAX_M;
+        let (tile_m, tile_n, units) = if skinny { (SKINNY_M, SKINNY_N, SKINNY_N) } else { (TILE_M, TILE_N, UNITS) };
+        let tiles_m = gemm.m.div_ceil(tile_m);
+        assert!(tiles_m <= u16::MAX as usize, "a compact GEMM of {} rows is over the dispatch limit", gemm.m);
+        let count = CubeCount::Static(n_out.div_ceil(tile_n) as u32, tiles_m as u32, 1);
+        let dim = CubeDim::new_1d(units as u32);
+        macro_rules! launch {
+            ($kernel:ident) => {
+                $kernel::launch(
+                    &client,
+                    count,
+                    dim,
+                    input.into_tensor_arg(),
+                    codes.into_tensor_arg(),
+                    scales.into_tensor_arg(),
+                    bias.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    gemm.m as u32,
+                    gemm.k as u32,
+                    bits as u32,
+                    block.trailing_zeros(),
+                    g.kernel.max(1) as u32,
+                    g.stride as u32,
+                    g.pad_top as u32,
+                    g.pad_left as u32,
+                    g.out_h.max(1) as u32,
+                    g.out_w.max(1) as u32,
+                    live,
+                    gemm.conv.is_some(),
+                    has_bias,
+                    dtype,
+                )
+            };
+        }
+        if skinny {
+            launch!(compact_skinny_gemm_kernel);
+        } else {
+            launch!(compact_gemm_kernel);
+        }
         out
     }
 
@@ -856,7 +1056,7 @@ mod cube {
                 scales.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 bits as u32,
-                block as u32,
+                block.trailing_zeros(),
                 dtype,
             );
             out
