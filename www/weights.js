@@ -207,6 +207,24 @@ export class ModelFiles {
     this.unstored = 0;
     /** Text files read but not stored yet: path → { text, bytes, type } (see settle()). */
     this.pending = new Map();
+    /** Partial downloads being removed (a download that failed): see quiesce(). */
+    this.clearing = new Set();
+  }
+
+  /** Tracks the removal of a failed download's prefix, so that quiesce() can wait for it. */
+  track(removal) {
+    if (!removal) return;
+    this.clearing.add(removal);
+    removal.finally(() => this.clearing.delete(removal)).catch(() => {});
+  }
+
+  /**
+   * Resolves once every failed download's stored prefix is removed: an error is reported only
+   * after it, so that nothing is left half-removed in OPFS when the caller ends the Worker or
+   * looks at the storage.
+   */
+  async quiesce() {
+    while (this.clearing.size) await Promise.allSettled([...this.clearing]);
   }
 
   get base() {
@@ -614,7 +632,7 @@ class Download {
             throw this.fail(full.name, full.message);
           }
           // The prefix cannot be kept (OPFS failing): the download goes on without it.
-          this.partial.clear();
+          this.files.track(this.partial.clear());
           this.partial = null;
         }
       }
@@ -698,7 +716,7 @@ class Download {
     this.reader?.cancel(String(reason)).catch(() => {});
     this.next?.cancel(String(reason)).catch(() => {});
     if (this.keepPartial) this.partial?.close();
-    else this.partial?.clear();
+    else this.files.track(this.partial?.clear());
   }
 }
 

@@ -55,9 +55,11 @@ function crashError(e) {
  * it failed only on a later download, a broken connection (DownloadError) or full storage
  * (StorageFull), since the engine took them before asking for the next file; forgotten after
  * any other error (a file refused, a config or header the engine rejects), so that the next
- * try asks the server again rather than keep what may be the cause.
+ * try asks the server again rather than keep what may be the cause. A failed download's
+ * stored prefix is removed first (quiesce()).
  */
 async function afterFailure(files, e) {
+  await files.quiesce();
   if (e?.name === 'DownloadError' || e?.name === 'StorageFull') await files.settle().catch(() => {});
   else files.discard();
 }
