@@ -19,7 +19,8 @@
 //!
 //! - [`compact_conv2d`] / [`compact_linear`]: a convolution / projection whose weight is kept
 //!   compact (block-quantized codes and scales, `crate::weights::quant`), dequantized inside the
-//!   kernel's tiles: an implicit GEMM that never expands the weight in GPU memory.
+//!   kernel's tiles: an implicit GEMM that never expands the weight in GPU memory (64 × 64 tiles;
+//!   a skinny kernel for at most 16 rows, a small image's deep levels).
 //! - [`compact_dequantize`]: a compact weight expanded (checks, and a fused projection whose parts
 //!   have different packings).
 //!
