@@ -200,6 +200,14 @@ export interface ModelInfo {
   requests: number;
 }
 
+/** The work of one stylization: a run that reused the style's features shows fewer UNet evaluations. */
+export interface RunCounters {
+  /** UNet evaluations, counted per batch item (the two CFG halves are two). */
+  unet_evals: number;
+  vae_encodes: number;
+  vae_decodes: number;
+}
+
 /** Timings of an engine's last stylization. */
 export interface RunInfo {
   seconds: number;
@@ -207,7 +215,23 @@ export interface RunInfo {
   stages: Partial<Record<StageProgress['stage'], number>>;
   /** Bytes read for this run (the text encoder, when a custom prompt needs it). */
   downloaded: number;
+  counters: RunCounters;
 }
+
+/** Options of `stylizeMany`: a run's, per portrait. */
+export interface ManyOptions extends StylizeOptions {
+  /** A stage of portrait `item` (of `items`). */
+  onProgress?: (event: ProgressEvent & { item: number; items: number }) => void;
+  /** Portrait `index` is done. */
+  onItem?: (index: number, entry: ManyEntry) => void;
+  /** Cancels the whole batch: the run in progress and those not begun. */
+  signal?: AbortSignal;
+  /** `itemSignals[i]` cancels portrait `i` alone. */
+  itemSignals?: (AbortSignal | undefined)[];
+}
+
+/** One portrait of `stylizeMany`: its PNG, or why it has none (an AbortError when cancelled). */
+export type ManyEntry = { png: Blob; seconds: number; counters: RunCounters; error?: undefined } | { error: Error; png?: undefined };
 
 /**
  * The `name` of the Errors the API rejects with: WebGpuUnavailable (no navigator.gpu),
@@ -258,6 +282,12 @@ export class ZePo {
    * the same style and options costs only its own work.
    */
   stylize(content: ImageInput, style: ImageInput, options?: RunOptions): Promise<Blob>;
+  /**
+   * Stylizes several portraits after one style, in order: the style's features are computed by
+   * the first and reused by the others. Resolves to one entry per portrait; one that fails or is
+   * cancelled does not stop the others (a fatal engine error rejects).
+   */
+  stylizeMany(contents: Iterable<ImageInput>, style: ImageInput, options?: ManyOptions): Promise<ManyEntry[]>;
   /**
    * Compiles the GPU's pipelines for stylizations with these options (the resolution is what
    * matters) by running one on synthetic images, so that the first real one costs what later

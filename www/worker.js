@@ -115,7 +115,7 @@ const handlers = {
     }
     // Text files read on demand (the tokenizer, the text encoder's config) are stored now.
     await files.settle();
-    return { png, seconds: (performance.now() - t0) / 1000, stages: times, downloaded: op.loaded };
+    return { png, seconds: (performance.now() - t0) / 1000, stages: times, downloaded: op.loaded, counters: engine.counters() };
   },
 
   async warmup({ options, id }, post) {

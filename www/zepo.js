@@ -169,11 +169,51 @@ export class ZePo {
     try {
       const result = await this.call('stylize', { content: c.buffer, style: s.buffer, options }, onProgress,
         [c.buffer, s.buffer], (i) => { id = i; });
-      this.last = { seconds: result.seconds, stages: result.stages, downloaded: result.downloaded };
+      this.last = { seconds: result.seconds, stages: result.stages, downloaded: result.downloaded, counters: result.counters };
       return new Blob([result.png], { type: 'image/png' });
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /**
+   * Stylizes several portraits after one style, in order: the style's features are computed
+   * by the first run and reused by the others (same options), so each further portrait costs
+   * only its own denoising. Resolves, once all are done, to one entry per portrait:
+   * `{ png: Blob, seconds, counters }` or `{ error }` (a portrait that fails, or is cancelled,
+   * does not stop the others). Options are stylize()'s, plus:
+   * - `onProgress(event)`: stylize()'s events with `item` (its index) and `items`;
+   * - `onItem(index, entry)`: as each portrait is done;
+   * - `signal`: cancels the whole batch (the run in progress and those not begun);
+   * - `itemSignals[index]`: cancels one portrait.
+   */
+  async stylizeMany(contents, style, opts = {}) {
+    const { onProgress, onItem, signal, itemSignals = [], ...rest } = opts;
+    const items = Array.from(contents);
+    // The style is read once (each run copies the bytes it transfers to the Worker).
+    const styleBytes = await bytesOf(style, 'style');
+    const results = [];
+    for (const [item, content] of items.entries()) {
+      let entry;
+      const mine = itemSignals[item];
+      const aborted = signal?.aborted || mine?.aborted;
+      try {
+        if (aborted) throw abortError();
+        const both = mine && signal && AbortSignal.any ? AbortSignal.any([signal, mine]) : mine || signal;
+        const png = await this.stylize(content, styleBytes, {
+          ...rest,
+          signal: both,
+          onProgress: onProgress && ((e) => onProgress({ ...e, item, items: items.length })),
+        });
+        entry = { png, seconds: this.last.seconds, counters: this.last.counters };
+      } catch (error) {
+        if (this.dead && error === this.dead) throw error; // the engine is gone: no item can run
+        entry = { error };
+      }
+      results.push(entry);
+      onItem?.(item, entry);
+    }
+    return results;
   }
 
   /**

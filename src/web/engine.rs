@@ -213,6 +213,7 @@ impl Engine {
             let model = inner.model.borrow().clone().ok_or_else(|| err("stylize: no model loaded (call load first)"))?;
             let o = parse_options(&opts)?;
             model.zepo.check_options(&o).map_err(crate_err)?;
+            model.zepo.reset_counters();
             let content_bytes = content.to_vec();
             let style_bytes = style.to_vec();
             let content = RgbImage::decode(&content_bytes, "content image").map_err(crate_err)?;
@@ -295,6 +296,18 @@ impl Engine {
             }
             Ok(JsValue::from_f64((js_sys::Date::now() - started) / 1000.0))
         })
+    }
+
+    /// The work of the last `stylize` (whether it finished or not): `{ unet_evals, vae_encodes,
+    /// vae_decodes }`, UNet evaluations counted per batch item. A run that reused the style's
+    /// features shows fewer than one that computed them.
+    pub fn counters(&self) -> JsValue {
+        let c = self.inner.model.borrow().as_ref().map(|m| m.zepo.counters()).unwrap_or_default();
+        object(&[
+            ("unet_evals", (c.unet_evals as f64).into()),
+            ("vae_encodes", (c.vae_encodes as f64).into()),
+            ("vae_decodes", (c.vae_decodes as f64).into()),
+        ])
     }
 
     /// Whether the next `stylize` with this style and these options reuses cached features.

@@ -3,6 +3,8 @@
 // - stylize() resolves to a PNG of the requested size whose pixels match the native pipeline
 //   (tests/fixtures/web/tiny_r64_s2_seed7.safetensors, made by the CLI, see REF_COMMAND);
 // - a second portrait in the same style reuses the style's features, with the same result;
+//   stylizeMany() runs a batch (per-item errors and cancels), each result as the single run's,
+//   the style computed once (the engine's counters);
 // - the second visit downloads nothing (Cache API); an interrupted download resumes (Range);
 // - truncated and tampered weights are clear errors naming the file, and are not cached;
 // - an AbortSignal cancels a run; a non-image blob is a clear error;
@@ -127,7 +129,7 @@ describe('the JS API on WebGPU', () => {
     }
   });
 
-  test('an engine keeps the style: a second portrait skips its features, same bits', { timeout: T }, async () => {
+  test('an engine keeps the style: a second portrait skips its features, same bits; stylizeMany runs a batch on it', { timeout: T }, async () => {
     const out = await inPage(browser.page, async (api, opts, _weights, kit) => {
       const [content, style] = await kit.examples();
       const engine = await api.ZePo.load({ model: opts.model });
@@ -140,9 +142,25 @@ describe('the JS API on WebGPU', () => {
       const timesB = engine.last;
       // Calls queue: two at once both complete.
       const [c, d] = await Promise.all([engine.stylize(content, style, opts), engine.stylize(style, style, opts)]);
-      engine.dispose();
+      // A batch in another style (the portrait itself): three portraits, a broken one and a
+      // cancelled one between them; then each portrait alone, the style now kept.
       const { bytes } = kit;
-      return { before, cached, otherSeed, a: await bytes(a), b: await bytes(b), c: await bytes(c), d: d.size, timesA, timesB };
+      const portraits = [content, style, a];
+      const cancel = new AbortController();
+      cancel.abort();
+      const progress = new Set();
+      const done = [];
+      const many = await engine.stylizeMany([portraits[0], new Blob(['not an image']), portraits[1], portraits[2], content], content, {
+        ...opts, itemSignals: [undefined, undefined, undefined, undefined, cancel.signal],
+        onProgress: (e) => progress.add(`${e.item}/${e.items}`), onItem: (i) => done.push(i),
+      });
+      const batch = [];
+      for (const e of many) batch.push(e.png ? { png: await bytes(e.png), counters: e.counters } : { error: e.error.name });
+      const single = [];
+      for (const p of portraits) single.push({ png: await bytes(await engine.stylize(p, content, opts)), counters: engine.last.counters });
+      engine.dispose();
+      return { before, cached, otherSeed, a: await bytes(a), b: await bytes(b), c: await bytes(c), d: d.size, timesA, timesB,
+        batch, single, progress: [...progress].sort(), done };
     }, OPTS);
     assert.ok(!out.error, JSON.stringify(out.error));
     assert.equal(out.before, false);
@@ -151,8 +169,23 @@ describe('the JS API on WebGPU', () => {
     assert.deepEqual(out.b, out.a, 'reused style features give the same image');
     assert.deepEqual(out.c, out.a);
     assert.ok(out.d > 0);
-    console.log(`run with the style computed: ${out.timesA.seconds.toFixed(2)} s ${JSON.stringify(out.timesA.stages)}`);
-    console.log(`run with the style cached:   ${out.timesB.seconds.toFixed(2)} s ${JSON.stringify(out.timesB.stages)}`);
+    console.log(`run with the style computed: ${out.timesA.seconds.toFixed(2)} s ${JSON.stringify(out.timesA.stages)} ${JSON.stringify(out.timesA.counters)}`);
+    console.log(`run with the style cached:   ${out.timesB.seconds.toFixed(2)} s ${JSON.stringify(out.timesB.stages)} ${JSON.stringify(out.timesB.counters)}`);
+    assert.ok(out.timesB.counters.unet_evals < out.timesA.counters.unet_evals, 'the counters show the kept style');
+
+    // stylizeMany: every portrait's entry, in order; the broken and the cancelled ones are errors
+    // that stop nothing; each result equals the same portrait run alone at the same seed; the
+    // style is computed by the first portrait only.
+    assert.deepEqual(out.done, [0, 1, 2, 3, 4]);
+    assert.equal(out.batch[1].error, 'ImageError');
+    assert.equal(out.batch[4].error, 'AbortError');
+    const runs = [out.batch[0], out.batch[2], out.batch[3]];
+    runs.forEach((r, i) => assert.deepEqual(r.png, out.single[i].png, `portrait ${i}: the batch's result is the single run's`));
+    assert.deepEqual(runs[0].counters, out.timesA.counters, 'the first portrait computes the style');
+    for (const r of [runs[1], runs[2], ...out.single]) assert.deepEqual(r.counters, out.timesB.counters, 'the others reuse it');
+    assert.ok(['0/5', '2/5', '3/5'].every((k) => out.progress.includes(k)), `progress per item: ${out.progress}`);
+    const saved = out.timesA.counters.unet_evals - out.timesB.counters.unet_evals;
+    console.log(`batch of 3: UNet evaluations ${runs.map((r) => r.counters.unet_evals).join(' + ')}; each further portrait saves ${saved} (the style's)`);
   });
 
   test('a truncated JPEG and a non-image blob are clear errors naming the input; bad options are named', { timeout: T }, async () => {
