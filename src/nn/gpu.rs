@@ -715,10 +715,11 @@ mod cube {
                 let k = k0 + tid;
                 let c = k % channels;
                 let tap = k / channels;
+                let (ky, kx) = (tap / kernel as usize, tap % kernel as usize);
                 for i in 0..SKINNY_M {
                     let mut v = 0.0f32;
                     if m0 + i < m_total && k < k_total {
-                        v = lhs_value(input, row_base[i], row_y[i], row_x[i], k, c, tap / kernel as usize, tap % kernel as usize, pad_top, pad_left, conv);
+                        v = lhs_value(input, row_base[i], row_y[i], row_x[i], k, c, ky, kx, pad_top, pad_left, conv);
                     }
                     lhs_tile[tid * SKINNY_M + i] = v;
                 }
