@@ -94,9 +94,10 @@ export async function demo(content: Blob, style: File, signal: AbortSignal): Pro
   const engine = await ZePo.load({ model: new URL('https://example.org/m'), onProgress: (e) => seen.push(e) });
   const again = await engine.stylize(new Uint8Array(await png.arrayBuffer()), await style.arrayBuffer(), { noCfg: true });
   const kept: boolean = await engine.hasStyle(style, { seed: 7 });
-  const many = await engine.stylizeMany([png, style], style, { seed: 7, onItem: (i, e) => console.log(i, e.png?.size ?? e.error.name),
+  const many = await engine.stylizeMany([png, style], style, { seed: 7, onItem: (i, e) => console.log(i, e.png ? e.png.size : e.error.name),
     onProgress: (e) => console.log(e.item, e.items, e.stage), itemSignals: [undefined, signal] });
-  const evals: number | undefined = many[0].png ? many[0].counters.unet_evals : engine.last?.counters.unet_evals;
+  const first = many[0];
+  const evals: number | undefined = first.png ? first.counters.unet_evals : engine.last?.counters.unet_evals;
   const warmed: number = await engine.warmup({ resolution: 256 }, { signal, onProgress: (e) => seen.push(e) });
   (await ZePo.load({ warmup: { resolution: 256 } })).dispose();
   const name: ZePoErrorName = 'WebGpuUnavailable';
