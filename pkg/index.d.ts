@@ -2,7 +2,7 @@
 // www/worker.js and the engine's option parser (src/web/engine.rs); tests/browser/
 // package.test.mjs type-checks a usage file against them.
 
-/** An image: a Blob or File (PNG, JPEG, WebP, BMP or GIF), or its bytes. */
+/** An image: a Blob or File (PNG, JPEG, WebP, BMP or GIF, or a format the browser decodes: AVIF, HEIC in Safari), or its bytes. */
 export type ImageInput = Blob | ArrayBuffer | ArrayBufferView;
 
 /** Token merging in the self-attention layers (ToMe). */

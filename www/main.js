@@ -12,6 +12,9 @@ import { registerServiceWorker, storagePanel, takeOverUpdate } from './pwa.js';
 import { setUpCamera } from './camera.js';
 import { shareOrDownload } from './share.js';
 import { onLaunchFiles, recentPortrait, rememberPortrait, takeShared } from './share-in.js';
+import { runBatch } from './batch.js';
+import { galleryPanel } from './gallery.js';
+import { blobSettings, pageSettings } from './png-settings.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -37,6 +40,11 @@ let engine = null;
 let running = null;
 let resultUrl = null;
 let beforeUrl = null;
+// Several portraits picked or dropped at once: the batch (images.content is its first).
+let portraits = [];
+// Settings restored from a result that the page has no field for (featureStep, tome's details…):
+// sent with the next runs until an option is edited.
+let extraOptions = {};
 
 // Options may be preset from the URL: ?resolution=64&steps=2&seed=3
 for (const [k, v] of params) {
@@ -177,11 +185,13 @@ function options() {
       o[input.name] = Number(input.value);
     } else o[input.name] = input.value;
   }
-  return o;
+  return { ...o, ...extraOptions };
 }
+form.addEventListener('input', () => { extraOptions = {}; });
 
 function updateButton() {
   $('stylize').disabled = !(engine && images.content && images.style) || !!running;
+  $('stylize').textContent = portraits.length > 1 ? `Stylize ${portraits.length} portraits` : 'Stylize';
 }
 
 function setImage(which, blob, name = null) {
@@ -197,8 +207,35 @@ function setImage(which, blob, name = null) {
   img.hidden = false;
   $(`${which}-drop`).classList.add('filled');
   $(`${which}-zone`).setAttribute('aria-label', `${LABELS[which]}: ${name ? `${name}; ` : ''}choose another image file`);
+  if (which === 'content') {
+    portraits = [];
+    showCount();
+    rememberPortrait(blob, name);
+  }
   updateButton();
-  if (which === 'content') rememberPortrait(blob, name);
+}
+
+/** The portrait box's caption and badge: one portrait, or how many the batch has. */
+function showCount() {
+  const n = portraits.length;
+  $('content-caption').textContent = n > 1 ? `Portraits (${n})` : 'Portrait';
+  $('content-count').textContent = n > 1 ? `+${n - 1} more` : '';
+  $('content-count').hidden = n < 2;
+}
+
+/** Several portraits at once (picked or dropped): a batch after one style. */
+function setPortraits(files) {
+  const usable = files.filter((f) => f.type.startsWith('image/') || f.type === '');
+  const refused = files.filter((f) => !usable.includes(f));
+  if (refused.length) {
+    showNotice('ImageError', `${refused.map((f) => f.name).join(', ')}: not an image; left out of the batch.`);
+  }
+  if (!usable.length) return;
+  setImage('content', usable[0], usable[0].name);
+  portraits = usable.length > 1 ? usable.map((f) => ({ blob: f, name: f.name || null })) : [];
+  showCount();
+  updateButton();
+  if (portraits.length) $('status').textContent = `${portraits.length} portraits: each is stylized after the style, which is computed once.`;
 }
 
 /** A message about something the page was handed (a share, an opened file), not about the model. */
@@ -273,8 +310,9 @@ function downloadName({ content, style, seed, width, height }) {
 for (const which of ['content', 'style']) {
   const input = $(`${which}-file`);
   input.addEventListener('change', (e) => {
-    const file = e.target.files[0];
-    if (file) setImage(which, file, file.name);
+    const files = [...e.target.files];
+    if (which === 'content' && files.length > 1) setPortraits(files);
+    else if (files[0]) setImage(which, files[0], files[0].name);
     input.value = ''; // the same file again is a change too
   });
   const drop = $(`${which}-drop`);
@@ -283,8 +321,9 @@ for (const which of ['content', 'style']) {
   drop.addEventListener('drop', (e) => {
     e.preventDefault();
     drop.classList.remove('dragover');
-    const file = e.dataTransfer.files[0];
-    if (file) setImage(which, file, file.name);
+    const files = [...e.dataTransfer.files];
+    if (which === 'content' && files.length > 1) setPortraits(files);
+    else if (files[0]) setImage(which, files[0], files[0].name);
   });
   // The zone is a button: a click, Enter or Space opens the file picker.
   const zone = $(`${which}-zone`);
@@ -341,7 +380,8 @@ reveal();
 
 /**
  * The content image at the result's size, as the engine maps it there (the `fit` option: cover
- * crops the centre to the result's shape; otherwise the whole image is scaled): a PNG Blob.
+ * crops the centre to the result's shape; otherwise the whole image is scaled), transparent
+ * parts on white: a PNG Blob.
  */
 async function beforeImage(blob, width, height, fit) {
   const bitmap = await createImageBitmap(blob);
@@ -350,6 +390,9 @@ async function beforeImage(blob, width, height, fit) {
   canvas.height = height;
   const ctx = canvas.getContext('2d');
   ctx.imageSmoothingQuality = 'high';
+  // On white, as the engine composites a transparent portrait (src/zepo/image.rs).
+  ctx.fillStyle = '#fff';
+  ctx.fillRect(0, 0, width, height);
   let [sx, sy, sw, sh] = [0, 0, bitmap.width, bitmap.height];
   if (fit === 'cover') {
     const scale = Math.min(bitmap.width / width, bitmap.height / height);
@@ -364,10 +407,11 @@ async function beforeImage(blob, width, height, fit) {
 }
 
 /** What a settings list shows of a value. */
-const shown = (v) => (typeof v === 'string' ? JSON.stringify(v) : String(v));
+const shown = (v) => (typeof v === 'string' || (v && typeof v === 'object') ? JSON.stringify(v) : String(v));
 
 async function run() {
   if (!engine || running) return;
+  if (portraits.length > 1) return runMany();
   stopWarmUp();
   const controller = new AbortController();
   running = controller;
@@ -435,6 +479,7 @@ async function run() {
       settings: Object.fromEntries(settings), fileName: a.download };
     setState('done', `Done in ${seconds.toFixed(1)} s.`);
     storage.downloaded(engine.last.downloaded);
+    await keep(blob, a.download, { ...o, width, height }, seconds);
   } catch (e) {
     if (e.name === 'AbortError') setState('cancelled', 'Cancelled.');
     else showError(e);
@@ -446,6 +491,117 @@ async function run() {
     storage.refresh();
   }
 }
+
+/**
+ * Keeps a result in the gallery, with the settings its PNG carries (those of the run where it
+ * carries none). A full gallery is said, and the result stays shown.
+ */
+async function keep(blob, name, fallback, seconds) {
+  const [width, height] = [fallback.width, fallback.height];
+  const settings = await blobSettings(blob).catch(() => fallback);
+  try {
+    await gallery.add({ blob, name, settings, width, height, seconds });
+  } catch (e) {
+    showNotice(e.name, e.message);
+  }
+}
+
+/** The batch: every portrait after the style, one queue (www/batch.js), results as a grid. */
+async function runMany() {
+  stopWarmUp();
+  const controller = new AbortController();
+  running = controller;
+  updateButton();
+  $('cancel').hidden = false;
+  $('error').hidden = true;
+  delete document.body.dataset.notice;
+  const o = options();
+  const batch = portraits;
+  const style = images.style;
+  const styleName = names.style;
+  setState('running', `Stylizing ${batch.length} portraits…`);
+  const t0 = performance.now();
+  try {
+    const { entries, states } = await runBatch(engine, batch, style, o, {
+      els: { box: $('batch'), list: $('batch-items'), progress: $('batch-progress'), text: $('batch-text') },
+      signal: controller.signal,
+      onDone: async (i, entry, portrait) => {
+        if (!entry.png) return null;
+        const bitmap = await createImageBitmap(entry.png);
+        const dims = { width: bitmap.width, height: bitmap.height };
+        bitmap.close();
+        const name = downloadName({ content: portrait.name, style: styleName, seed: o.seed ?? 0, ...dims });
+        await keep(entry.png, name, { ...o, ...dims }, entry.seconds);
+        return name;
+      },
+    });
+    const seconds = (performance.now() - t0) / 1000;
+    const count = (s) => states.filter((x) => x === s).length;
+    window.zepo.batch = {
+      states, seconds,
+      items: entries.map((e) => (e.png ? { bytes: e.png.size, seconds: e.seconds, counters: e.counters } : { error: e.error?.name })),
+      pngs: entries.map((e) => e.png || null),
+    };
+    const failed = count('failed');
+    setState('done', `Batch done in ${seconds.toFixed(1)} s: ${count('done')} stylized${count('cancelled') ? `, ${count('cancelled')} cancelled` : ''}${failed ? `, ${failed} failed` : ''}.`);
+  } catch (e) {
+    if (e.name === 'AbortError') setState('cancelled', 'Cancelled.');
+    else showError(e);
+    if (engine?.dead) engine = null;
+  } finally {
+    running = null;
+    $('cancel').hidden = true;
+    updateButton();
+    storage.refresh();
+  }
+}
+
+/**
+ * "Again with these settings": a result's settings (its PNG's `zepo-settings`) into the page's
+ * options and seed. Nothing changes unless every setting is good (png-settings.js says which is
+ * not).
+ */
+function restoreSettings(settings, source) {
+  let restored;
+  try {
+    restored = pageSettings(settings);
+  } catch (e) {
+    showNotice(e.name, `${source}: ${e.message}. The options are unchanged.`);
+    return false;
+  }
+  for (const [k, v] of Object.entries(restored.form)) {
+    const input = form.elements.namedItem(k);
+    if (!input) continue;
+    if (input.type === 'checkbox') input.checked = !!v;
+    else input.value = String(v);
+  }
+  extraOptions = restored.extra;
+  $('error').hidden = true;
+  delete document.body.dataset.notice;
+  const other = restored.model && restored.model !== MODEL ? ` It was made with another model (${restored.model}); this page uses ${MODEL}.` : '';
+  const ignored = restored.ignored.length ? ` Not known here, left out: ${restored.ignored.join(', ')}.` : '';
+  $('status').textContent = `Settings of ${source} restored: ${settings.width}×${settings.height}, ${restored.form.steps ?? '?'} steps, seed ${restored.form.seed}.${other}${ignored}`;
+  window.zepo.restored = { source, form: restored.form, extra: restored.extra };
+  $('options').open = true;
+  warmUp();
+  return true;
+}
+
+// A result PNG dropped on the page, outside the two image boxes: its settings are restored.
+document.addEventListener('dragover', (e) => {
+  if (!e.target.closest?.('figure.drop') && e.dataTransfer?.types.includes('Files')) e.preventDefault();
+});
+document.addEventListener('drop', async (e) => {
+  if (e.target.closest?.('figure.drop')) return;
+  const file = e.dataTransfer?.files[0];
+  if (!file) return;
+  e.preventDefault();
+  try {
+    restoreSettings(await blobSettings(file), file.name || 'the dropped file');
+  } catch (err) {
+    showNotice(err.name, `${file.name || 'The dropped file'}: ${err.message}. The options are unchanged.`);
+  }
+});
 
 $('stylize').addEventListener('click', run);
 // Share the result through the system's share sheet, or download it where files cannot be shared.
@@ -626,6 +782,10 @@ window.zepo.arrived = arrivals().catch((e) => showNotice('ShareError', `A shared
 // The Storage panel and the offline app (www/pwa.js). A page that hands over to a waiting new
 // version reloads before its engine starts.
 const storage = storagePanel(MODEL, () => !!running || document.body.dataset.state === 'loading');
+// The gallery (www/gallery.js): every result kept on this device; "Again" restores its settings.
+const gallery = galleryPanel({ list: $('gallery-list'), summary: $('gallery-summary'), clear: $('gallery-clear'), status: $('gallery-status') },
+  (settings, record) => restoreSettings(settings, record.name));
+window.zepo.gallery = gallery.state;
 const started = takeOverUpdate().then((reloading) => (reloading ? new Promise(() => {}) : main()));
 registerServiceWorker();
 window.zepo.ready = started.then(() => true, () => false);

@@ -68,12 +68,56 @@ function abortError() {
   return Object.assign(new Error('the stylization was cancelled'), { name: 'AbortError' });
 }
 
-/** Image bytes of a Blob, File, ArrayBuffer or typed array (a copy, which the Worker gets). */
+/**
+ * Image bytes of a Blob, File, ArrayBuffer or typed array (a copy, which the Worker gets); an
+ * image the engine cannot decode itself but this browser can (AVIF, HEIC in Safari…) as a PNG of
+ * the browser's pixels.
+ */
 async function bytesOf(what, name) {
-  if (what instanceof Blob) return new Uint8Array(await what.arrayBuffer());
-  if (what instanceof ArrayBuffer) return new Uint8Array(what.slice(0));
-  if (ArrayBuffer.isView(what)) return new Uint8Array(what.buffer.slice(what.byteOffset, what.byteOffset + what.byteLength));
-  throw Object.assign(new TypeError(`${name}: expected a Blob, File, ArrayBuffer or typed array`), { name: 'ImageError' });
+  let bytes;
+  if (what instanceof Blob) bytes = new Uint8Array(await what.arrayBuffer());
+  else if (what instanceof ArrayBuffer) bytes = new Uint8Array(what.slice(0));
+  else if (ArrayBuffer.isView(what)) bytes = new Uint8Array(what.buffer.slice(what.byteOffset, what.byteOffset + what.byteLength));
+  else throw Object.assign(new TypeError(`${name}: expected a Blob, File, ArrayBuffer or typed array`), { name: 'ImageError' });
+  return browserDecoded(bytes, what.name || name);
+}
+
+// The engine's own limit (src/zepo/image.rs MAX_PIXELS), for the images the browser decodes.
+const MAX_PIXELS = 50_000_000;
+
+/** Whether the engine decodes these bytes itself: PNG, JPEG, GIF, BMP, WebP (by magic bytes). */
+function engineDecodes(b) {
+  const is = (at, text) => [...text].every((ch, k) => b[at + k] === ch.charCodeAt(0));
+  return (b[0] === 0x89 && is(1, 'PNG')) || (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) || is(0, 'GIF8') || is(0, 'BM')
+    || (is(0, 'RIFF') && is(8, 'WEBP'));
+}
+
+/**
+ * An image in a format the engine lacks, decoded by the browser (createImageBitmap: its EXIF
+ * orientation applied, its colour profile converted to sRGB, alpha kept for the engine's
+ * compositing) and handed over as a lossless PNG of those pixels. The same pixel limit applies.
+ * Bytes the browser cannot decode either go to the engine as they are: it names their format.
+ */
+async function browserDecoded(bytes, name) {
+  if (engineDecodes(bytes) || typeof createImageBitmap !== 'function' || typeof OffscreenCanvas !== 'function') return bytes;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(new Blob([bytes]), { imageOrientation: 'from-image', premultiplyAlpha: 'none', colorSpaceConversion: 'default' });
+  } catch {
+    return bytes;
+  }
+  try {
+    const { width, height } = bitmap;
+    if (width * height > MAX_PIXELS) {
+      throw Object.assign(new Error(`${name}: ${width}×${height} is ${(width * height / 1e6).toFixed(1)} megapixels; at most ${MAX_PIXELS / 1e6} are accepted (scale it down first)`),
+        { name: 'ImageError' });
+    }
+    const canvas = new OffscreenCanvas(width, height);
+    canvas.getContext('2d').drawImage(bitmap, 0, 0);
+    return new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer());
+  } finally {
+    bitmap.close();
+  }
 }
 
 function noWebGpu() {
@@ -147,7 +191,7 @@ export class ZePo {
 
   /**
    * Stylizes `content` (a portrait) after `style`: Blobs/Files (or bytes) of PNG, JPEG, WebP,
-   * BMP or GIF images. Resolves to a PNG Blob of the working size (see
+   * BMP or GIF images, or of any format this browser decodes (AVIF; HEIC in Safari). Resolves to a PNG Blob of the working size (see
    * `fit`), its text chunks holding the settings, seed and model. Calls queue: one runs at a time.
    */
   stylize(content, style, opts = {}) {

@@ -21,11 +21,13 @@ mod engine;
 mod files;
 mod gpu;
 mod hash;
+mod image;
 mod prompts;
 mod size;
 
 pub use engine::Engine;
 pub use hash::Sha256;
+pub use image::decode_image;
 pub use size::{bundle_sizes, shard_files, weight_candidates};
 
 use wasm_bindgen::prelude::*;

@@ -23,7 +23,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { ROOT, assertEngineBuilt, decodePng, launch, screenshot, serve } from './helpers.mjs';
+import { ROOT, assertEngineBuilt, decodePng, launch, screenshot, serve, until } from './helpers.mjs';
 
 const T = 10 * 60_000;
 const TINY = path.join(ROOT, 'weights/tiny-lcm');
@@ -348,6 +348,254 @@ test('the page: size before the download, paste and keyboard input, before/after
   assert.ok(requests.every((r) => r.url.startsWith(server.url) || r.url.startsWith('blob:') || r.url.startsWith('data:')),
     `no other host: ${requests.map((r) => r.url).filter((u) => !u.startsWith(server.url))}`);
   console.log(`page test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+});
+
+// A PNG of `chunks` ([type, bytes]) between a 1×1 IHDR and IEND, with correct CRCs (unless a
+// chunk says `crc`).
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const b of bytes) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  }
+  return (c ^ 0xffffffff) >>> 0;
+}
+function chunk(type, data, crc) {
+  const body = Buffer.concat([Buffer.from(type, 'latin1'), Buffer.from(data)]);
+  const out = Buffer.alloc(body.length + 8);
+  out.writeUInt32BE(data.length, 0);
+  body.copy(out, 4);
+  out.writeUInt32BE(crc ?? crc32(body), body.length + 4);
+  return out;
+}
+function pngWith(chunks) {
+  const ihdr = Buffer.from([0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0]);
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr),
+    ...chunks.map(([type, data, crc]) => chunk(type, data, crc)), chunk('IDAT', Buffer.from([8, 29, 1, 0, 0, 255, 255, 0, 0, 0, 1])), chunk('IEND', [])]);
+}
+const itxt = (key, text) => Buffer.concat([Buffer.from(`${key}\0\0\0\0\0`, 'latin1'), Buffer.from(text, 'utf8')]);
+const SETTINGS = { width: 64, height: 48, fit: 'contain', steps: 2, strength: 0.5, cfg: 2, styleGuidance: 1.2, featureStep: 0,
+  startLayer: 8, endLayer: 16, mixQ: 1, tome: { ratio: 0.5, sx: 2, sy: 2, deterministic: true }, prompt: 'face ✓', negativePrompt: '',
+  seed: 11, noCfg: false, model: 'https://example.org/m' };
+
+test('png-settings.js: a result PNG\'s settings back as the page\'s options; every fault named (fuzzed)', async () => {
+  const { readPngSettings, pageSettings, SettingsError } = await import('../../www/png-settings.js');
+  const good = pngWith([['tEXt', Buffer.from('Software\0zepo-web', 'latin1')], ['iTXt', itxt('zepo-settings', JSON.stringify(SETTINGS))]]);
+  const read = await readPngSettings(good);
+  assert.deepEqual(read, SETTINGS);
+  const page = pageSettings(read);
+  assert.deepEqual(page.form, { resolution: 64, fit: 'contain', steps: 2, strength: 0.5, cfg: 2, styleGuidance: 1.2, seed: 11, startLayer: 8, endLayer: 16,
+    prompt: 'face ✓', negativePrompt: '', tome: true });
+  assert.deepEqual(page.extra, { featureStep: 0, mixQ: 1, noCfg: false, tome: SETTINGS.tome });
+  assert.equal(page.model, 'https://example.org/m');
+  // Compressed iTXt and tEXt carry them too.
+  const zlib = await import('node:zlib');
+  const compressed = Buffer.concat([Buffer.from('zepo-settings\0\x01\0\0\0', 'latin1'), zlib.deflateSync(Buffer.from(JSON.stringify(SETTINGS)))]);
+  assert.deepEqual(await readPngSettings(pngWith([['iTXt', compressed]])), SETTINGS);
+  assert.equal((await readPngSettings(pngWith([['tEXt', Buffer.from(`zepo-settings\0${JSON.stringify({ width: 8, height: 8, seed: 1 })}`, 'latin1')]]))).seed, 1);
+
+  // Each fault, by what it is.
+  const faults = [
+    [Buffer.from('GIF89a'), /not a PNG/],
+    [pngWith([]), /no ZePo settings/],
+    [good.subarray(0, 60), /cut short|ends before/],
+    [pngWith([['iTXt', itxt('zepo-settings', JSON.stringify(SETTINGS)), 1234]]), /iTXt chunk fails its CRC check/],
+    [pngWith([['iTXt', itxt('zepo-settings', '{"width": 64,')]]), /not valid JSON/],
+    [pngWith([['iTXt', itxt('zepo-settings', '[1, 2]')]]), /not a JSON object/],
+    [pngWith([['iTXt', Buffer.concat([Buffer.from('zepo-settings\0\x01\0\0\0', 'latin1'), Buffer.from('not zlib')])]]), /compressed settings are damaged/],
+  ];
+  for (const [bytes, message] of faults) {
+    await assert.rejects(readPngSettings(bytes), (e) => e instanceof SettingsError && message.test(e.message), String(message));
+  }
+  for (const [patch, message] of [[{ steps: 'many' }, /`steps` is "many"; it must be a whole number/], [{ seed: -1 }, /`seed`/], [{ strength: 2 }, /`strength`/],
+    [{ tome: { ratio: 'x' } }, /`tome`/], [{ width: 1e9 }, /`width`/], [{ prompt: 'x'.repeat(5000) }, /`prompt`/]]) {
+    assert.throws(() => pageSettings({ ...SETTINGS, ...patch }), (e) => e instanceof SettingsError && message.test(e.message), String(message));
+  }
+  assert.throws(() => pageSettings({ width: 8, height: 8 }), /lack `seed`/);
+  assert.deepEqual(pageSettings({ ...SETTINGS, future: 1 }).ignored, ['future'], 'a newer version\'s keys are left out, by name');
+
+  // Fuzzed: random damage to good PNGs, with the CRCs sometimes mended so that the JSON layer is
+  // reached too. Every input gives settings or a SettingsError, never another exception.
+  let seed = Number(process.env.ZEPO_FUZZ_SEED || 12345);
+  const rand = (n) => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed % n;
+  };
+  const seeds = [good, pngWith([['iTXt', compressed]])];
+  const json = JSON.stringify(SETTINGS);
+  const end = Date.now() + 1000 * Math.min(3, Number(process.env.ZEPO_FUZZ_SECONDS || 3));
+  let tried = 0;
+  let parsed = 0;
+  while (Date.now() < end) {
+    tried++;
+    let input;
+    if (rand(2)) {
+      // Damage to the settings text, its chunk mended.
+      const chars = [...json];
+      for (let i = 0, n = 1 + rand(4); i < n; i++) chars[rand(chars.length)] = '"{}[],:0-9aZ\\\u00e9\0 '[rand(17)];
+      input = pngWith([['iTXt', itxt('zepo-settings', chars.join(''))]]);
+    } else {
+      input = Buffer.from(seeds[rand(seeds.length)]);
+      for (let i = 0, n = 1 + rand(6); i < n; i++) {
+        const what = rand(4);
+        if (what === 0) input[rand(input.length)] = rand(256);
+        else if (what === 1) input = input.subarray(0, rand(input.length + 1));
+        else if (what === 2 && input.length >= 4) input.writeUInt32BE(rand(2) ? rand(100) : 0xffffffff - rand(10), rand(input.length - 3)); // a length
+        else input = Buffer.concat([input.subarray(0, 33), Buffer.alloc(rand(40), rand(256)), input.subarray(33)]);
+        if (input.length < 4) break;
+      }
+    }
+    try {
+      pageSettings(await readPngSettings(new Uint8Array(input)));
+      parsed++;
+    } catch (e) {
+      assert.ok(e instanceof SettingsError, `input ${tried} (${input.toString('base64').slice(0, 200)}): ${e.stack}`);
+    }
+  }
+  console.log(`fuzz png-settings: ${tried} inputs, ${parsed} read as settings, the rest refused by name`);
+});
+
+test('several portraits, one style: a queue with progress and cancel per item, a grid; the gallery: kept, again with these settings, a dropped result PNG, a full quota, a reload, delete', { timeout: T }, async () => {
+  const t0 = Date.now();
+  const { page } = browser;
+  // After the page test: its engine is loaded, its result is the gallery's first.
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'done', 'runs after the page test');
+  await until(page, () => window.zepo.gallery.ready && window.zepo.gallery.count === 1, 'the page test\'s result in the gallery');
+  const [firstKept] = await page.evaluate(() => [...document.querySelectorAll('#gallery-list .gallery-item')].map((li) => li.querySelector('a').download));
+  assert.equal(firstKept, EXPECTED_FILE, 'the gallery keeps the result under its file name');
+
+  // Three portraits (the first and last the same) and a text file, picked at once; seed 8, so
+  // that the style's features are not cached yet.
+  await page.click('#options summary');
+  await page.fill('input[name="seed"]', '8');
+  const portrait = fs.readFileSync(path.join(ROOT, 'www/examples/portrait.png'));
+  const other = fs.readFileSync(path.join(ROOT, 'www/examples/style.png'));
+  await page.setInputFiles('#content-file', [
+    { name: 'anna.png', mimeType: 'image/png', buffer: portrait },
+    { name: 'ben.png', mimeType: 'image/png', buffer: other },
+    { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('not an image') },
+    { name: 'anna-again.png', mimeType: 'image/png', buffer: portrait },
+  ]);
+  const picked = await page.evaluate(() => ({ caption: document.getElementById('content-caption').textContent, button: document.getElementById('stylize').textContent,
+    count: document.getElementById('content-count').textContent, error: document.getElementById('error').textContent }));
+  assert.deepEqual([picked.caption, picked.button, picked.count], ['Portraits (3)', 'Stylize 3 portraits', '+2 more']);
+  assert.match(picked.error, /notes\.txt: not an image; left out of the batch/);
+
+  // Stylize; the second is cancelled while the first runs.
+  await page.click('#stylize');
+  await page.waitForFunction(() => document.querySelectorAll('#batch-items .batch-item').length === 3);
+  await page.click('#batch-items .batch-item:nth-child(2) .batch-cancel');
+  await page.waitForFunction(() => document.querySelector('#batch-items .batch-item:nth-child(1)').dataset.state === 'running' || document.body.dataset.state !== 'running', null, { timeout: T });
+  const during = await page.evaluate(() => ({ item: Number(document.querySelector('#batch-items .batch-item progress').value), text: document.getElementById('batch-text').textContent }));
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state), null, { timeout: T, polling: 250 });
+  const batch = await page.evaluate(async () => ({
+    state: document.body.dataset.state,
+    status: document.getElementById('status').textContent,
+    error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+    states: window.zepo.batch.states,
+    items: window.zepo.batch.items,
+    pngs: await Promise.all(window.zepo.batch.pngs.map(async (b) => (b ? Array.from(new Uint8Array(await b.arrayBuffer())) : null))),
+    bar: [document.getElementById('batch-progress').value, document.getElementById('batch-text').textContent],
+    rows: [...document.querySelectorAll('#batch-items .batch-item')].map((li) => ({ state: li.dataset.state, status: li.querySelector('.batch-status').textContent,
+      link: li.querySelector('a')?.download ?? null, img: li.querySelector('img').src.startsWith('blob:') })),
+  }));
+  assert.equal(batch.state, 'done', batch.error);
+  assert.deepEqual(batch.states, ['done', 'cancelled', 'done']);
+  assert.match(batch.status, /Batch done in [\d.]+ s: 2 stylized, 1 cancelled/);
+  assert.deepEqual(batch.bar, [1, '3 of 3 done']);
+  assert.deepEqual(batch.rows.map((r) => r.link), ['zepo-anna-van-gogh-starry-night-1-seed8-64x64.png', null, 'zepo-anna-again-van-gogh-starry-night-1-seed8-64x64.png']);
+  assert.match(batch.rows[0].status, /done in/);
+  assert.ok(during.item >= 0 && /of 3 done/.test(during.text), JSON.stringify(during));
+  // The style computed once: the first item encodes it and runs its UNet calls, the last reuses
+  // them (www/zepo.js: the engine's counters per run); the same portrait gives the same PNG.
+  const [a, , c] = batch.items;
+  assert.ok(a.counters.vae_encodes === 2 && c.counters.vae_encodes === 1, JSON.stringify(batch.items));
+  assert.ok(c.counters.unet_evals < a.counters.unet_evals, JSON.stringify(batch.items));
+  assert.ok(Buffer.from(batch.pngs[0]).equals(Buffer.from(batch.pngs[2])), 'the same portrait, the same seed: the same PNG, the style computed or kept');
+  console.log(`batch: counters ${JSON.stringify(a.counters)} then ${JSON.stringify(c.counters)}; ${batch.status}`);
+
+  // Kept: the two new results, newest first, with their settings.
+  await until(page, () => window.zepo.gallery.count === 3, 'the batch\'s results in the gallery');
+  const kept = await page.evaluate(() => [...document.querySelectorAll('#gallery-list .gallery-item')].map((li) => li.querySelector('a').download));
+  assert.deepEqual(kept, ['zepo-anna-again-van-gogh-starry-night-1-seed8-64x64.png', 'zepo-anna-van-gogh-starry-night-1-seed8-64x64.png', EXPECTED_FILE]);
+
+  // Screenshots of the batch grid and the gallery, desktop and phone: nothing overflows.
+  for (const [width, height, name] of [[1280, 900, 'desktop'], [390, 844, 'phone']]) {
+    await page.setViewportSize({ width, height });
+    await page.waitForTimeout(200);
+    await page.locator('#batch').scrollIntoViewIfNeeded();
+    await screenshot(page, `batch-${name}.png`);
+    await page.locator('#gallery').scrollIntoViewIfNeeded();
+    await screenshot(page, `gallery-${name}.png`);
+    const wide = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, inner: innerWidth,
+      out: [...document.querySelectorAll('#batch *, #gallery *')].filter((e) => e.getBoundingClientRect().right > innerWidth + 0.5).map((e) => e.id || e.className || e.tagName).slice(0, 5) }));
+    assert.ok(wide.scroll <= wide.inner && !wide.out.length, `nothing overflows at ${name} width: ${JSON.stringify(wide)}`);
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // "Again" on the page test's result: its seed and size back in the options.
+  await page.fill('input[name="seed"]', '123');
+  await page.fill('input[name="resolution"]', '128');
+  await page.click(`#gallery-list .gallery-item:nth-child(3) button[aria-label^="Again"]`);
+  const again = await page.evaluate(() => ({ seed: document.querySelector('input[name="seed"]').value, resolution: document.querySelector('input[name="resolution"]').value,
+    steps: document.querySelector('input[name="steps"]').value, status: document.getElementById('status').textContent }));
+  assert.deepEqual([again.seed, again.resolution, again.steps], ['7', '64', '2'], JSON.stringify(again));
+  assert.match(again.status, /Settings of zepo-portrait-.*restored: 64×64, 2 steps, seed 7/);
+
+  // A result PNG dropped on the page (outside the image boxes) restores its settings; a damaged
+  // or tampered one is refused by name and changes nothing.
+  const drop = (bytes, name) => page.evaluate(async ([b, n]) => {
+    const data = new DataTransfer();
+    data.items.add(new File([new Uint8Array(b)], n, { type: 'image/png' }));
+    document.getElementById('options').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+    await new Promise((r) => setTimeout(r, 300));
+    return { seed: document.querySelector('input[name="seed"]').value, error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+      notice: document.body.dataset.notice ?? null, status: document.getElementById('status').textContent };
+  }, [Array.from(bytes), name]);
+  const batchPng = Buffer.from(batch.pngs[0]);
+  const dropped = await drop(batchPng, 'from-a-friend.png');
+  assert.equal(dropped.seed, '8', JSON.stringify(dropped));
+  assert.match(dropped.status, /Settings of from-a-friend\.png restored: 64×64, 2 steps, seed 8/);
+  // One byte of the settings changed: the chunk's CRC no longer matches.
+  const at = batchPng.indexOf('"seed":8');
+  const damaged = Buffer.from(batchPng);
+  damaged[at + 7] = '9'.charCodeAt(0);
+  const refused = await drop(damaged, 'damaged.png');
+  assert.deepEqual([refused.seed, refused.notice], ['8', 'SettingsError'], JSON.stringify(refused));
+  assert.match(refused.error, /damaged\.png: it is damaged \(its iTXt chunk fails its CRC check\)\. The options are unchanged\./);
+  const tampered = pngWith([['iTXt', itxt('zepo-settings', JSON.stringify({ ...SETTINGS, steps: 'many' }))]]);
+  const wrong = await drop(tampered, 'tampered.png');
+  assert.equal(wrong.seed, '8');
+  assert.match(wrong.error, /tampered\.png: its setting `steps` is "many"; it must be a whole number from 1\. The options are unchanged\./);
+  const plain = await drop(fs.readFileSync(path.join(ROOT, 'www/examples/style.png')), 'style.png');
+  assert.match(plain.error, /style\.png: it has no ZePo settings/);
+
+  // A full quota: the result is shown and downloadable, the gallery says it could not keep it.
+  const cdp = await page.context().newCDPSession(page);
+  const origin = new URL(server.url).origin;
+  const { usage } = await page.evaluate(() => navigator.storage.estimate());
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: usage + 1024 });
+  await page.setInputFiles('#content-file', [{ name: 'solo.png', mimeType: 'image/png', buffer: portrait }]);
+  assert.equal(await page.textContent('#stylize'), 'Stylize');
+  await page.click('#stylize');
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state) && window.zepo.gallery.error, null, { timeout: T, polling: 250 });
+  const full = await page.evaluate(() => ({ state: document.body.dataset.state, notice: document.body.dataset.notice, error: document.getElementById('error').textContent,
+    count: window.zepo.gallery.count, download: !document.getElementById('download').hidden, file: document.getElementById('download').download }));
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin });
+  assert.deepEqual([full.state, full.notice, full.count, full.download], ['done', 'GalleryFull', 3, true], JSON.stringify(full));
+  assert.match(full.error, /the gallery is full: .*was not kept\. It is still shown: download or share it, or delete older results/);
+
+  // A reload: the gallery is still there; delete one, then all.
+  await page.reload();
+  await until(page, () => window.zepo?.gallery?.ready && window.zepo.gallery.count === 3, 'the gallery after a reload', 120_000);
+  await page.click('#gallery-list .gallery-item:nth-child(1) button[aria-label^="Delete"]');
+  await until(page, () => window.zepo.gallery.count === 2, 'one deleted');
+  assert.match(await page.textContent('#gallery-summary'), /2 results kept on this device/);
+  await page.click('#gallery-clear');
+  await until(page, () => window.zepo.gallery.count === 0, 'all deleted');
+  assert.match(await page.textContent('#gallery-summary'), /No results kept yet/);
+  assert.equal(await page.isDisabled('#gallery-clear'), true);
+  console.log(`batch and gallery test: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 });
 
 test('the camera: live preview and shutter, the stream stopped however the dialog closes, denied and missing cameras, the phone\'s system camera', { timeout: T }, async () => {

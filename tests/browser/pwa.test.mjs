@@ -215,7 +215,13 @@ test('offline: after one online run, a reload with the network off stylizes to t
     await loaded(page);
     assert.equal(await page.evaluate(() => navigator.onLine), false);
     assert.equal(await controlled(page), b.version, 'the service worker controls the offline page');
+    // The gallery, offline: the online run's result, listed with its settings.
+    const gallery = await until(page, () => window.zepo.gallery.ready && window.zepo.gallery.count >= 1 &&
+      [...document.querySelectorAll('#gallery-list .gallery-item')].map((li) => li.querySelector('.gallery-caption').textContent), 'the gallery offline');
+    assert.equal(gallery.length, 1, 'the online run\'s result is kept');
+    assert.match(gallery[0], /64×64 · seed 7/);
     const offline = await stylizeOnPage(page);
+    await until(page, () => window.zepo.gallery.count === 2, 'the offline result kept too');
     const [a, c] = [decodePng(online), decodePng(offline)];
     assert.deepEqual([c.width, c.height], [64, 64]);
     assert.ok(Buffer.from(c.data).equals(Buffer.from(a.data)), 'the offline result has the online result\'s pixels');

@@ -4,10 +4,13 @@
 //   (tests/fixtures/web/tiny_r64_s2_seed7.safetensors, made by the CLI, see REF_COMMAND);
 // - a second portrait in the same style reuses the style's features, with the same result;
 //   stylizeMany() runs a batch (per-item errors and cancels), each result as the single run's,
-//   the style computed once (the engine's counters);
+//   the style computed once (the engine's counters); an AVIF portrait, decoded by the browser,
+//   gives the PNG portrait's result, and a HEIC (which Chromium cannot decode) is named;
 // - the second visit downloads nothing (Cache API); an interrupted download resumes (Range);
 // - truncated and tampered weights are clear errors naming the file, and are not cached;
 // - an AbortSignal cancels a run; a non-image blob is a clear error;
+// - colour: Display P3 and Adobe RGB JPEGs decode in wasm as littleCMS converts them (1/255), a
+//   transparent PNG is composited onto white as stated;
 // (The page flow, and that no request carries image bytes: page.test.mjs.)
 // SwiftShader is slow: 64² images (8×8 latents) and 2 steps.
 import assert from 'node:assert/strict';
@@ -158,9 +161,15 @@ describe('the JS API on WebGPU', () => {
       for (const e of many) batch.push(e.png ? { png: await bytes(e.png), counters: e.counters } : { error: e.error.name });
       const single = [];
       for (const p of portraits) single.push({ png: await bytes(await engine.stylize(p, content, opts)), counters: engine.last.counters });
+      // The portrait as a lossless AVIF, which the engine cannot decode but the browser can; a
+      // HEIC, which neither can here (Chromium), is named.
+      const avif = await (await fetch('/tests/fixtures/web/portrait.avif')).blob();
+      const fromAvif = await bytes(await engine.stylize(avif, style, opts));
+      const heic = new Uint8Array([0, 0, 0, 24, ...new TextEncoder().encode('ftypheic'), 0, 0, 0, 0, ...new TextEncoder().encode('mif1heic'), 0, 0, 0, 0]);
+      const heicError = await kit.attempt(() => engine.stylize(new File([heic], 'IMG_0042.HEIC'), style, opts));
       engine.dispose();
       return { before, cached, otherSeed, a: await bytes(a), b: await bytes(b), c: await bytes(c), d: d.size, timesA, timesB,
-        batch, single, progress: [...progress].sort(), done };
+        batch, single, progress: [...progress].sort(), done, fromAvif, heicError: heicError.error };
     }, OPTS);
     assert.ok(!out.error, JSON.stringify(out.error));
     assert.equal(out.before, false);
@@ -184,8 +193,73 @@ describe('the JS API on WebGPU', () => {
     assert.deepEqual(runs[0].counters, out.timesA.counters, 'the first portrait computes the style');
     for (const r of [runs[1], runs[2], ...out.single]) assert.deepEqual(r.counters, out.timesB.counters, 'the others reuse it');
     assert.ok(['0/5', '2/5', '3/5'].every((k) => out.progress.includes(k)), `progress per item: ${out.progress}`);
+    // AVIF, decoded by the browser: the PNG portrait's pixels, so its result.
+    assert.deepEqual(out.fromAvif, out.a, 'a lossless AVIF of the portrait gives the PNG portrait\'s result');
+    assert.equal(out.heicError?.name, 'ImageError', JSON.stringify(out.heicError));
+    assert.match(out.heicError.message, /a HEIC image/);
     const saved = out.timesA.counters.unet_evals - out.timesB.counters.unet_evals;
     console.log(`batch of 3: UNet evaluations ${runs.map((r) => r.counters.unet_evals).join(' + ')}; each further portrait saves ${saved} (the style's)`);
+  });
+
+  test('photos as phones make them, in wasm: P3 and Adobe RGB JPEGs as littleCMS converts them (1/255), a transparent PNG on white', { timeout: T }, async () => {
+    // The fixtures (tests/fixtures/color, made by make.py) as the wasm engine decodes its inputs
+    // (decodeImage: the same Rust as the CLI's, whose tests hold it to the same references).
+    const files = ['photo.display-p3.jpg', 'photo.adobe-rgb-1998.jpg', 'transparent.png'];
+    const color = (f) => fs.readFileSync(path.join(ROOT, 'tests/fixtures/color', f));
+    // A JPEG without its ICC profile (its APP2 "ICC_PROFILE" segments): the pixels as stored.
+    const untagged = (jpeg) => {
+      const parts = [jpeg.subarray(0, 2)];
+      let i = 2;
+      while (jpeg[i + 1] !== 0xda) {
+        const end = i + 2 + jpeg.readUInt16BE(i + 2);
+        if (!(jpeg[i + 1] === 0xe2 && jpeg.subarray(i + 4, i + 16).toString('latin1') === 'ICC_PROFILE\0')) parts.push(jpeg.subarray(i, end));
+        i = end;
+      }
+      parts.push(jpeg.subarray(i));
+      return Buffer.concat(parts);
+    };
+    const inputs = [...files.map((f) => [f, color(f)]), ['photo.untagged.jpg', untagged(color(files[0]))]];
+    const out = await browser.page.evaluate(async (list) => {
+      const { default: init, decodeImage } = await import('/www/engine/zepo.js');
+      await init();
+      return list.map(([name, bytes]) => {
+        const img = decodeImage(new Uint8Array(bytes), name);
+        return { name, width: img.width, height: img.height, pixels: Array.from(img.pixels) };
+      });
+    }, inputs.map(([n, b]) => [n, Array.from(b)]));
+    const decoded = Object.fromEntries(out.map((o) => [o.name, o]));
+    // The pixels both JPEG decoders (libjpeg-turbo, the reference's; the engine's) agree on.
+    const libjpeg = decodePng(color('photo.decoded.png')).data;
+    const stored = decoded['photo.untagged.jpg'].pixels;
+    for (const [file, ref] of [['photo.display-p3.jpg', 'photo.display-p3.srgb.png'], ['photo.adobe-rgb-1998.jpg', 'photo.adobe-rgb-1998.srgb.png']]) {
+      const img = decoded[file];
+      const reference = decodePng(color(ref)).data;
+      assert.deepEqual([img.width, img.height], [64, 48]);
+      let compared = 0;
+      let worst = 0;
+      let applied = 0;
+      for (let i = 0; i < stored.length; i += 3) {
+        applied = Math.max(applied, ...[0, 1, 2].map((c) => Math.abs(img.pixels[i + c] - stored[i + c])));
+        if ([0, 1, 2].some((c) => stored[i + c] !== libjpeg[i + c])) continue;
+        compared++;
+        worst = Math.max(worst, ...[0, 1, 2].map((c) => Math.abs(img.pixels[i + c] - reference[i + c])));
+      }
+      console.log(`wasm ${file}: max difference from littleCMS ${worst}/255 over the ${compared} of 3072 pixels both JPEG decoders agree on`);
+      assert.ok(compared > 3072 * 3 / 4, `${file}: the decoders agree on ${compared} pixels`);
+      assert.ok(worst <= 1, `${file}: ${worst}/255 from littleCMS`);
+      assert.ok(applied >= 20, `${file}: the profile was applied (${applied})`);
+    }
+    // Transparent: each channel round(c·a/255 + 255·(255−a)/255), in integers.
+    const rgba = decodePng(color('transparent.png'));
+    const t = decoded['transparent.png'];
+    assert.deepEqual([t.width, t.height], [rgba.width, rgba.height]);
+    const expected = [];
+    for (let i = 0; i < rgba.data.length; i += 4) {
+      const a = rgba.data[i + 3];
+      for (let c = 0; c < 3; c++) expected.push(Math.floor((rgba.data[i + c] * a + 255 * (255 - a) + 127) / 255));
+    }
+    assert.deepEqual(t.pixels, expected, 'composited onto white as stated');
+    assert.ok(rgba.data.some((v, i) => i % 4 === 3 && v === 0) && rgba.data.some((v, i) => i % 4 === 3 && v > 0 && v < 255), 'the fixture has clear and partial alpha');
   });
 
   test('a truncated JPEG and a non-image blob are clear errors naming the input; bad options are named', { timeout: T }, async () => {
