@@ -409,77 +409,20 @@ async function beforeImage(blob, width, height, fit) {
 /** What a settings list shows of a value. */
 const shown = (v) => (typeof v === 'string' || (v && typeof v === 'object') ? JSON.stringify(v) : String(v));
 
-async function run() {
-  if (!engine || running) return;
-  if (portraits.length > 1) return runMany();
+/**
+ * The page's one run at a time: `work(signal)` with the Cancel button for `signal`; an error
+ * or a cancel said, the engine dropped if it died, the buttons and storage panel after.
+ */
+async function asRun(work) {
   stopWarmUp();
   const controller = new AbortController();
   running = controller;
   updateButton();
   $('cancel').hidden = false;
   $('error').hidden = true;
-  setState('running', 'Stylizing…');
-  // What this run is made of, as it starts (the inputs may change meanwhile).
-  const o = options();
-  const content = images.content;
-  const named = { content: names.content, style: names.style };
-  const t0 = performance.now();
+  delete document.body.dataset.notice;
   try {
-    const blob = await engine.stylize(content, images.style, {
-      ...o, onProgress: showProgress, signal: controller.signal,
-    });
-    const seconds = (performance.now() - t0) / 1000;
-    if (resultUrl) URL.revokeObjectURL(resultUrl);
-    resultUrl = URL.createObjectURL(blob);
-    const img = $('result');
-    img.src = resultUrl;
-    await img.decode();
-    const [width, height] = [img.naturalWidth, img.naturalHeight];
-    // The portrait under the slider, at the result's size.
-    let before = null;
-    try {
-      before = await beforeImage(content, width, height, o.fit);
-    } catch (e) {
-      console.warn(`before/after: ${e.message}`);
-    }
-    if (beforeUrl) URL.revokeObjectURL(beforeUrl);
-    beforeUrl = before && URL.createObjectURL(before);
-    if (beforeUrl) $('compare-before').src = beforeUrl;
-    $('compare-before').hidden = !beforeUrl;
-    $('compare-slider').hidden = !beforeUrl;
-    compare.classList.toggle('single', !beforeUrl);
-    compare.style.setProperty('--aspect', `${width} / ${height}`);
-    img.hidden = false;
-    compare.hidden = false;
-    $('result-hint').hidden = true;
-
-    // The run's settings: every option sent to the engine, the model, its weights, the
-    // precision, the time.
-    const settings = [
-      ...Object.entries(o).map(([k, v]) => [k, shown(v)]),
-      ['model', MODEL],
-      ['weights', engine.info?.weights ?? 'fp16'],
-      ['precision', engine.info?.precision ?? engine.device?.precision ?? 'auto'],
-      ['size', `${width}×${height}`],
-      ['time', `${seconds.toFixed(1)} s`],
-    ];
-    showList('run-settings', settings);
-    $('run-info').hidden = false;
-
-    const a = $('download');
-    a.href = resultUrl;
-    a.download = downloadName({ ...named, seed: o.seed ?? 0, width, height });
-    a.setAttribute('aria-label', `Download the result as PNG (${a.download})`);
-    a.hidden = false;
-    $('share').hidden = false;
-    $('share').setAttribute('aria-label', `Share the result (${a.download})`);
-    shared = { blob, name: a.download };
-    warmed.add(o.resolution);
-    window.zepo.result = { width, height, bytes: blob.size, seconds, ...engine.last,
-      settings: Object.fromEntries(settings), fileName: a.download };
-    setState('done', `Done in ${seconds.toFixed(1)} s.`);
-    storage.downloaded(engine.last.downloaded);
-    await keep(blob, a.download, { ...o, width, height }, seconds);
+    await work(controller.signal);
   } catch (e) {
     if (e.name === 'AbortError') setState('cancelled', 'Cancelled.');
     else showError(e);
@@ -490,6 +433,74 @@ async function run() {
     updateButton();
     storage.refresh();
   }
+}
+
+function run() {
+  if (!engine || running) return;
+  asRun(portraits.length > 1 ? runMany : runOne);
+}
+
+/** One portrait: the result with its before/after slider, settings, download and share. */
+async function runOne(signal) {
+  setState('running', 'Stylizing…');
+  // What this run is made of, as it starts (the inputs may change meanwhile).
+  const o = options();
+  const content = images.content;
+  const named = { content: names.content, style: names.style };
+  const t0 = performance.now();
+  const blob = await engine.stylize(content, images.style, { ...o, onProgress: showProgress, signal });
+  const seconds = (performance.now() - t0) / 1000;
+  if (resultUrl) URL.revokeObjectURL(resultUrl);
+  resultUrl = URL.createObjectURL(blob);
+  const img = $('result');
+  img.src = resultUrl;
+  await img.decode();
+  const [width, height] = [img.naturalWidth, img.naturalHeight];
+  // The portrait under the slider, at the result's size.
+  let before = null;
+  try {
+    before = await beforeImage(content, width, height, o.fit);
+  } catch (e) {
+    console.warn(`before/after: ${e.message}`);
+  }
+  if (beforeUrl) URL.revokeObjectURL(beforeUrl);
+  beforeUrl = before && URL.createObjectURL(before);
+  if (beforeUrl) $('compare-before').src = beforeUrl;
+  $('compare-before').hidden = !beforeUrl;
+  $('compare-slider').hidden = !beforeUrl;
+  compare.classList.toggle('single', !beforeUrl);
+  compare.style.setProperty('--aspect', `${width} / ${height}`);
+  img.hidden = false;
+  compare.hidden = false;
+  $('result-hint').hidden = true;
+
+  // The run's settings: every option sent to the engine, the model, its weights, the
+  // precision, the time.
+  const settings = [
+    ...Object.entries(o).map(([k, v]) => [k, shown(v)]),
+    ['model', MODEL],
+    ['weights', engine.info?.weights ?? 'fp16'],
+    ['precision', engine.info?.precision ?? engine.device?.precision ?? 'auto'],
+    ['size', `${width}×${height}`],
+    ['time', `${seconds.toFixed(1)} s`],
+  ];
+  showList('run-settings', settings);
+  $('run-info').hidden = false;
+
+  const a = $('download');
+  a.href = resultUrl;
+  a.download = downloadName({ ...named, seed: o.seed ?? 0, width, height });
+  a.setAttribute('aria-label', `Download the result as PNG (${a.download})`);
+  a.hidden = false;
+  $('share').hidden = false;
+  $('share').setAttribute('aria-label', `Share the result (${a.download})`);
+  shared = { blob, name: a.download };
+  warmed.add(o.resolution);
+  window.zepo.result = { width, height, bytes: blob.size, seconds, ...engine.last,
+    settings: Object.fromEntries(settings), fileName: a.download };
+  setState('done', `Done in ${seconds.toFixed(1)} s.`);
+  storage.downloaded(engine.last.downloaded);
+  await keep(blob, a.download, { ...o, width, height }, seconds);
 }
 
 /**
@@ -507,53 +518,35 @@ async function keep(blob, name, fallback, seconds) {
 }
 
 /** The batch: every portrait after the style, one queue (www/batch.js), results as a grid. */
-async function runMany() {
-  stopWarmUp();
-  const controller = new AbortController();
-  running = controller;
-  updateButton();
-  $('cancel').hidden = false;
-  $('error').hidden = true;
-  delete document.body.dataset.notice;
+async function runMany(signal) {
   const o = options();
   const batch = portraits;
   const style = images.style;
   const styleName = names.style;
   setState('running', `Stylizing ${batch.length} portraits…`);
   const t0 = performance.now();
-  try {
-    const { entries, states } = await runBatch(engine, batch, style, o, {
-      els: { box: $('batch'), list: $('batch-items'), progress: $('batch-progress'), text: $('batch-text') },
-      signal: controller.signal,
-      onDone: async (i, entry, portrait) => {
-        if (!entry.png) return null;
-        const bitmap = await createImageBitmap(entry.png);
-        const dims = { width: bitmap.width, height: bitmap.height };
-        bitmap.close();
-        const name = downloadName({ content: portrait.name, style: styleName, seed: o.seed ?? 0, ...dims });
-        await keep(entry.png, name, { ...o, ...dims }, entry.seconds);
-        return name;
-      },
-    });
-    const seconds = (performance.now() - t0) / 1000;
-    const count = (s) => states.filter((x) => x === s).length;
-    window.zepo.batch = {
-      states, seconds,
-      items: entries.map((e) => (e.png ? { bytes: e.png.size, seconds: e.seconds, counters: e.counters } : { error: e.error?.name })),
-      pngs: entries.map((e) => e.png || null),
-    };
-    const failed = count('failed');
-    setState('done', `Batch done in ${seconds.toFixed(1)} s: ${count('done')} stylized${count('cancelled') ? `, ${count('cancelled')} cancelled` : ''}${failed ? `, ${failed} failed` : ''}.`);
-  } catch (e) {
-    if (e.name === 'AbortError') setState('cancelled', 'Cancelled.');
-    else showError(e);
-    if (engine?.dead) engine = null;
-  } finally {
-    running = null;
-    $('cancel').hidden = true;
-    updateButton();
-    storage.refresh();
-  }
+  const { entries, states } = await runBatch(engine, batch, style, o, {
+    els: { box: $('batch'), list: $('batch-items'), progress: $('batch-progress'), text: $('batch-text') },
+    signal,
+    onDone: async (i, entry, portrait) => {
+      if (!entry.png) return null;
+      const bitmap = await createImageBitmap(entry.png);
+      const dims = { width: bitmap.width, height: bitmap.height };
+      bitmap.close();
+      const name = downloadName({ content: portrait.name, style: styleName, seed: o.seed ?? 0, ...dims });
+      await keep(entry.png, name, { ...o, ...dims }, entry.seconds);
+      return name;
+    },
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  const count = (s) => states.filter((x) => x === s).length;
+  window.zepo.batch = {
+    states, seconds,
+    items: entries.map((e) => (e.png ? { bytes: e.png.size, seconds: e.seconds, counters: e.counters } : { error: e.error?.name })),
+    pngs: entries.map((e) => e.png || null),
+  };
+  const failed = count('failed');
+  setState('done', `Batch done in ${seconds.toFixed(1)} s: ${count('done')} stylized${count('cancelled') ? `, ${count('cancelled')} cancelled` : ''}${failed ? `, ${failed} failed` : ''}.`);
 }
 
 /**
