@@ -77,8 +77,8 @@ browser_tests() {
     local chrome
     chrome="$(zepo_chromium)" || { echo "no chromium" >&2; return 1; }
     # --test-force-exit: a file whose tests are over exits even if something it started (a server,
-    # a browser) is still running. timeout: a hang still ends the stage (its tests take about 40 min
-    # on 2 cores: tests/browser/*.test.mjs say what each costs).
+    # a browser) is still running. timeout: a hang still ends the stage (its tests took 38 min on 2
+    # cores on 2026-12-07; the README's "Tests" section has each file's share).
     CHROME="$chrome" ZEPO_TEST_WEBGPU_ARCH=swiftshader \
         timeout --kill-after=30s 55m node --test --test-force-exit tests/browser/*.test.mjs
 }

@@ -58,6 +58,16 @@ function setState(state, message) {
   $('status').textContent = message;
 }
 
+/**
+ * What became of something the visitor handed the page (a paste, a photo, a share, several
+ * portraits, restored settings): a line of its own, so that the engine's state (#status),
+ * which the load sets meanwhile, does not overwrite it.
+ */
+function sayInput(message) {
+  $('input-status').textContent = message;
+  $('input-status').hidden = !message;
+}
+
 // What an error means to the user, by its name (www/zepo.js lists them); its message follows.
 const ERROR_TITLES = {
   StorageFull: 'Not enough storage for the model: free some space (delete a downloaded model below, or other ' +
@@ -235,7 +245,7 @@ function setPortraits(files) {
   portraits = usable.length > 1 ? usable.map((f) => ({ blob: f, name: f.name || null })) : [];
   showCount();
   updateButton();
-  if (portraits.length) $('status').textContent = `${portraits.length} portraits: each is stylized after the style, which is computed once.`;
+  if (portraits.length) sayInput(`${portraits.length} portraits: each is stylized after the style, which is computed once.`);
 }
 
 /** A message about something the page was handed (a share, an opened file), not about the model. */
@@ -255,13 +265,13 @@ async function receive(items, how) {
   if (second) {
     setImage('content', first.blob, first.name);
     setImage('style', second.blob, second.name);
-    $('status').textContent = `${how}: the portrait and the style image.`;
+    sayInput(`${how}: the portrait and the style image.`);
     return;
   }
   await restorePortrait();
   const which = images.content ? 'style' : 'content';
   setImage(which, first.blob, first.name);
-  $('status').textContent = `${how}: ${first.name || 'an image'} is the ${which === 'content' ? 'portrait' : 'style image'}.`;
+  sayInput(`${how}: ${first.name || 'an image'} is the ${which === 'content' ? 'portrait' : 'style image'}.`);
 }
 
 /** The portrait kept from the page a share replaced, back in place (a share reloads the app). */
@@ -347,7 +357,7 @@ const camera = setUpCamera({
   message: $('camera-message'), capture: $('camera-capture'),
 }, (which, blob, name) => {
   setImage(which, blob, name);
-  $('status').textContent = `Took the ${which === 'content' ? 'portrait' : 'style image'} with the camera.`;
+  sayInput(`Took the ${which === 'content' ? 'portrait' : 'style image'} with the camera.`);
 });
 
 // Paste (Ctrl+V / Cmd+V) an image: into the focused drop zone, else the first empty one, else
@@ -363,7 +373,7 @@ document.addEventListener('paste', (e) => {
   const which = zone?.dataset.which || (!images.content ? 'content' : !images.style ? 'style' : 'content');
   e.preventDefault();
   setImage(which, file);
-  $('status').textContent = `Pasted the ${which === 'content' ? 'portrait' : 'style image'}.`;
+  sayInput(`Pasted the ${which === 'content' ? 'portrait' : 'style image'}.`);
 });
 
 // The before/after slider: the portrait, as the engine saw it, over the result, revealed from
@@ -421,6 +431,7 @@ async function asRun(work) {
   $('cancel').hidden = false;
   $('error').hidden = true;
   delete document.body.dataset.notice;
+  sayInput('');
   try {
     await work(controller.signal);
   } catch (e) {
@@ -573,7 +584,7 @@ function restoreSettings(settings, source) {
   delete document.body.dataset.notice;
   const other = restored.model && restored.model !== MODEL ? ` It was made with another model (${restored.model}); this page uses ${MODEL}.` : '';
   const ignored = restored.ignored.length ? ` Not known here, left out: ${restored.ignored.join(', ')}.` : '';
-  $('status').textContent = `Settings of ${source} restored: ${settings.width}×${settings.height}, ${restored.form.steps ?? '?'} steps, seed ${restored.form.seed}.${other}${ignored}`;
+  sayInput(`Settings of ${source} restored: ${settings.width}×${settings.height}, ${restored.form.steps ?? '?'} steps, seed ${restored.form.seed}.${other}${ignored}`);
   window.zepo.restored = { source, form: restored.form, extra: restored.extra };
   $('options').open = true;
   warmUp();

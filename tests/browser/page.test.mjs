@@ -203,7 +203,7 @@ test('the page: size before the download, paste and keyboard input, before/after
     document.body.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
   });
   await page.waitForFunction(() => !document.getElementById('content-preview').hidden);
-  assert.match(await page.textContent('#status'), /Pasted the portrait/);
+  assert.match(await page.textContent('#input-status'), /Pasted the portrait/);
 
   // Stylize from the keyboard: Tab until it has the focus, Enter.
   let focused = null;
@@ -538,7 +538,7 @@ test('several portraits, one style: a queue with progress and cancel per item, a
   await page.fill('input[name="resolution"]', '128');
   await page.click(`#gallery-list .gallery-item:nth-child(3) button[aria-label^="Again"]`);
   const again = await page.evaluate(() => ({ seed: document.querySelector('input[name="seed"]').value, resolution: document.querySelector('input[name="resolution"]').value,
-    steps: document.querySelector('input[name="steps"]').value, status: document.getElementById('status').textContent }));
+    steps: document.querySelector('input[name="steps"]').value, status: document.getElementById('input-status').textContent }));
   assert.deepEqual([again.seed, again.resolution, again.steps], ['7', '64', '2'], JSON.stringify(again));
   assert.match(again.status, /Settings of zepo-portrait-.*restored: 64×64, 2 steps, seed 7/);
 
@@ -550,7 +550,7 @@ test('several portraits, one style: a queue with progress and cancel per item, a
     document.getElementById('options').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
     await new Promise((r) => setTimeout(r, 300));
     return { seed: document.querySelector('input[name="seed"]').value, error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
-      notice: document.body.dataset.notice ?? null, status: document.getElementById('status').textContent };
+      notice: document.body.dataset.notice ?? null, status: document.getElementById('input-status').textContent };
   }, [Array.from(bytes), name]);
   const batchPng = Buffer.from(batch.pngs[0]);
   const dropped = await drop(batchPng, 'from-a-friend.png');
@@ -640,7 +640,7 @@ test('the camera: live preview and shutter, the stream stopped however the dialo
     const taken = await page.evaluate(() => ({
       open: document.getElementById('camera-dialog').open,
       size: [document.getElementById('content-preview').naturalWidth, document.getElementById('content-preview').naturalHeight],
-      status: document.getElementById('status').textContent,
+      status: document.getElementById('input-status').textContent,
       active: window.zepo.camera.active,
       source: document.getElementById('camera-video').srcObject,
     }));
@@ -710,7 +710,7 @@ test('opened with the app (file_handlers, launchQueue): one image is the portrai
     const [content, style] = await labels();
     assert.match(content, /me\.png/);
     assert.match(style, /art\.png/);
-    assert.match(await page.textContent('#status'), /Opened: the portrait and the style image/);
+    assert.match(await page.textContent('#input-status'), /Opened: the portrait and the style image/);
     // One more: the portrait is there, so it is the style.
     await open([['/www/examples/style.png', 'other.png']]);
     await page.waitForFunction(() => /other\.png/.test(document.getElementById('style-zone').getAttribute('aria-label')));

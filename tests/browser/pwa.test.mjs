@@ -132,6 +132,7 @@ async function shareTo(context, target, file, enctype = 'multipart/form-data') {
     notice: document.body.dataset.notice || null,
     error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
     status: document.getElementById('status').textContent,
+    input: document.getElementById('input-status').textContent,
     fromServiceWorker: performance.getEntriesByType('navigation')[0]?.workerStart > 0,
   }));
   return { page: p, shown };
@@ -159,7 +160,7 @@ async function checkShareTarget(context, base, label) {
   got = await shareTo(context, target, style);
   assert.match(got.shown.content || '', /IMG_2040\.png/, `${label}: the portrait stays: ${JSON.stringify(got.shown)}`);
   assert.match(got.shown.style || '', /painting\.webp/, `${label}: the shared image is the style`);
-  assert.match(got.shown.status, /is the style image/);
+  assert.match(got.shown.input, /is the style image/);
   await got.page.close();
   // Refused by name, nothing stored, the kept portrait untouched: not an image, not multipart.
   for (const [what, file, enctype, said] of [
