@@ -557,7 +557,9 @@ async function runMany(signal) {
     pngs: entries.map((e) => e.png || null),
   };
   const failed = count('failed');
-  setState('done', `Batch done in ${seconds.toFixed(1)} s: ${count('done')} stylized${count('cancelled') ? `, ${count('cancelled')} cancelled` : ''}${failed ? `, ${failed} failed` : ''}.`);
+  const summary = `${count('done')} stylized${count('cancelled') ? `, ${count('cancelled')} cancelled` : ''}${failed ? `, ${failed} failed` : ''}`;
+  if (signal.aborted) setState('cancelled', `Batch cancelled after ${seconds.toFixed(1)} s: ${summary}.`);
+  else setState('done', `Batch done in ${seconds.toFixed(1)} s: ${summary}.`);
 }
 
 /**
