@@ -45,6 +45,8 @@ let portraits = [];
 // Settings restored from a result that the page has no field for (featureStep, tome's details…):
 // sent with the next runs until an option is edited.
 let extraOptions = {};
+// Frees the object URLs of the last batch's grid (its portraits and results), before the next.
+let releaseBatch = null;
 
 // Options may be preset from the URL: ?resolution=64&steps=2&seed=3
 for (const [k, v] of params) {
@@ -536,7 +538,9 @@ async function runMany(signal) {
   const styleName = names.style;
   setState('running', `Stylizing ${batch.length} portraits…`);
   const t0 = performance.now();
-  const { entries, states } = await runBatch(engine, batch, style, o, {
+  releaseBatch?.();
+  releaseBatch = null;
+  const { entries, states, release } = await runBatch(engine, batch, style, o, {
     els: { box: $('batch'), list: $('batch-items'), progress: $('batch-progress'), text: $('batch-text') },
     signal,
     onDone: async (i, entry, portrait) => {
@@ -549,6 +553,7 @@ async function runMany(signal) {
       return name;
     },
   });
+  releaseBatch = release;
   const seconds = (performance.now() - t0) / 1000;
   const count = (s) => states.filter((x) => x === s).length;
   window.zepo.batch = {
