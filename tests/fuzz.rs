@@ -9,7 +9,8 @@
 //! Each target first replays its regression corpus (`tests/fuzz-corpus/<target>/`: inputs
 //! that once failed), then mutates seeds for `ZEPO_FUZZ_SECONDS` seconds (default 2; the test
 //! script gives each target more). A failing input is written to the corpus folder (commit
-//! it) and the test fails naming it. `ZEPO_FUZZ_SEED` repeats a run.
+//! it) and the test fails naming it. `ZEPO_FUZZ_SEED` repeats a run; `ZEPO_FUZZ_ONLY=<target>`
+//! runs one target.
 //!
 //!     ZEPO_FUZZ_SECONDS=60 cargo test --release --test fuzz -- --nocapture
 
@@ -513,7 +514,8 @@ fn fuzz_every_parser() {
     ];
     let mut failures = Vec::new();
     let mut total = 0;
-    for t in targets {
+    let only = std::env::var("ZEPO_FUZZ_ONLY").ok();
+    for t in targets.into_iter().filter(|t| only.as_deref().is_none_or(|o| o == t.name)) {
         let (tried, _, f) = run(t, budget, seed);
         total += tried;
         failures.extend(f);

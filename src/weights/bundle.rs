@@ -382,11 +382,12 @@ impl Manifest {
                 if !manifest.parts.contains_key(pname) {
                     return Err(bad(format!("variant {vname}: part {pname} is not one of the bundle's parts")));
                 }
-                let sum: u64 = part.shards.iter().map(|s| s.file.size).sum();
-                if sum != part.total_bytes {
+                let sum = shard_bytes(&part.shards);
+                if sum != Some(part.total_bytes) {
                     return Err(bad(format!(
-                        "variant {vname}, part {pname}: total_bytes {} but its shards add up to {sum}",
-                        part.total_bytes
+                        "variant {vname}, part {pname}: total_bytes {} but its shards add up to {}",
+                        part.total_bytes,
+                        sum.map_or("more than 2^64 bytes".to_string(), |s| s.to_string())
                     )));
                 }
             }
@@ -406,10 +407,19 @@ impl Manifest {
             }
         }
         for (name, part) in &manifest.parts {
-            let sum: u64 = part.shards.iter().map(|s| s.file.size).sum();
-            if sum != part.total_bytes {
-                return Err(bad(format!("part {name}: total_bytes {} but its shards add up to {sum}", part.total_bytes)));
+            let sum = shard_bytes(&part.shards);
+            if sum != Some(part.total_bytes) {
+                return Err(bad(format!(
+                    "part {name}: total_bytes {} but its shards add up to {}",
+                    part.total_bytes,
+                    sum.map_or("more than 2^64 bytes".to_string(), |s| s.to_string())
+                )));
             }
+        }
+        // Every sum of sizes taken later (a load's download, a variant's) is over some of these
+        // files: once their total fits in a u64, none of those can overflow.
+        if manifest.files().iter().try_fold(0u64, |a, f| a.checked_add(f.size)).is_none() {
+            return Err(bad("its files' sizes add up to more than 2^64 bytes".to_string()));
         }
         Ok(manifest)
     }
@@ -529,6 +539,11 @@ impl Manifest {
     pub fn total_bytes(&self) -> u64 {
         self.files().iter().map(|f| f.size).sum()
     }
+}
+
+/// The sizes of `shards` together, `None` past `u64::MAX` (a hostile manifest's sizes).
+fn shard_bytes(shards: &[Shard]) -> Option<u64> {
+    shards.iter().try_fold(0u64, |a, s| a.checked_add(s.file.size))
 }
 
 /// The rule for every `url` of a manifest: it names a file inside the bundle's folder, and means
@@ -752,6 +767,23 @@ mod tests {
         m.parts.get_mut("unet").unwrap().total_bytes = 11;
         let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
         assert!(err.contains("total_bytes"), "{err}");
+
+        // Sizes whose sum passes u64::MAX (found by the fuzzer: the sum panicked): in a part,
+        // in a variant's part, and across files that each add up within their part.
+        let mut m = sample();
+        let unet = m.parts.get_mut("unet").unwrap();
+        unet.shards.push(unet.shards[0].clone());
+        unet.shards.iter_mut().for_each(|s| s.file.size = u64::MAX / 2 + 1);
+        unet.total_bytes = 0;
+        let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
+        assert!(err.contains("more than 2^64 bytes"), "{err}");
+        let mut m = with_variant(u64::MAX);
+        let q4 = m.variants.get_mut("q4").unwrap().parts.get_mut("unet").unwrap();
+        q4.shards.push(q4.shards[0].clone());
+        let err = Manifest::parse(&m.to_json(), "manifest.json").unwrap_err().to_string();
+        assert!(err.contains("variant q4") && err.contains("more than 2^64 bytes"), "{err}");
+        let err = Manifest::parse(&with_variant(u64::MAX).to_json(), "manifest.json").unwrap_err().to_string();
+        assert!(err.contains("files' sizes add up to more than 2^64 bytes"), "{err}");
     }
 
     /// Every way a manifest's `url` could name something outside the bundle's folder (once
