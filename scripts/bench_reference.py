@@ -13,10 +13,12 @@ Needs torch, diffusers==0.30.0 (and transformers, which diffusers imports).
 
 import argparse
 import os
+import resource
 import time
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 
 def timed(fn, repeat):
@@ -46,6 +48,8 @@ def main():
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.path.join(args.config, "unet"))).eval()
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(args.config, "vae"))).eval()
+    # The pipeline holds its text encoder too (for the peak RSS printed at the end).
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(os.path.join(args.config, "text_encoder"))).eval()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, mkldnn {torch.backends.mkldnn.is_available()}")
 
     ctx = torch.randn(1, 77, unet.config.cross_attention_dim)
@@ -74,6 +78,10 @@ def main():
             for n in (2, 4):
                 est = n * ub[0] * 6 / b + 3 * e[0] + 3 * d[0]
                 print(f"{size}², N={n}: reference stylize ≈ {est:.1f} s (sum of the above; excludes CLIP, schedulers)")
+    del text_encoder
+    # The largest of these calls is the batch-6 UNet call the authors' pipeline makes at each step.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak:.0f} MiB (UNet, VAE and text encoder held; the calls above)")
 
 
 if __name__ == "__main__":

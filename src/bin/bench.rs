@@ -7,6 +7,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use clap::Args;
 use zepo::device::Backend;
+use zepo::nn::profile;
 use zepo::weights::LoadOptions;
 use zepo::zepo::image::RgbImage;
 use zepo::zepo::load::{load_scheduler, load_text, load_unet, load_vae, WeightSource};
@@ -34,12 +35,65 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Parts to time, comma-separated (unet, encode, decode); e.g. `--parts unet --steps 0`
-    /// for a UNet-only profile.
+    /// for a UNet-only profile, `--parts none` for a stylization's own peak memory.
     #[arg(long, default_value = "unet,encode,decode", value_delimiter = ',')]
     parts: Vec<String>,
     /// Compute precision: f32, or f16 (weights and activations; GPU backends with f16).
     #[arg(long, default_value = "f32")]
     precision: String,
+    /// After timing each part, run it once more op by op and print where its time went
+    /// (convolutions by shape, attention, norms, matmuls; GFLOP/s and GB/s against this CPU's
+    /// measured peaks). CPU backend only: GPU calls return before their work is done.
+    #[arg(long)]
+    profile: bool,
+}
+
+/// Prints one part's profile: its heaviest operations, then totals by kind, each against the
+/// CPU's measured GEMM and copy peaks; what no layer scope covers (adds, copies, layout
+/// changes, upsampling, allocation) is the remainder of the part's wall time.
+fn print_profile(part: &str, wall: f64, table: std::collections::BTreeMap<String, profile::Entry>, (gflops, gbps): (f64, f64)) {
+    let mut rows: Vec<(String, profile::Entry)> = table.into_iter().collect();
+    rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
+    println!("  profile of {part}: {wall:.3} s (CPU peaks measured: GEMM {gflops:.0} GFLOP/s, copy {gbps:.1} GB/s)");
+    println!("  {:<44} {:>5} {:>8} {:>6} {:>8} {:>6} {:>7}", "operation", "calls", "ms", "share", "GFLOP/s", "%peak", "GB/s");
+    let line = |name: &str, e: &profile::Entry| {
+        let (f, b) = (e.flops / e.seconds / 1e9, e.bytes / e.seconds / 1e9);
+        let (f, pk) = if e.flops > 0.0 { (format!("{f:.1}"), format!("{:.0}%", 100.0 * f / gflops)) } else { ("".into(), "".into()) };
+        println!("  {name:<44} {:>5} {:>8.1} {:>5.1}% {f:>8} {pk:>6} {:>7.1}", e.calls, 1e3 * e.seconds, 100.0 * e.seconds / wall, b);
+    };
+    let shown = rows.len().min(20);
+    for (k, e) in &rows[..shown] {
+        line(k, e);
+    }
+    if rows.len() > shown {
+        println!("  … {} more", rows.len() - shown);
+    }
+    let kind = |k: &str| -> &'static str {
+        match k {
+            _ if k.starts_with("conv 1×1") => "conv 1×1",
+            _ if k.starts_with("conv") => "conv 3×3",
+            _ if k.starts_with("attention") => "attention (scores, softmax, ·v)",
+            _ if k.starts_with("linear") => "linear (projections, MLP)",
+            _ if k.starts_with("group norm") => "group norm (+ SiLU)",
+            _ if k.starts_with("layer norm") => "layer norm",
+            _ => "other scopes",
+        }
+    };
+    let mut kinds: std::collections::BTreeMap<&str, profile::Entry> = Default::default();
+    for (k, e) in &rows {
+        let t = kinds.entry(kind(k)).or_default();
+        t.calls += e.calls;
+        t.seconds += e.seconds;
+        t.flops += e.flops;
+        t.bytes += e.bytes;
+    }
+    println!("  by kind:");
+    let covered: f64 = kinds.values().map(|e| e.seconds).sum();
+    for (k, e) in &kinds {
+        line(k, e);
+    }
+    let rest = profile::Entry { calls: 0, seconds: (wall - covered).max(0.0), flops: 0.0, bytes: 0.0 };
+    line("rest: adds, copies, layout, upsampling, alloc", &rest);
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -124,8 +178,8 @@ impl Observer for StageClock {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let dir = &args.config;
-    if let Some(p) = args.parts.iter().find(|p| !["unet", "encode", "decode"].contains(&p.as_str())) {
-        return Err(Error::InvalidOption(format!("--parts: unknown part {p:?} (unet, encode, decode)")));
+    if let Some(p) = args.parts.iter().find(|p| !["unet", "encode", "decode", "none"].contains(&p.as_str())) {
+        return Err(Error::InvalidOption(format!("--parts: unknown part {p:?} (unet, encode, decode, or none)")));
     }
     println!("zepo bench: random weights, configs from {}", dir.display());
     println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -135,6 +189,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         other => return Err(Error::InvalidOption(format!("--precision {other}: f32 or f16"))),
     };
     let opts = LoadOptions { dtype, ..Default::default() };
+    if args.profile && args.backend.iter().any(|b| b != "cpu") {
+        return Err(Error::InvalidOption("--profile times the CPU backend only (a GPU call returns before its work is done)".into()));
+    }
+    let peaks = if args.profile { profile::cpu_peaks() } else { (f64::NAN, f64::NAN) };
     for name in &args.backend {
         let backend: Backend = name.parse()?;
         let mut device = zepo::device::device(backend)?;
@@ -160,17 +218,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let z = random([1, 4, lat, lat], 2, &device, dtype);
             let part = |name: &str| args.parts.iter().any(|p| p == name);
             let mut parts = vec![];
+            let mut profiles = vec![];
+            let mut timed = |name: &str, f: &mut dyn FnMut() -> Tensor<4>| -> Result<()> {
+                let (s, c) = time(&device, args.repeat, &mut *f)?;
+                parts.push(format!("{name} {s:.3} s (cpu {c:.2} s)"));
+                if args.profile {
+                    profile::enable(true);
+                    let start = Instant::now();
+                    drop(f());
+                    sync(&device)?;
+                    let wall = start.elapsed().as_secs_f64();
+                    profile::enable(false);
+                    profiles.push((format!("{name}, {size}²"), wall, profile::take()));
+                }
+                Ok(())
+            };
             if part("unet") {
-                let (s, c) = time(&device, args.repeat, || model.unet.forward(z.clone(), &[499.0], &ctx))?;
-                parts.push(format!("UNet forward (1 image) {s:.3} s (cpu {c:.2} s)"));
+                timed("UNet forward (1 image)", &mut || model.unet.forward(z.clone(), &[499.0], &ctx))?;
             }
             if part("encode") {
-                let (s, c) = time(&device, args.repeat, || model.vae.encode(x.clone()).mean)?;
-                parts.push(format!("VAE encode {s:.3} s (cpu {c:.2} s)"));
+                timed("VAE encode", &mut || model.vae.encode(x.clone()).mean)?;
             }
             if part("decode") {
-                let (s, c) = time(&device, args.repeat, || model.vae.decode(z.clone()))?;
-                parts.push(format!("VAE decode {s:.3} s (cpu {c:.2} s)"));
+                timed("VAE decode", &mut || model.vae.decode(z.clone()))?;
             }
             println!(
                 "{size}²: {} | peak RSS {:.0} MiB{}",
@@ -178,6 +248,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 peak_rss_mib().unwrap_or(f64::NAN),
                 device_mib(&device).map(|m| format!(" | device pool {m:.0} MiB")).unwrap_or_default()
             );
+            for (name, wall, table) in profiles {
+                print_profile(&name, wall, table, peaks);
+            }
             for &n in args.steps.iter().filter(|&&n| n > 0) {
                 let opts = ZepoOptions { resolution: size, steps: n, ..Default::default() };
                 let img =

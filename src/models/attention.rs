@@ -94,15 +94,34 @@ const SCORES_CHUNK_BYTES: usize = 256 << 20;
 /// VAE's single 512-wide head crashed SwiftShader's GPU process (full-size VAE encode in
 /// Chromium) and would spill on real GPUs, so it takes the plain path (its maps are small: at
 /// 512² the VAE's scores are 4096², 64 MiB).
+#[cfg(any(feature = "gpu", target_arch = "wasm32"))]
 const FLASH_MAX_HEAD_DIM: usize = 160;
 
 /// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]`. On the GPU one flash-attention kernel, which never
-/// materialises the scores; the CPU backend does, so long sequences run in query chunks (exact:
-/// softmax is per query row) — 1024² images would otherwise need a 17 GB score matrix.
+/// materialises the scores; on the CPU (f32) blocks of query rows in parallel
+/// ([`crate::nn::cpu_ops::attention`]). Anything else runs burn's op in query chunks (exact:
+/// softmax is per query row), as a 1024² image would otherwise need a 17 GB score matrix.
 pub fn attend_heads(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let ([b, heads, n, d], m) = (q.dims(), k.dims()[2]);
+    crate::nn::profile::scope(
+        || attend_heads_unprofiled(q, k, v),
+        // q·kᵀ and p·v: two multiply-adds per (query, key, channel).
+        |_| crate::nn::profile::Work {
+            key: format!("attention {heads}×{d} heads, {n}×{m}"),
+            flops: 4.0 * (b * heads * n * m * d) as f64,
+            bytes: 4.0 * (b * heads * (2 * n + 2 * m) * d) as f64,
+        },
+    )
+}
+
+fn attend_heads_unprofiled(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
     if crate::nn::gpu::on_gpu(&q) && q.dims()[3] <= FLASH_MAX_HEAD_DIM {
         return crate::nn::gpu::flash_attention(q, k, v);
+    }
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    if let Some(out) = crate::nn::cpu_ops::attention(&q, &k, &v) {
+        return out;
     }
     let [b, h, n, _] = q.dims();
     let m = k.dims()[2];

@@ -76,11 +76,73 @@ pub fn silu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, x.dims()))))
 }
 
-/// `GroupNorm` (affine) of `x` `[B, C, ..]`, followed by SiLU when `silu`, in two
-/// multi-threaded passes per group (statistics, then normalise + affine + activation); burn-nn
-/// composes it from a dozen whole-tensor ops. The statistics are accumulated in f64 (burn: f32),
-/// the rest follows burn's formula `(x - mean) / sqrt(var + eps) · γ + β`. `None` when the fast
-/// path does not apply.
+/// `dst [m × n] = (dst if accumulate) + scale · lhs [m × k] · rhs [k × n]`: the one `gemm` call
+/// of the CPU fast paths, named. Each matrix is its pointer and (row, column) strides in
+/// elements; the destination's columns are contiguous. On the thread pool when `parallel`.
+///
+/// # Safety
+/// The pointers are valid for those shapes and strides, and `dst` aliases neither operand.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let par = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let i = |s: usize| s as isize;
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            1,
+            i(dst.1),
+            accumulate,
+            lhs.0,
+            i(lhs.2),
+            i(lhs.1),
+            rhs.0,
+            i(rhs.2),
+            i(rhs.1),
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// `e^x` in f32 without a libm call, so that loops over it vectorize: Cody–Waite reduction
+/// `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, Cephes' degree-6 polynomial for `e^r`, `2^n` from the
+/// exponent bits. Within 2 ulp of `f32::exp` on [-87, 88]; clamped outside (no inf, no
+/// denormals).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest by the 1.5·2²³ trick (`round()` is a libm call on baseline x86-64).
+    let n = (x * core::f32::consts::LOG2_E + 12582912.0) - 12582912.0;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // 2ⁿ: n + 127 lands in the low mantissa bits of 2²³ + n + 127 (n is integral, in
+    // [-126, 127]); shifted into the exponent field. No float→int conversion (scalar when
+    // saturating, as `as` does).
+    e * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
+}
+
+/// `GroupNorm` (affine) of `x` `[B, C, ..]`, followed by SiLU when `silu`, in vectorized,
+/// multi-threaded passes per group (mean, centred variance, then normalise + affine +
+/// activation); burn-nn composes it from a dozen whole-tensor ops. The statistics are
+/// accumulated in f64 (burn: f32); the normalisation is `x·s + t` with `s = γ / √(var + ε)`,
+/// `t = β − mean·s` (burn: `(x − mean) / √(var + ε) · γ + β`, the same up to rounding), SiLU
+/// `y / (1 + e^−y)` with [`exp_f32`]. `None` when the fast path does not apply.
 pub fn group_norm<const D: usize>(gn: &GroupNorm, x: &Tensor<D>, silu: bool) -> Option<Tensor<D>> {
     let dims = x.dims();
     let (Some(gamma), Some(beta)) = (&gn.gamma, &gn.beta) else {
@@ -99,24 +161,118 @@ pub fn group_norm<const D: usize>(gn: &GroupNorm, x: &Tensor<D>, silu: bool) -> 
     if gs.len() != c || bs.len() != c || plane == 0 {
         return None;
     }
-    let eps = gn.epsilon as f32;
+    let (groups, eps) = (gn.num_groups, gn.epsilon);
     let mut out = vec![0f32; xs.len()];
     // One task per (batch, group): `cg` whole channel planes.
     out.par_chunks_mut(cg * plane).zip(xs.par_chunks(cg * plane)).enumerate().for_each(|(i, (o, x))| {
-        let n = x.len() as f64;
-        let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
-        let var = (x.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / n) as f32;
-        let std = (var + eps).sqrt();
-        let c0 = (i % gn.num_groups) * cg;
-        for (k, (o, x)) in o.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
-            let (g, b) = (gs[c0 + k], bs[c0 + k]);
-            for (o, &v) in o.iter_mut().zip(x) {
-                let y = (v - mean) / std * g + b;
-                *o = if silu { y * sigmoid(y) } else { y };
-            }
-        }
+        let c0 = (i % groups) * cg;
+        normalize_group(o, x, plane, &gs[c0..c0 + cg], &bs[c0..c0 + cg], eps, silu)
     });
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, dims))))
+}
+
+dispatch_wide! {
+    /// One group of [`group_norm`]: `x` its channels' planes of `plane` values, `gamma` and
+    /// `beta` its channels'.
+    fn normalize_group(o: &mut [f32], x: &[f32], plane: usize, gamma: &[f32], beta: &[f32], eps: f64, silu: bool) => normalize_group_body
+}
+
+#[inline(always)]
+fn normalize_group_body(o: &mut [f32], x: &[f32], plane: usize, gamma: &[f32], beta: &[f32], eps: f64, silu: bool) {
+    let n = x.len() as f64;
+    let mean = sum_f64(x, |v| v) / n;
+    let var = sum_f64(x, |v| (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((o, x), (&g, &b)) in o.chunks_mut(plane).zip(x.chunks(plane)).zip(gamma.iter().zip(beta)) {
+        let s = g as f64 * inv;
+        let (s, t) = (s as f32, (b as f64 - mean * s) as f32);
+        if silu {
+            for (o, &v) in o.iter_mut().zip(x) {
+                let y = v * s + t;
+                *o = y / (1.0 + exp_f32(-y));
+            }
+        } else {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = v * s + t;
+            }
+        }
+    }
+}
+
+/// Query rows per attention task: its score block `[rows, keys]` stays in L2 for up to 2048
+/// keys (the UNet's 64² maps at 512²).
+const ATTENTION_ROWS: usize = 128;
+
+/// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]` (keys and values `[B, heads, M, d]`), f32, as
+/// multi-threaded tasks of [`ATTENTION_ROWS`] query rows of one head: the block's scores by one
+/// `gemm`, a vectorized softmax per row (max-shifted, [`exp_f32`]), then `gemm` with `v`.
+/// burn-flex tiles the keys with an online softmax and a scalar `exp` per score, its products
+/// at most 64 keys long. `None` when the fast path does not apply.
+pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
+    let ([b, heads, n, d], [kb, kh, m, kd], [vb, vh, vm, dv]) = (q.dims(), k.dims(), v.dims());
+    if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3] || [kb, kh, kd] != [b, heads, d] || [vb, vh, vm] != [b, heads, m] || m == 0 {
+        return None;
+    }
+    let flex = |t: &Tensor<4>| t.clone().try_into_primitive::<Flex>().ok().map(|f| f.to_contiguous());
+    let (qf, kf, vf) = (flex(q)?, flex(k)?, flex(v)?);
+    let (qs, ks, vs) = (qf.as_slice::<f32>()?, kf.as_slice::<f32>()?, vf.as_slice::<f32>()?);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; b * heads * n * dv];
+    out.par_chunks_mut(n * dv).enumerate().for_each(|(bh, o)| {
+        let (q, k, v) = (&qs[bh * n * d..][..n * d], &ks[bh * m * d..][..m * d], &vs[bh * m * dv..][..m * dv]);
+        o.par_chunks_mut(ATTENTION_ROWS * dv).enumerate().for_each_init(Vec::new, |scores, (blk, o)| {
+            let rows = o.len() / dv;
+            let q = &q[blk * ATTENTION_ROWS * d..][..rows * d];
+            scores.resize(rows * m, 0.0);
+            // scores [rows × m] = scale · q [rows × d] · kᵀ [d × m]
+            unsafe { sgemm([rows, m, d], (scores.as_mut_ptr(), m), (q.as_ptr(), d, 1), (k.as_ptr(), 1, d), scale, false, false) };
+            for row in scores.chunks_mut(m) {
+                softmax(row);
+            }
+            // o [rows × dv] = scores · v [m × dv]
+            unsafe { sgemm([rows, dv, m], (o.as_mut_ptr(), dv), (scores.as_ptr(), m, 1), (v.as_ptr(), dv, 1), 1.0, false, false) };
+        });
+    });
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, [b, heads, n, dv]))))
+}
+
+dispatch_wide! {
+    /// softmax of one row in place: `e^(x − max) / Σ`.
+    fn softmax(row: &mut [f32]) => softmax_body
+}
+
+#[inline(always)]
+fn softmax_body(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut lanes = [0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *x = exp_f32(*x - max);
+            *l += *x;
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp_f32(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `Σ f(v)` over `x` in f64, in 8 independent lanes (so that it vectorizes).
+#[inline(always)]
+fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]
@@ -131,6 +287,35 @@ mod tests {
         let [hidden, gate] = h.clone().chunk(2, 2).try_into().expect("two halves");
         assert_eq!(geglu(&h).expect("fast path").into_data(), (hidden * activation::gelu(gate)).into_data());
         assert_eq!(silu(&h).expect("fast path").into_data(), activation::silu(h).into_data());
+    }
+
+    #[test]
+    fn attention_equals_burn() {
+        let device = Device::flex();
+        // Two heads of 40 over 300 queries (three blocks, the last short) and 77 keys (a
+        // cross-attention's context); values 24 wide.
+        let q = Tensor::<4>::random([2, 2, 300, 40], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<4>::random([2, 2, 77, 40], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<4>::random([2, 2, 77, 24], Distribution::Normal(0.0, 1.0), &device);
+        let expected = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, Default::default());
+        let err = (attention(&q, &k, &v).expect("fast path") - expected).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-5, "max error {err}");
+        // Transposed views (as split heads are) are read as their values.
+        let qt = q.clone().swap_dims(1, 2).reshape([2, 300, 80]).reshape([2, 300, 2, 40]).swap_dims(1, 2);
+        assert_eq!(attention(&qt, &k, &v).unwrap().into_data(), attention(&q, &k, &v).unwrap().into_data());
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0f32;
+        for i in 0..=2_000_000 {
+            let x = -87.0 + 175.0 * i as f32 / 2e6;
+            let (a, b) = (exp_f32(x), x.exp());
+            worst = worst.max((a - b).abs() / b);
+        }
+        assert!(worst < 2.5 * f32::EPSILON, "max relative error {worst}");
+        assert_eq!(exp_f32(-1000.0), exp_f32(-87.0));
+        assert!(exp_f32(1000.0).is_finite());
     }
 
     #[test]

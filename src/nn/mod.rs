@@ -9,6 +9,30 @@ use burn::tensor::Tensor;
 use crate::weights::{VarBuilder, WeightsError};
 pub use compact::{CompactConv2d, CompactWeight};
 
+/// Defines `$name`, which runs the `#[inline(always)]` kernel `$body` compiled for AVX2 + FMA
+/// where the CPU has them, so that LLVM vectorizes its loops 8 wide (the crate is built for
+/// baseline x86-64, SSE2), and for the baseline elsewhere.
+#[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+macro_rules! dispatch_wide {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod compact;
 #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
 pub mod cpu_conv;
@@ -16,6 +40,9 @@ pub mod cpu_conv;
 pub mod cpu_ops;
 #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
 pub mod gpu;
+pub mod profile;
+#[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+pub mod winograd;
 
 type R<T> = Result<T, WeightsError>;
 
@@ -60,6 +87,19 @@ impl Linear {
     /// the bias add fuses with what follows (a residual add, an activation); a compact weight
     /// runs its own kernel, the bias included.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rows = x.dims()[..D - 1].iter().product::<usize>();
+        let (d_in, d_out) = (self.d_in(), self.d_out());
+        profile::scope(
+            || self.forward_unprofiled(x),
+            |_| profile::Work {
+                key: format!("linear {d_in}→{d_out}, {rows} rows"),
+                flops: 2.0 * (rows * d_in * d_out) as f64,
+                bytes: 4.0 * (rows * (d_in + d_out) + d_in * d_out) as f64,
+            },
+        )
+    }
+
+    fn forward_unprofiled<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         let weight = match &self.weight {
             LinearWeight::Compact(c) => return compact::linear(x, c, bias),
@@ -117,6 +157,11 @@ impl Conv2d {
     /// The stride-1 convolution with padding `[(top, bottom), (left, right)]` instead of its own
     /// (a band's halo rows replace the zero padding).
     pub fn forward_padded(&self, x: Tensor<4>, pad: [(usize, usize); 2]) -> Tensor<4> {
+        let [b, c_in, _, _] = x.dims();
+        profile::scope(|| self.forward_padded_unprofiled(x, pad), |y| conv_profile(self, b, c_in, y))
+    }
+
+    fn forward_padded_unprofiled(&self, x: Tensor<4>, pad: [(usize, usize); 2]) -> Tensor<4> {
         match self {
             Conv2d::Dense(c) => {
                 use burn::tensor::ops::ConvOptions;
@@ -157,6 +202,24 @@ pub fn conv2d_padded(vb: &VarBuilder, c_in: usize, c_out: usize, kernel: usize, 
 /// `conv.forward(x)`: on the CPU backend through the convolution fast path
 /// ([`crate::nn::cpu_conv`]), elsewhere burn's own kernel; a compact weight runs its own.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [b, c_in, _, _] = x.dims();
+    profile::scope(|| conv_forward_unprofiled(conv, x), |y| conv_profile(conv, b, c_in, y))
+}
+
+/// A convolution's profile key (kernel, channels, output map, stride) and work.
+fn conv_profile(conv: &Conv2d, b: usize, c_in: usize, y: &Tensor<4>) -> profile::Work {
+    let [_, c_out, h, w] = y.dims();
+    let (k, stride) = match conv {
+        Conv2d::Dense(c) => (c.kernel_size[0], c.stride[0]),
+        Conv2d::Compact(c) => (c.weight.tensor.shape[2], c.stride),
+    };
+    let s = if stride == 1 { String::new() } else { format!(" stride {stride}") };
+    let key = format!("conv {k}×{k} {c_in}→{c_out} @{}{s}", profile::map_size(h, w));
+    let (input, weights, output) = (b * c_in * h * w * stride * stride, c_in * k * k * c_out, b * c_out * h * w);
+    profile::Work { key, flops: 2.0 * (b * c_in * k * k * c_out * h * w) as f64, bytes: 4.0 * (input + weights + output) as f64 }
+}
+
+fn conv_forward_unprofiled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let conv = match conv {
         Conv2d::Compact(c) => return c.forward(x),
         Conv2d::Dense(c) => c,
@@ -182,12 +245,23 @@ pub fn group_norm(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> 
 /// `gn.forward(x)`, one fused pass on the CPU backend ([`cpu_ops::group_norm`]) and on the GPU
 /// ([`gpu::group_norm`]).
 pub fn group_norm_forward<const D: usize>(gn: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    fused_group_norm(gn, x, false).unwrap_or_else(|x| gn.forward(x))
+    profile::scope(|| fused_group_norm(gn, x, false).unwrap_or_else(|x| gn.forward(x)), |y| norm_profile("group norm", y))
 }
 
 /// `silu(gn.forward(x))`, fused like [`group_norm_forward`].
 pub fn group_norm_silu<const D: usize>(gn: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    fused_group_norm(gn, x, true).unwrap_or_else(|x| silu(gn.forward(x)))
+    profile::scope(|| fused_group_norm(gn, x, true).unwrap_or_else(|x| silu(gn.forward(x))), |y| norm_profile("group norm + SiLU", y))
+}
+
+/// An element-wise layer's profile key (what, channels and map) and work: no flops counted
+/// (these are bound by memory, not arithmetic), its input and output once each.
+fn norm_profile<const D: usize>(what: &str, y: &Tensor<D>) -> profile::Work {
+    let dims = y.dims();
+    let map = match &dims[1..] {
+        [c, h, w] => format!("{c} @{}", profile::map_size(*h, *w)),
+        rest => format!("{rest:?}"),
+    };
+    profile::Work { key: format!("{what} {map}"), flops: 0.0, bytes: 8.0 * dims.iter().product::<usize>() as f64 }
 }
 
 /// `silu(gn.forward(x + t))` with `t` columns `offset..offset + C` of `all` `[B, ≥ C]`, broadcast
@@ -243,6 +317,10 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        profile::scope(|| self.forward_unprofiled(x), |y| norm_profile("layer norm", y))
+    }
+
+    fn forward_unprofiled<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
         if D == 3 && gpu::on_gpu(&x) {
             let x3 = Tensor::<3>::from_dispatch(x.into_dispatch());
