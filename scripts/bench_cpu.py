@@ -9,7 +9,7 @@ stylization against the authors' calls at 512². Ratios are zepo / PyTorch: belo
 
     python3 scripts/bench_cpu.py --python /tmp/tinyenv/bin/python --sizes 256,512 --threads 1,2
 
-PyTorch (torch, diffusers==0.30.0, transformers) is a comparison only: pass the Python that has
+PyTorch (torch 2.4, diffusers==0.30.0, transformers==4.44.2) is a comparison only: pass the Python that has
 it. Numbers only; nothing here asserts a time.
 """
 

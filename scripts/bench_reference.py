@@ -8,7 +8,7 @@ per operation (user+sys), which is steadier than wall time on a shared machine.
 
     /tmp/tinyenv/bin/python scripts/bench_reference.py --threads 2 --sizes 256
 
-Needs torch, diffusers==0.30.0 (and transformers, which diffusers imports).
+Needs torch 2.4, diffusers==0.30.0 and transformers==4.44.2 (newer transformers refuse torch < 2.6).
 """
 
 import argparse

@@ -137,10 +137,10 @@ pub fn exp_f32(x: f32) -> f32 {
     e * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
 }
 
-/// `GroupNorm` (affine) of `x` `[B, C, ..]`, followed by SiLU when `silu`, in vectorized,
-/// multi-threaded passes per group (mean, centred variance, then normalise + affine +
-/// activation); burn-nn composes it from a dozen whole-tensor ops. The statistics are
-/// accumulated in f64 (burn: f32); the normalisation is `x·s + t` with `s = γ / √(var + ε)`,
+/// `GroupNorm` (affine) of `x` `[B, C, ..]`, followed by SiLU when `silu`, in two vectorized,
+/// multi-threaded passes per group (the statistics, then normalise + affine + activation);
+/// burn-nn composes it from a dozen whole-tensor ops. The statistics are accumulated in f64
+/// (burn: f32); the normalisation is `x·s + t` with `s = γ / √(var + ε)`,
 /// `t = β − mean·s` (burn: `(x − mean) / √(var + ε) · γ + β`, the same up to rounding), SiLU
 /// `y / (1 + e^−y)` with [`exp_f32`]. `None` when the fast path does not apply.
 pub fn group_norm<const D: usize>(gn: &GroupNorm, x: &Tensor<D>, silu: bool) -> Option<Tensor<D>> {
@@ -179,9 +179,12 @@ dispatch_wide! {
 
 #[inline(always)]
 fn normalize_group_body(o: &mut [f32], x: &[f32], plane: usize, gamma: &[f32], beta: &[f32], eps: f64, silu: bool) {
+    // One pass: E[x] and E[x²] in f64, whose cancellation in E[x²] − E[x]² costs about
+    // 1e-16·(mean/std)² of the variance, nothing at f32 precision.
     let n = x.len() as f64;
-    let mean = sum_f64(x, |v| v) / n;
-    let var = sum_f64(x, |v| (v - mean) * (v - mean)) / n;
+    let (sum, squares) = sums_f64(x);
+    let mean = sum / n;
+    let var = (squares / n - mean * mean).max(0.0);
     let inv = 1.0 / (var + eps).sqrt();
     for ((o, x), (&g, &b)) in o.chunks_mut(plane).zip(x.chunks(plane)).zip(gamma.iter().zip(beta)) {
         let s = g as f64 * inv;
@@ -197,6 +200,35 @@ fn normalize_group_body(o: &mut [f32], x: &[f32], plane: usize, gamma: &[f32], b
             }
         }
     }
+}
+
+/// `x · weight + bias` for `x` `[.., d_in]` and `weight` `[d_in, d_out]` (f32): one `gemm` into
+/// the output rows, which start as the bias (burn: the product, then a broadcast add over it).
+/// `None` when the fast path does not apply.
+pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<D>> {
+    let mut dims = x.dims();
+    let ([d_in, d_out], rows) = (weight.dims(), dims[..D - 1].iter().product::<usize>());
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || dims[D - 1] != d_in || bias.is_some_and(|b| b.dims() != [d_out]) {
+        return None;
+    }
+    let flex = |t: Tensor<2>| t.try_into_primitive::<Flex>().ok().map(|f| f.to_contiguous());
+    let xf = flex(x.clone().reshape([rows, d_in]))?;
+    let wf = flex(weight.clone())?;
+    let (xs, ws) = (xf.as_slice::<f32>()?, wf.as_slice::<f32>()?);
+    let mut out = match bias {
+        Some(b) => {
+            let bf = b.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+            let bs = bf.as_slice::<f32>()?;
+            let mut out = Vec::with_capacity(rows * d_out);
+            (0..rows).for_each(|_| out.extend_from_slice(bs));
+            out
+        }
+        None => vec![0f32; rows * d_out],
+    };
+    // SAFETY: rows × d_in, d_in × d_out and rows × d_out values.
+    unsafe { sgemm([rows, d_out, d_in], (out.as_mut_ptr(), d_out), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), d_out, 1), 1.0, true, true) };
+    dims[D - 1] = d_out;
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, dims))))
 }
 
 /// Query rows per attention task: its score block `[rows, keys]` stays in L2 for up to 2048
@@ -243,36 +275,48 @@ dispatch_wide! {
 
 #[inline(always)]
 fn softmax_body(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut lanes = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
+    // 32 lanes: four vectors' worth of independent maxima and sums, so that no add waits on
+    // the one before (a single vector accumulator is bound by the add's latency).
+    const L: usize = 32;
+    let mut chunks = row.chunks_exact(L);
+    let mut lanes = [f32::NEG_INFINITY; L];
     for c in &mut chunks {
-        for (l, x) in lanes.iter_mut().zip(c) {
-            *x = exp_f32(*x - max);
-            *l += *x;
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    let mut sum: f32 = lanes.iter().sum();
-    for x in chunks.into_remainder() {
+    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for x in row.iter_mut() {
         *x = exp_f32(*x - max);
-        sum += *x;
     }
+    let mut chunks = row.chunks_exact(L);
+    let mut lanes = [0f32; L];
+    for c in &mut chunks {
+        for (s, &x) in lanes.iter_mut().zip(c) {
+            *s += x;
+        }
+    }
+    let sum: f32 = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// `Σ f(v)` over `x` in f64, in 8 independent lanes (so that it vectorizes).
+/// `(Σ v, Σ v²)` over `x` in f64, in 8 independent lanes (so that it vectorizes).
 #[inline(always)]
-fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut lanes = [0f64; 8];
+fn sums_f64(x: &[f32]) -> (f64, f64) {
+    let (mut sum, mut squares) = ([0f64; 8], [0f64; 8]);
     let chunks = x.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    let tail = chunks.remainder();
     for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += f(v as f64);
+        for ((s, q), &v) in sum.iter_mut().zip(&mut squares).zip(c) {
+            let v = v as f64;
+            *s += v;
+            *q += v * v;
         }
     }
-    lanes.iter().sum::<f64>() + tail
+    let tail_sum: f64 = tail.iter().map(|&v| v as f64).sum();
+    let tail_squares: f64 = tail.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    (sum.iter().sum::<f64>() + tail_sum, squares.iter().sum::<f64>() + tail_squares)
 }
 
 #[cfg(test)]
@@ -287,6 +331,22 @@ mod tests {
         let [hidden, gate] = h.clone().chunk(2, 2).try_into().expect("two halves");
         assert_eq!(geglu(&h).expect("fast path").into_data(), (hidden * activation::gelu(gate)).into_data());
         assert_eq!(silu(&h).expect("fast path").into_data(), activation::silu(h).into_data());
+    }
+
+    #[test]
+    fn linear_equals_burn() {
+        let device = Device::flex();
+        let x = Tensor::<3>::random([2, 37, 64], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::random([64, 24], Distribution::Normal(0.0, 0.3), &device);
+        let b = Tensor::<1>::random([24], Distribution::Normal(0.0, 1.0), &device);
+        for bias in [Some(&b), None] {
+            let expected = burn::tensor::module::linear(x.clone(), w.clone(), bias.cloned());
+            let err = (linear(&x, &w, bias).expect("fast path") - expected).abs().max().into_scalar::<f32>();
+            assert!(err < 1e-5, "bias {}: max error {err}", bias.is_some());
+        }
+        // A transposed weight view (as fused projections may be) is read as its values.
+        let wt = w.clone().transpose().transpose();
+        assert_eq!(linear(&x, &wt, Some(&b)).unwrap().into_data(), linear(&x, &w, Some(&b)).unwrap().into_data());
     }
 
     #[test]

@@ -9,9 +9,9 @@ use burn::tensor::Tensor;
 use crate::weights::{VarBuilder, WeightsError};
 pub use compact::{CompactConv2d, CompactWeight};
 
-/// Defines `$name`, which runs the `#[inline(always)]` kernel `$body` compiled for AVX2 + FMA
-/// where the CPU has them, so that LLVM vectorizes its loops 8 wide (the crate is built for
-/// baseline x86-64, SSE2), and for the baseline elsewhere.
+/// Defines `$name`, which runs the `#[inline(always)]` kernel `$body` compiled for AVX-512 or
+/// AVX2 + FMA where the CPU has them, so that LLVM vectorizes its loops 16 or 8 wide (the crate
+/// is built for baseline x86-64, SSE2), and for the baseline elsewhere.
 #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
 macro_rules! dispatch_wide {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
@@ -19,9 +19,18 @@ macro_rules! dispatch_wide {
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+                    // SAFETY: the CPU has the features `avx512` was compiled for (AVX-512 CPUs
+                    // have AVX2 and FMA).
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has the features `avx2` was compiled for.
@@ -113,6 +122,10 @@ impl Linear {
                 None => y,
             };
         }
+        #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+        if let Some(y) = cpu_ops::linear(&x, &weight, bias.as_ref()) {
+            return y;
+        }
         burn::tensor::module::linear(x, weight, bias)
     }
 }
@@ -170,6 +183,17 @@ impl Conv2d {
             }
             Conv2d::Compact(c) => c.forward_padded(x, [pad[0].0, pad[1].0, pad[0].1, pad[1].1]),
         }
+    }
+}
+
+/// Whether `device` is burn's CPU backend (Flex).
+pub fn on_cpu(device: &burn::tensor::Device) -> bool {
+    #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
+    return Tensor::<1>::zeros([1], device).try_into_primitive::<burn::backend::Flex>().is_ok();
+    #[cfg(not(all(feature = "cpu", not(target_arch = "wasm32"))))]
+    {
+        let _ = device;
+        false
     }
 }
 

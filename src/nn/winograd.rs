@@ -24,9 +24,10 @@ const BAND_BYTES: usize = 2 << 20;
 const MIN_BAND_TILES: usize = 128;
 
 /// Whether a convolution with `c_out` output channels and `tiles` 2×2 output tiles is faster
-/// this way: on small maps (the UNet's deepest) reading the 16/9-larger transformed filters
-/// costs more than the flops saved, and for a few output channels (the VAE's last layer) the
-/// input transform is most of the work.
+/// this way: on small maps (the UNet's at 16² and below) writing and reading the 16/9-larger
+/// transformed filters costs more than the flops saved (measured: 3.4× slower for 1280
+/// channels at 16², 64 tiles), and for a few output channels (the VAE's last layer) the input
+/// transform is most of the work.
 pub fn pays_off(c_out: usize, tiles: usize) -> bool {
     c_out >= 32 && tiles >= 256
 }
@@ -69,7 +70,9 @@ pub fn conv3x3(
     let mut out = vec![0f32; b * c_out * h_out * w_out];
     let dst = Out(out.as_mut_ptr());
     let bands: Vec<(usize, usize)> = (0..b).flat_map(|i| (0..th).step_by(rows).map(move |t| (i, t))).collect();
-    let geo = Geo { c_in, c_out, h, w, top, left, h_out, w_out, tw };
+    // Fewer bands than threads (small maps): each band's products use the whole pool.
+    let parallel = bands.len() < rayon::current_num_threads();
+    let geo = Geo { c_in, c_out, h, w, top, left, h_out, w_out, tw, parallel };
     bands.par_iter().for_each_init(Scratch::default, |s, &(i, ty0)| {
         let nr = rows.min(th - ty0);
         let xi = &x[i * c_in * h * w..(i + 1) * c_in * h * w];
@@ -93,6 +96,8 @@ struct Geo {
     w_out: usize,
     /// Tiles per row.
     tw: usize,
+    /// Whether the products run on the thread pool.
+    parallel: bool,
 }
 
 /// A task's reused buffers: the band's zero-padded input rows, `V`, `M`, and rows of a
@@ -164,7 +169,7 @@ fn band(g: &Geo, x: &[f32], u: &[f32], bias: Option<&[f32]>, ty0: usize, nr: usi
         // M_ξ [c_out × t] = U_ξ [c_out × c_in] · V_ξ [c_in × t]
         let (m, u, v) = (s.m[xi * c_out * t..].as_mut_ptr(), u[xi * c_out * c_in..].as_ptr(), s.v[xi * c_in * t..].as_ptr());
         // SAFETY: the three blocks hold c_out·t, c_out·c_in and c_in·t values.
-        unsafe { sgemm([c_out, t, c_in], (m, t), (u, c_in, 1), (v, t, 1), 1.0, false, false) };
+        unsafe { sgemm([c_out, t, c_in], (m, t), (u, c_in, 1), (v, t, 1), 1.0, false, g.parallel) };
     }
     for o in 0..c_out {
         let bo = bias.map_or(0.0, |b| b[o]);

@@ -98,7 +98,10 @@ impl<S: ModelSource> Loader<S> {
     }
 
     async fn vae_from(&self, store: Option<VarStore>) -> Result<(AutoencoderKL, VaeConfig)> {
-        self.part("vae", store, VaeConfig::validate, |store, cfg| build(store, |vb| AutoencoderKL::load(vb, cfg))).await
+        let (vae, cfg) = self.part("vae", store, VaeConfig::validate, |store, cfg| build(store, |vb| AutoencoderKL::load(vb, cfg))).await?;
+        // The default limit is a GPU buffer's.
+        let vae = if crate::nn::on_cpu(&self.device) { vae.with_options(crate::models::vae::VaeOptions::cpu()) } else { vae };
+        Ok((vae, cfg))
     }
 
     async fn text_encoder_from(&self, store: Option<VarStore>) -> Result<(ClipTextModel, ClipTextConfig)> {

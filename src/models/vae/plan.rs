@@ -34,6 +34,14 @@ impl Default for VaeOptions {
     }
 }
 
+impl VaeOptions {
+    /// On the CPU only memory bounds a tensor: activations up to 2 GiB run whole (every image
+    /// up to 1448², as PyTorch runs them), and bands cost copies and halo rows.
+    pub fn cpu() -> Self {
+        Self { max_buffer_bytes: 2 << 30 }
+    }
+}
+
 /// The sizes of an `AutoencoderKL`, enough to plan its buffers without building it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaeShape {
