@@ -110,29 +110,70 @@ struct Scratch {
     rows: Vec<f32>,
 }
 
+/// Filters per task of [`filter_transforms`].
+const FILTER_CHUNK: usize = 1024;
+
 /// `U_ξ = (G g Gᵀ)_ξ` of every filter, `[16][c_out][c_in]`; `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]`.
+/// In chunks of filters, each chunk's taps first gathered into 9 rows, so that every step after
+/// is a vector operation over the chunk and each `U_ξ` is written as one contiguous run.
 fn filter_transforms(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let n = c_out * c_in;
     let mut u = Vec::<f32>::with_capacity(16 * n);
     let dst = Out(u.as_mut_ptr());
-    let g3 = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    const CHUNK: usize = 4096;
-    (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|k| {
-        for f in k * CHUNK..((k + 1) * CHUNK).min(n) {
-            let g = &weight[9 * f..9 * f + 9];
-            // Columns of G·g (4×3), then each row of it times Gᵀ.
-            let r = [0, 1, 2].map(|j| g3(g[j], g[3 + j], g[6 + j]));
-            for a in 0..4 {
-                for (b, v) in g3(r[0][a], r[1][a], r[2][a]).into_iter().enumerate() {
-                    // SAFETY: within the capacity; each (ξ, filter) is written by one task once.
-                    unsafe { dst.add((4 * a + b) * n + f).0.write(v) };
-                }
-            }
-        }
-    });
+    (0..n.div_ceil(FILTER_CHUNK)).into_par_iter().for_each_init(
+        || vec![0f32; 21 * FILTER_CHUNK],
+        |scratch, k| {
+            let (f0, f1) = (k * FILTER_CHUNK, ((k + 1) * FILTER_CHUNK).min(n));
+            // SAFETY: within the capacity; the chunk's run of each U_ξ is written by this task only.
+            let runs: [&mut [f32]; 16] =
+                std::array::from_fn(|xi| unsafe { std::slice::from_raw_parts_mut(dst.add(xi * n + f0).0, f1 - f0) });
+            filter_chunk(&weight[9 * f0..9 * f1], scratch, runs);
+        },
+    );
     // SAFETY: all 16·n values were written above.
     unsafe { u.set_len(16 * n) };
     u
+}
+
+dispatch_wide! {
+    /// The 16 transforms of a chunk of filters `g` (9 taps each) into `runs`, with `scratch`
+    /// (21 rows of the chunk's length) for the taps and the rows of `G·g`.
+    fn filter_chunk(g: &[f32], scratch: &mut [f32], runs: [&mut [f32]; 16]) => filter_chunk_body
+}
+
+#[inline(always)]
+fn filter_chunk_body(g: &[f32], scratch: &mut [f32], mut runs: [&mut [f32]; 16]) {
+    let len = g.len() / 9;
+    let (taps, r) = scratch.split_at_mut(9 * FILTER_CHUNK);
+    for (f, g) in g.chunks_exact(9).enumerate() {
+        for (t, &v) in g.iter().enumerate() {
+            taps[t * FILTER_CHUNK + f] = v;
+        }
+    }
+    fn row(x: &[f32], i: usize, len: usize) -> &[f32] {
+        &x[i * FILTER_CHUNK..][..len]
+    }
+    // G·g: row a of the 4×3 result, column j, is r[(3a + j)].
+    for j in 0..3 {
+        for f in 0..len {
+            let (g0, g1, g2) = (taps[j * FILTER_CHUNK + f], taps[(3 + j) * FILTER_CHUNK + f], taps[(6 + j) * FILTER_CHUNK + f]);
+            r[j * FILTER_CHUNK + f] = g0;
+            r[(3 + j) * FILTER_CHUNK + f] = 0.5 * (g0 + g1 + g2);
+            r[(6 + j) * FILTER_CHUNK + f] = 0.5 * (g0 - g1 + g2);
+            r[(9 + j) * FILTER_CHUNK + f] = g2;
+        }
+    }
+    // (G·g)·Gᵀ: each row of 3 becomes 4.
+    for a in 0..4 {
+        let (r0, r1, r2) = (row(r, 3 * a, len), row(r, 3 * a + 1, len), row(r, 3 * a + 2, len));
+        let [u0, u1, u2, u3, ..] = &mut runs[4 * a..] else { unreachable!("16 runs") };
+        for f in 0..len {
+            u0[f] = r0[f];
+            u1[f] = 0.5 * (r0[f] + r1[f] + r2[f]);
+            u2[f] = 0.5 * (r0[f] - r1[f] + r2[f]);
+            u3[f] = r2[f];
+        }
+    }
 }
 
 /// One band of tile rows `ty0 .. ty0 + nr` of one image: transform, 16 products, transform back.
