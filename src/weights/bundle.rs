@@ -382,14 +382,7 @@ impl Manifest {
                 if !manifest.parts.contains_key(pname) {
                     return Err(bad(format!("variant {vname}: part {pname} is not one of the bundle's parts")));
                 }
-                let sum = shard_bytes(&part.shards);
-                if sum != Some(part.total_bytes) {
-                    return Err(bad(format!(
-                        "variant {vname}, part {pname}: total_bytes {} but its shards add up to {}",
-                        part.total_bytes,
-                        sum.map_or("more than 2^64 bytes".to_string(), |s| s.to_string())
-                    )));
-                }
+                check_total(&part.shards, part.total_bytes).map_err(|e| bad(format!("variant {vname}, part {pname}: {e}")))?;
             }
             if let Some(m) = &variant.measured {
                 if m.psnr.values().chain(m.target_psnr.iter()).any(|v| !v.is_finite()) {
@@ -407,14 +400,7 @@ impl Manifest {
             }
         }
         for (name, part) in &manifest.parts {
-            let sum = shard_bytes(&part.shards);
-            if sum != Some(part.total_bytes) {
-                return Err(bad(format!(
-                    "part {name}: total_bytes {} but its shards add up to {}",
-                    part.total_bytes,
-                    sum.map_or("more than 2^64 bytes".to_string(), |s| s.to_string())
-                )));
-            }
+            check_total(&part.shards, part.total_bytes).map_err(|e| bad(format!("part {name}: {e}")))?;
         }
         // Every sum of sizes taken later (a load's download, a variant's) is over some of these
         // files: once their total fits in a u64, none of those can overflow.
@@ -541,9 +527,16 @@ impl Manifest {
     }
 }
 
-/// The sizes of `shards` together, `None` past `u64::MAX` (a hostile manifest's sizes).
-fn shard_bytes(shards: &[Shard]) -> Option<u64> {
-    shards.iter().try_fold(0u64, |a, s| a.checked_add(s.file.size))
+/// Checks a part's `total_bytes` against its shards' sizes, which a hostile manifest may make
+/// add up past `u64::MAX`.
+fn check_total(shards: &[Shard], total_bytes: u64) -> Result<(), String> {
+    match shards.iter().try_fold(0u64, |a, s| a.checked_add(s.file.size)) {
+        Some(sum) if sum == total_bytes => Ok(()),
+        sum => Err(format!(
+            "total_bytes {total_bytes} but its shards add up to {}",
+            sum.map_or("more than 2^64 bytes".to_string(), |s| s.to_string())
+        )),
+    }
 }
 
 /// The rule for every `url` of a manifest: it names a file inside the bundle's folder, and means
