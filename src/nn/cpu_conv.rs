@@ -29,6 +29,12 @@ use super::cpu_ops::sgemm;
 /// small enough to stay in the L2/L3 caches next to the weights.
 const BAND_BYTES: usize = 8 << 20;
 
+/// Fewest output pixels per gemm call, whatever [`BAND_BYTES`] says: each call streams (and
+/// packs) the whole weight once, so a band must be wide enough to pay for it. The UNet's 16²
+/// maps at 512² (1280 and 2560 input channels, 59–118 MB of weights per layer) were cut into
+/// bands of 5–11 rows, which read their weights 2 to 4 times and ran at half the GEMM peak.
+const MIN_BAND_PIXELS: usize = 512;
+
 /// `conv.forward(x)`, through the fast path when it applies.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match try_fast(conv, x) {
@@ -95,7 +101,7 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
         }
     }
     let k = c_in * kh * kw;
-    let rows = (BAND_BYTES / (4 * k * geo.w_out).max(1)).clamp(1, geo.h_out);
+    let rows = (BAND_BYTES / (4 * k * geo.w_out).max(1)).max(MIN_BAND_PIXELS.div_ceil(geo.w_out)).clamp(1, geo.h_out);
     let mut cols = vec![0f32; k * rows * geo.w_out];
     for i in 0..b {
         let xi = &xs[i * c_in * h * w..(i + 1) * c_in * h * w];

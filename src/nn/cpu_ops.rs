@@ -13,19 +13,26 @@ use rayon::prelude::*;
 /// weight to the input's rank, which on Flex copies (transposes) the whole weight on every
 /// call. Made contiguous once at load, the reshape is a view.
 pub fn contiguous<const D: usize>(t: Tensor<D>) -> Tensor<D> {
-    match t.clone().try_into_primitive::<Flex>() {
-        Ok(f) => Tensor::from_primitive::<Flex>(f.to_contiguous()),
-        Err(_) => t,
+    match flex_values(&t) {
+        Some(f) => Tensor::from_primitive::<Flex>(f),
+        None => t,
     }
+}
+
+/// `t`'s values on the Flex device, contiguous row-major (so that `as_slice` reads them in
+/// order); `None` on any other device.
+fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    t.clone().try_into_primitive::<Flex>().ok().map(|f| f.to_contiguous())
 }
 
 /// Elements per parallel task of the element-wise kernels.
 const CHUNK: usize = 1 << 14;
 
 /// GEGLU on `h` `[.., 2·inner]`: `hidden * gelu(gate)` with `hidden, gate` its two halves of the
-/// last dimension (exact erf GELU), fused and multi-threaded; burn-flex would copy both halves,
-/// run GELU as a single-threaded map and the product as another pass. Same formula and
-/// operation order as flex's GELU, so the same values. `None` when the fast path does not apply.
+/// last dimension (erf GELU), fused, vectorized and multi-threaded; burn-flex would copy both
+/// halves, run GELU as a single-threaded map of libm's scalar `erff` (6% of a 512² UNet call)
+/// and the product as another pass. `erf` is [`erf_f32`], PyTorch's own. `None` when the fast
+/// path does not apply.
 pub fn geglu<const D: usize>(h: &Tensor<D>) -> Option<Tensor<D>> {
     let mut dims = h.dims();
     let wide = dims[D - 1];
@@ -33,20 +40,40 @@ pub fn geglu<const D: usize>(h: &Tensor<D>) -> Option<Tensor<D>> {
         return None;
     }
     let inner = wide / 2;
-    let f = h.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    let f = flex_values(h)?;
     let hs = f.as_slice::<f32>()?;
     let mut out = vec![0f32; hs.len() / 2];
     let rows = (CHUNK / inner).max(1);
-    out.par_chunks_mut(rows * inner).zip(hs.par_chunks(rows * wide)).for_each(|(o, h)| {
-        for (o, h) in o.chunks_mut(inner).zip(h.chunks(wide)) {
-            let (hidden, gate) = h.split_at(inner);
-            for ((o, &h), &x) in o.iter_mut().zip(hidden).zip(gate) {
-                *o = h * (0.5 * x * (1.0 + burn_flex::ops::unary::erf_f32(x / core::f32::consts::SQRT_2)));
-            }
-        }
-    });
+    out.par_chunks_mut(rows * inner).zip(hs.par_chunks(rows * wide)).for_each(|(o, h)| geglu_rows(o, h, inner));
     dims[D - 1] = inner;
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, dims))))
+}
+
+dispatch_wide! {
+    /// [`geglu`] of whole rows: `h` `[rows, 2·inner]` into `o` `[rows, inner]`.
+    fn geglu_rows(o: &mut [f32], h: &[f32], inner: usize) => geglu_rows_body
+}
+
+#[inline(always)]
+fn geglu_rows_body(o: &mut [f32], h: &[f32], inner: usize) {
+    for (o, h) in o.chunks_mut(inner).zip(h.chunks(2 * inner)) {
+        let (hidden, gate) = h.split_at(inner);
+        for ((o, &h), &x) in o.iter_mut().zip(hidden).zip(gate) {
+            *o = h * (0.5 * x * (1.0 + erf_f32(x * core::f32::consts::FRAC_1_SQRT_2)));
+        }
+    }
+}
+
+/// `erf(x)` as PyTorch's vectorized CPU kernels compute it (so as the reference's GELU does):
+/// Abramowitz & Stegun 7.1.26, `1 − (a₁t + a₂t² + a₃t³ + a₄t⁴ + a₅t⁵)·e^(−x²)` with
+/// `t = 1 / (1 + p|x|)`, odd; within 1.5e-7 of the true value in exact arithmetic, 5e-7 in f32
+/// (the difference from 1 near 0 cancels). Branch-free, so that it
+/// vectorizes; meant for [`dispatch_wide!`] bodies, as [`exp_f32`].
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    let t = 1.0 / x.abs().mul_add(0.327_591_1, 1.0);
+    let r = t.mul_add(t.mul_add(t.mul_add(t.mul_add(1.061_405_4, -1.453_152), 1.421_413_8), -0.284_496_74), 0.254_829_6);
+    (-(r * t)).mul_add(exp_f32(-x * x), 1.0).copysign(x)
 }
 
 /// flex's sigmoid (same branches, so the same values).
@@ -65,7 +92,7 @@ pub fn silu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     if x.dtype() != DType::F32 {
         return None;
     }
-    let f = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    let f = flex_values(x)?;
     let xs = f.as_slice::<f32>()?;
     let mut out = vec![0f32; xs.len()];
     out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(o, x)| {
@@ -120,17 +147,19 @@ pub unsafe fn sgemm(
 }
 
 /// `e^x` in f32 without a libm call, so that loops over it vectorize: Cody–Waite reduction
-/// `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, Cephes' degree-6 polynomial for `e^r`, `2^n` from the
-/// exponent bits. Within 2 ulp of `f32::exp` on [-87, 88]; clamped outside (no inf, no
-/// denormals).
+/// `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, Cephes' degree-6 polynomial for `e^r` in fused
+/// multiply-adds, `2^n` from the exponent bits. Within 2 ulp of `f32::exp` on [-87, 88];
+/// clamped outside (no inf, no denormals). Meant for [`dispatch_wide!`] bodies, whose targets
+/// have FMA (elsewhere `mul_add` is a libm call: right, but slow).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by the 1.5·2²³ trick (`round()` is a libm call on baseline x86-64).
-    let n = (x * core::f32::consts::LOG2_E + 12582912.0) - 12582912.0;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
-    let e = p * r * r + r + 1.0;
+    let n = x.mul_add(core::f32::consts::LOG2_E, 12582912.0) - 12582912.0;
+    let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, x));
+    let p = r.mul_add(1.987_569_1e-4, 1.398_199_9e-3);
+    let p = r.mul_add(r.mul_add(r.mul_add(r.mul_add(p, 8.333_452e-3), 4.166_579_6e-2), 0.166_666_65), 0.5);
+    let e = (p * r).mul_add(r, r + 1.0);
     // 2ⁿ: n + 127 lands in the low mantissa bits of 2²³ + n + 127 (n is integral, in
     // [-126, 127]); shifted into the exponent field. No float→int conversion (scalar when
     // saturating, as `as` does).
@@ -151,10 +180,9 @@ pub fn group_norm<const D: usize>(gn: &GroupNorm, x: &Tensor<D>, silu: bool) -> 
     if D < 3 || x.dtype() != DType::F32 || !gn.affine || gn.num_groups == 0 || dims[1] != gn.num_channels || dims[1] % gn.num_groups != 0 {
         return None;
     }
-    let flex = |t: Tensor<1>| t.try_into_primitive::<Flex>().ok().map(|f| f.to_contiguous());
-    let (gf, bf) = (flex(gamma.val())?, flex(beta.val())?);
+    let (gf, bf) = (flex_values(&gamma.val())?, flex_values(&beta.val())?);
     let (gs, bs) = (gf.as_slice::<f32>()?, bf.as_slice::<f32>()?);
-    let f = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    let f = flex_values(x)?;
     let xs = f.as_slice::<f32>()?;
     let (c, plane) = (dims[1], dims[2..].iter().product::<usize>());
     let cg = c / gn.num_groups;
@@ -211,13 +239,12 @@ pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&T
     if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || dims[D - 1] != d_in || bias.is_some_and(|b| b.dims() != [d_out]) {
         return None;
     }
-    let flex = |t: Tensor<2>| t.try_into_primitive::<Flex>().ok().map(|f| f.to_contiguous());
-    let xf = flex(x.clone().reshape([rows, d_in]))?;
-    let wf = flex(weight.clone())?;
+    let xf = flex_values(&x.clone().reshape([rows, d_in]))?;
+    let wf = flex_values(weight)?;
     let (xs, ws) = (xf.as_slice::<f32>()?, wf.as_slice::<f32>()?);
     let mut out = match bias {
         Some(b) => {
-            let bf = b.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+            let bf = flex_values(b)?;
             let bs = bf.as_slice::<f32>()?;
             let mut out = Vec::with_capacity(rows * d_out);
             (0..rows).for_each(|_| out.extend_from_slice(bs));
@@ -231,74 +258,85 @@ pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&T
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, dims))))
 }
 
-/// Query rows per attention task: its score block `[rows, keys]` stays in L2 for up to 2048
-/// keys (the UNet's 64² maps at 512²).
+/// Query rows per attention task: its scores `[keys, rows]` stay in L2 for up to 2048 keys (the
+/// UNet's 64² maps at 512² take 4096: 2 MiB), and a multiple of 16 keeps the products' operands
+/// unpacked.
 const ATTENTION_ROWS: usize = 128;
 
 /// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]` (keys and values `[B, heads, M, d]`), f32, as
-/// multi-threaded tasks of [`ATTENTION_ROWS`] query rows of one head: the block's scores by one
-/// `gemm`, a vectorized softmax per row (max-shifted, [`exp_f32`]), then `gemm` with `v`.
-/// burn-flex tiles the keys with an online softmax and a scalar `exp` per score, its products
-/// at most 64 keys long. `None` when the fast path does not apply.
+/// multi-threaded tasks of [`ATTENTION_ROWS`] query rows of one head:
+/// - the scores transposed, `sᵀ [M, rows] = k · qᵀ / √d`, by one `gemm`;
+/// - `e^(s − max)` per query, down the columns, so that one vector holds 16 queries and no
+///   horizontal reduction is needed, with the column sums;
+/// - `o = eᵀ · v` by one `gemm` (`sᵀ` row-major is `s` column-major: `gemm` reads it unpacked),
+///   each row then divided by its sum.
+///
+/// Row-wise scores (burn-flex, and this code at first) make `gemm` repack the 2 MiB score
+/// block for the second product and reduce each row horizontally. `None` when the fast path
+/// does not apply.
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
     let ([b, heads, n, d], [kb, kh, m, kd], [vb, vh, vm, dv]) = (q.dims(), k.dims(), v.dims());
     if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3] || [kb, kh, kd] != [b, heads, d] || [vb, vh, vm] != [b, heads, m] || m == 0 {
         return None;
     }
-    let flex = |t: &Tensor<4>| t.clone().try_into_primitive::<Flex>().ok().map(|f| f.to_contiguous());
-    let (qf, kf, vf) = (flex(q)?, flex(k)?, flex(v)?);
+    let (qf, kf, vf) = (flex_values(q)?, flex_values(k)?, flex_values(v)?);
     let (qs, ks, vs) = (qf.as_slice::<f32>()?, kf.as_slice::<f32>()?, vf.as_slice::<f32>()?);
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; b * heads * n * dv];
     out.par_chunks_mut(n * dv).enumerate().for_each(|(bh, o)| {
         let (q, k, v) = (&qs[bh * n * d..][..n * d], &ks[bh * m * d..][..m * d], &vs[bh * m * dv..][..m * dv]);
-        o.par_chunks_mut(ATTENTION_ROWS * dv).enumerate().for_each_init(Vec::new, |scores, (blk, o)| {
+        o.par_chunks_mut(ATTENTION_ROWS * dv).enumerate().for_each_init(ScoreBlock::default, |block, (blk, o)| {
             let rows = o.len() / dv;
             let q = &q[blk * ATTENTION_ROWS * d..][..rows * d];
-            scores.resize(rows * m, 0.0);
-            // scores [rows × m] = scale · q [rows × d] · kᵀ [d × m]
-            unsafe { sgemm([rows, m, d], (scores.as_mut_ptr(), m), (q.as_ptr(), d, 1), (k.as_ptr(), 1, d), scale, false, false) };
-            for row in scores.chunks_mut(m) {
-                softmax(row);
+            block.scores.resize(m * rows, 0.0);
+            block.sums.resize(rows, 0.0);
+            block.max.resize(rows, 0.0);
+            let ScoreBlock { scores, sums, max } = block;
+            // SAFETY (all three products): the shapes and strides below lie within the slices.
+            // sᵀ [m × rows] = scale · k [m × d] · qᵀ [d × rows]
+            unsafe { sgemm([m, rows, d], (scores.as_mut_ptr(), rows), (k.as_ptr(), d, 1), (q.as_ptr(), 1, d), scale, false, false) };
+            exp_columns(scores, rows, max, sums);
+            // o [rows × dv] = eᵀ [rows × m] · v [m × dv]
+            unsafe { sgemm([rows, dv, m], (o.as_mut_ptr(), dv), (scores.as_ptr(), 1, rows), (v.as_ptr(), dv, 1), 1.0, false, false) };
+            for (o, &sum) in o.chunks_mut(dv).zip(sums.iter()) {
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|x| *x *= inv);
             }
-            // o [rows × dv] = scores · v [m × dv]
-            unsafe { sgemm([rows, dv, m], (o.as_mut_ptr(), dv), (scores.as_ptr(), m, 1), (v.as_ptr(), dv, 1), 1.0, false, false) };
         });
     });
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, [b, heads, n, dv]))))
 }
 
+/// One attention task's buffers, kept per thread: the scores `[keys, rows]`, and per query its
+/// maximum score and its sum of exponentials.
+#[derive(Default)]
+struct ScoreBlock {
+    scores: Vec<f32>,
+    max: Vec<f32>,
+    sums: Vec<f32>,
+}
+
 dispatch_wide! {
-    /// softmax of one row in place: `e^(x − max) / Σ`.
-    fn softmax(row: &mut [f32]) => softmax_body
+    /// `s ← e^(s − max)` down each column of `s` `[keys, rows]`, `max` and `sums` (`rows` long)
+    /// set to each column's maximum and sum.
+    fn exp_columns(s: &mut [f32], rows: usize, max: &mut [f32], sums: &mut [f32]) => exp_columns_body
 }
 
 #[inline(always)]
-fn softmax_body(row: &mut [f32]) {
-    // 32 lanes: four vectors' worth of independent maxima and sums, so that no add waits on
-    // the one before (a single vector accumulator is bound by the add's latency).
-    const L: usize = 32;
-    let mut chunks = row.chunks_exact(L);
-    let mut lanes = [f32::NEG_INFINITY; L];
-    for c in &mut chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
+fn exp_columns_body(s: &mut [f32], rows: usize, max: &mut [f32], sums: &mut [f32]) {
+    max.fill(f32::NEG_INFINITY);
+    for row in s.chunks_exact(rows) {
+        for (m, &x) in max.iter_mut().zip(row) {
             *m = if x > *m { x } else { *m };
         }
     }
-    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    for x in row.iter_mut() {
-        *x = exp_f32(*x - max);
-    }
-    let mut chunks = row.chunks_exact(L);
-    let mut lanes = [0f32; L];
-    for c in &mut chunks {
-        for (s, &x) in lanes.iter_mut().zip(c) {
-            *s += x;
+    sums.fill(0.0);
+    for row in s.chunks_exact_mut(rows) {
+        for ((x, &m), sum) in row.iter_mut().zip(&*max).zip(sums.iter_mut()) {
+            *x = exp_f32(*x - m);
+            *sum += *x;
         }
     }
-    let sum: f32 = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// `(Σ v, Σ v²)` over `x` in f64, in 8 independent lanes (so that it vectorizes).
@@ -329,7 +367,11 @@ mod tests {
         let device = Device::flex();
         let h = Tensor::<3>::random([2, 37, 2 * 300], Distribution::Normal(0.0, 3.0), &device);
         let [hidden, gate] = h.clone().chunk(2, 2).try_into().expect("two halves");
-        assert_eq!(geglu(&h).expect("fast path").into_data(), (hidden * activation::gelu(gate)).into_data());
+        // libm's erf (burn) against PyTorch's (here): |Δerf| ≤ 5e-7, times |hidden·gate| / 2.
+        let expected = hidden.clone() * activation::gelu(gate.clone());
+        let bound = (hidden * gate).abs() * 2.5e-7 + 1e-6;
+        let excess = ((geglu(&h).expect("fast path") - expected).abs() - bound).max().into_scalar::<f32>();
+        assert!(excess <= 0.0, "GEGLU off by {excess} beyond the bound");
         assert_eq!(silu(&h).expect("fast path").into_data(), activation::silu(h).into_data());
     }
 
@@ -363,6 +405,18 @@ mod tests {
         // Transposed views (as split heads are) are read as their values.
         let qt = q.clone().swap_dims(1, 2).reshape([2, 300, 80]).reshape([2, 300, 2, 40]).swap_dims(1, 2);
         assert_eq!(attention(&qt, &k, &v).unwrap().into_data(), attention(&q, &k, &v).unwrap().into_data());
+    }
+
+    #[test]
+    fn erf_is_within_abramowitz_stegun_bound() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -10.0 + 20.0 * i as f32 / 2e5;
+            worst = worst.max((erf_f32(x) - burn_flex::ops::unary::erf_f32(x)).abs());
+        }
+        assert!(worst < 5e-7, "max error {worst}");
+        assert!(erf_f32(0.0).abs() < 2e-7);
+        assert_eq!((erf_f32(100.0), erf_f32(-100.0)), (1.0, -1.0));
     }
 
     #[test]
