@@ -23,7 +23,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::cpu_ops::sgemm;
+use super::cpu_ops::{flex_values, sgemm};
 
 /// Bytes of im2col columns unfolded per gemm call: large enough for gemm to run at full speed,
 /// small enough to stay in the L2/L3 caches next to the weights.
@@ -64,25 +64,20 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
     if wc_in != c_in || [wkh, wkw] != [kh, kw] || weight.dtype() != DType::F32 {
         return Err(x);
     }
-    // Only Flex tensors: anything else goes back untouched (a failed downcast consumes the
-    // handle, so try on clones, which are reference-counted).
-    let Ok(xf) = x.clone().try_into_primitive::<Flex>() else {
-        return Err(x);
-    };
-    let Ok(wf) = weight.try_into_primitive::<Flex>() else {
+    // Only Flex tensors: anything else goes back untouched.
+    let (Some(xf), Some(wf)) = (flex_values(&x), flex_values(&weight)) else {
         return Err(x);
     };
     let bf = match &conv.bias {
-        Some(bias) if bias.val().dtype() == DType::F32 => match bias.val().try_into_primitive::<Flex>() {
-            Ok(t) => Some(t),
-            Err(_) => return Err(x),
+        Some(bias) if bias.val().dtype() == DType::F32 => match flex_values(&bias.val()) {
+            Some(t) => Some(t),
+            None => return Err(x),
         },
         Some(_) => return Err(x),
         None => None,
     };
     drop(x);
 
-    let (xf, wf, bf) = (contiguous(xf), contiguous(wf), bf.map(contiguous));
     let xs = xf.as_slice::<f32>().expect("contiguous f32");
     let ws = wf.as_slice::<f32>().expect("contiguous f32");
     let bs = bf.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
@@ -119,14 +114,6 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
     }
     let data = TensorData::new(out, [b, c_out, geo.h_out, geo.w_out]);
     Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
 }
 
 /// Sizes of one convolution (padding: top and left; the bottom and right follow from the output

@@ -21,7 +21,7 @@ pub fn contiguous<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 
 /// `t`'s values on the Flex device, contiguous row-major (so that `as_slice` reads them in
 /// order); `None` on any other device.
-fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+pub(crate) fn flex_values<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     t.clone().try_into_primitive::<Flex>().ok().map(|f| f.to_contiguous())
 }
 
@@ -68,7 +68,8 @@ fn geglu_rows_body(o: &mut [f32], h: &[f32], inner: usize) {
 /// Abramowitz & Stegun 7.1.26, `1 − (a₁t + a₂t² + a₃t³ + a₄t⁴ + a₅t⁵)·e^(−x²)` with
 /// `t = 1 / (1 + p|x|)`, odd; within 1.5e-7 of the true value in exact arithmetic, 5e-7 in f32
 /// (the difference from 1 near 0 cancels). Branch-free, so that it
-/// vectorizes; meant for [`dispatch_wide!`] bodies, as [`exp_f32`].
+/// vectorizes; meant for [`dispatch_wide!`] bodies, whose targets have FMA (elsewhere
+/// `mul_add` is a libm call: right, but slow).
 #[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
     let t = 1.0 / x.abs().mul_add(0.327_591_1, 1.0);
@@ -147,19 +148,17 @@ pub unsafe fn sgemm(
 }
 
 /// `e^x` in f32 without a libm call, so that loops over it vectorize: Cody–Waite reduction
-/// `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, Cephes' degree-6 polynomial for `e^r` in fused
-/// multiply-adds, `2^n` from the exponent bits. Within 2 ulp of `f32::exp` on [-87, 88];
-/// clamped outside (no inf, no denormals). Meant for [`dispatch_wide!`] bodies, whose targets
-/// have FMA (elsewhere `mul_add` is a libm call: right, but slow).
+/// `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, Cephes' degree-6 polynomial for `e^r`, `2^n` from the
+/// exponent bits. Within 2 ulp of `f32::exp` on [-87, 88]; clamped outside (no inf, no
+/// denormals).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by the 1.5·2²³ trick (`round()` is a libm call on baseline x86-64).
-    let n = x.mul_add(core::f32::consts::LOG2_E, 12582912.0) - 12582912.0;
-    let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, x));
-    let p = r.mul_add(1.987_569_1e-4, 1.398_199_9e-3);
-    let p = r.mul_add(r.mul_add(r.mul_add(r.mul_add(p, 8.333_452e-3), 4.166_579_6e-2), 0.166_666_65), 0.5);
-    let e = (p * r).mul_add(r, r + 1.0);
+    let n = (x * core::f32::consts::LOG2_E + 12582912.0) - 12582912.0;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
+    let e = p * r * r + r + 1.0;
     // 2ⁿ: n + 127 lands in the low mantissa bits of 2²³ + n + 127 (n is integral, in
     // [-126, 127]); shifted into the exponent field. No float→int conversion (scalar when
     // saturating, as `as` does).
@@ -258,22 +257,15 @@ pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&T
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, dims))))
 }
 
-/// Query rows per attention task: its scores `[keys, rows]` stay in L2 for up to 2048 keys (the
-/// UNet's 64² maps at 512² take 4096: 2 MiB), and a multiple of 16 keeps the products' operands
-/// unpacked.
+/// Query rows per attention task: its score block `[rows, keys]` stays in L2 for up to 2048
+/// keys (the UNet's 64² maps at 512²).
 const ATTENTION_ROWS: usize = 128;
 
 /// softmax(q·kᵀ/√d)·v on `[B, heads, N, d]` (keys and values `[B, heads, M, d]`), f32, as
-/// multi-threaded tasks of [`ATTENTION_ROWS`] query rows of one head:
-/// - the scores transposed, `sᵀ [M, rows] = k · qᵀ / √d`, by one `gemm`;
-/// - `e^(s − max)` per query, down the columns, so that one vector holds 16 queries and no
-///   horizontal reduction is needed, with the column sums;
-/// - `o = eᵀ · v` by one `gemm` (`sᵀ` row-major is `s` column-major: `gemm` reads it unpacked),
-///   each row then divided by its sum.
-///
-/// Row-wise scores (burn-flex, and this code at first) make `gemm` repack the 2 MiB score
-/// block for the second product and reduce each row horizontally. `None` when the fast path
-/// does not apply.
+/// multi-threaded tasks of [`ATTENTION_ROWS`] query rows of one head: the block's scores by one
+/// `gemm`, a vectorized softmax per row (max-shifted, [`exp_f32`]), then `gemm` with `v`.
+/// burn-flex tiles the keys with an online softmax and a scalar `exp` per score, its products
+/// at most 64 keys long. `None` when the fast path does not apply.
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
     let ([b, heads, n, d], [kb, kh, m, kd], [vb, vh, vm, dv]) = (q.dims(), k.dims(), v.dims());
     if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3] || [kb, kh, kd] != [b, heads, d] || [vb, vh, vm] != [b, heads, m] || m == 0 {
@@ -285,58 +277,53 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4
     let mut out = vec![0f32; b * heads * n * dv];
     out.par_chunks_mut(n * dv).enumerate().for_each(|(bh, o)| {
         let (q, k, v) = (&qs[bh * n * d..][..n * d], &ks[bh * m * d..][..m * d], &vs[bh * m * dv..][..m * dv]);
-        o.par_chunks_mut(ATTENTION_ROWS * dv).enumerate().for_each_init(ScoreBlock::default, |block, (blk, o)| {
+        o.par_chunks_mut(ATTENTION_ROWS * dv).enumerate().for_each_init(Vec::new, |scores, (blk, o)| {
             let rows = o.len() / dv;
             let q = &q[blk * ATTENTION_ROWS * d..][..rows * d];
-            block.scores.resize(m * rows, 0.0);
-            block.sums.resize(rows, 0.0);
-            block.max.resize(rows, 0.0);
-            let ScoreBlock { scores, sums, max } = block;
-            // SAFETY (all three products): the shapes and strides below lie within the slices.
-            // sᵀ [m × rows] = scale · k [m × d] · qᵀ [d × rows]
-            unsafe { sgemm([m, rows, d], (scores.as_mut_ptr(), rows), (k.as_ptr(), d, 1), (q.as_ptr(), 1, d), scale, false, false) };
-            exp_columns(scores, rows, max, sums);
-            // o [rows × dv] = eᵀ [rows × m] · v [m × dv]
-            unsafe { sgemm([rows, dv, m], (o.as_mut_ptr(), dv), (scores.as_ptr(), 1, rows), (v.as_ptr(), dv, 1), 1.0, false, false) };
-            for (o, &sum) in o.chunks_mut(dv).zip(sums.iter()) {
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|x| *x *= inv);
+            scores.resize(rows * m, 0.0);
+            // scores [rows × m] = scale · q [rows × d] · kᵀ [d × m]
+            unsafe { sgemm([rows, m, d], (scores.as_mut_ptr(), m), (q.as_ptr(), d, 1), (k.as_ptr(), 1, d), scale, false, false) };
+            for row in scores.chunks_mut(m) {
+                softmax(row);
             }
+            // o [rows × dv] = scores · v [m × dv]
+            unsafe { sgemm([rows, dv, m], (o.as_mut_ptr(), dv), (scores.as_ptr(), m, 1), (v.as_ptr(), dv, 1), 1.0, false, false) };
         });
     });
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, [b, heads, n, dv]))))
 }
 
-/// One attention task's buffers, kept per thread: the scores `[keys, rows]`, and per query its
-/// maximum score and its sum of exponentials.
-#[derive(Default)]
-struct ScoreBlock {
-    scores: Vec<f32>,
-    max: Vec<f32>,
-    sums: Vec<f32>,
-}
-
 dispatch_wide! {
-    /// `s ← e^(s − max)` down each column of `s` `[keys, rows]`, `max` and `sums` (`rows` long)
-    /// set to each column's maximum and sum.
-    fn exp_columns(s: &mut [f32], rows: usize, max: &mut [f32], sums: &mut [f32]) => exp_columns_body
+    /// softmax of one row in place: `e^(x − max) / Σ`.
+    fn softmax(row: &mut [f32]) => softmax_body
 }
 
 #[inline(always)]
-fn exp_columns_body(s: &mut [f32], rows: usize, max: &mut [f32], sums: &mut [f32]) {
-    max.fill(f32::NEG_INFINITY);
-    for row in s.chunks_exact(rows) {
-        for (m, &x) in max.iter_mut().zip(row) {
+fn softmax_body(row: &mut [f32]) {
+    // 32 lanes: four vectors' worth of independent maxima and sums, so that no add waits on
+    // the one before (a single vector accumulator is bound by the add's latency).
+    const L: usize = 32;
+    let mut chunks = row.chunks_exact(L);
+    let mut lanes = [f32::NEG_INFINITY; L];
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
             *m = if x > *m { x } else { *m };
         }
     }
-    sums.fill(0.0);
-    for row in s.chunks_exact_mut(rows) {
-        for ((x, &m), sum) in row.iter_mut().zip(&*max).zip(sums.iter_mut()) {
-            *x = exp_f32(*x - m);
-            *sum += *x;
+    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for x in row.iter_mut() {
+        *x = exp_f32(*x - max);
+    }
+    let mut chunks = row.chunks_exact(L);
+    let mut lanes = [0f32; L];
+    for c in &mut chunks {
+        for (s, &x) in lanes.iter_mut().zip(c) {
+            *s += x;
         }
     }
+    let sum: f32 = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// `(Σ v, Σ v²)` over `x` in f64, in 8 independent lanes (so that it vectorizes).
