@@ -120,6 +120,12 @@ pub unsafe fn sgemm(
     accumulate: bool,
     parallel: bool,
 ) {
+    let unit_columns = dst.1 >= n && lhs.2 == 1 && rhs.2 == 1;
+    #[cfg(target_arch = "x86_64")]
+    if parallel && accumulate && scale == 1.0 && unit_columns && super::skinny_gemm::applies([m, n, k]) {
+        // SAFETY: the caller's shapes and strides, as `gemm` would take them.
+        return unsafe { super::skinny_gemm::sgemm([m, n, k], dst, (lhs.0, lhs.1), (rhs.0, rhs.1)) };
+    }
     let par = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     let i = |s: usize| s as isize;
     unsafe {
@@ -376,6 +382,13 @@ mod tests {
         // A transposed weight view (as fused projections may be) is read as its values.
         let wt = w.clone().transpose().transpose();
         assert_eq!(linear(&x, &wt, Some(&b)).unwrap().into_data(), linear(&x, &w, Some(&b)).unwrap().into_data());
+        // 64 rows against a long reduction: the skinny kernel's shape (on AVX-512 CPUs).
+        let x = Tensor::<3>::random([1, 64, 320], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::random([320, 96], Distribution::Normal(0.0, 0.3), &device);
+        let b = Tensor::<1>::random([96], Distribution::Normal(0.0, 1.0), &device);
+        let expected = burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()));
+        let err = (linear(&x, &w, Some(&b)).expect("fast path") - expected).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-4, "64 rows: max error {err}");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub mod cpu_ops;
 #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
 pub mod gpu;
 pub mod profile;
+#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
+pub mod skinny_gemm;
 #[cfg(all(feature = "cpu", not(target_arch = "wasm32")))]
 pub mod winograd;
 
