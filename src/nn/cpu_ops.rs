@@ -120,9 +120,9 @@ pub unsafe fn sgemm(
     accumulate: bool,
     parallel: bool,
 ) {
-    let unit_columns = dst.1 >= n && lhs.2 == 1 && rhs.2 == 1;
+    // One short side against a long reduction: see `skinny_gemm` (its rows must be contiguous).
     #[cfg(target_arch = "x86_64")]
-    if parallel && accumulate && scale == 1.0 && unit_columns && super::skinny_gemm::applies([m, n, k]) {
+    if parallel && accumulate && scale == 1.0 && lhs.2 == 1 && rhs.2 == 1 && dst.1 >= n && super::skinny_gemm::applies([m, n, k]) {
         // SAFETY: the caller's shapes and strides, as `gemm` would take them.
         return unsafe { super::skinny_gemm::sgemm([m, n, k], dst, (lhs.0, lhs.1), (rhs.0, rhs.1)) };
     }
