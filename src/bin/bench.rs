@@ -34,8 +34,8 @@ pub struct BenchArgs {
     /// Time each part this many times (after one warm-up) and report the best.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// Parts to time, comma-separated (unet, encode, decode); e.g. `--parts unet --steps 0`
-    /// for a UNet-only profile, `--parts none` for a stylization's own peak memory.
+    /// Parts to time, comma-separated (unet, unet2: a CFG pair, as the pipeline calls it,
+    /// encode, decode); e.g. `--parts unet --steps 0` for a UNet-only profile, `--parts none` for a stylization's own peak memory.
     #[arg(long, default_value = "unet,encode,decode", value_delimiter = ',')]
     parts: Vec<String>,
     /// Compute precision: f32, or f16 (weights and activations; GPU backends with f16).
@@ -178,8 +178,8 @@ impl Observer for StageClock {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let dir = &args.config;
-    if let Some(p) = args.parts.iter().find(|p| !["unet", "encode", "decode", "none"].contains(&p.as_str())) {
-        return Err(Error::InvalidOption(format!("--parts: unknown part {p:?} (unet, encode, decode, or none)")));
+    if let Some(p) = args.parts.iter().find(|p| !["unet", "unet2", "encode", "decode", "none"].contains(&p.as_str())) {
+        return Err(Error::InvalidOption(format!("--parts: unknown part {p:?} (unet, unet2, encode, decode, or none)")));
     }
     println!("zepo bench: random weights, configs from {}", dir.display());
     println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -236,6 +236,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             if part("unet") {
                 timed("UNet forward (1 image)", &mut || model.unet.forward(z.clone(), &[499.0], &ctx))?;
             }
+            if part("unet2") {
+                let (z2, ctx2) = (Tensor::cat(vec![z.clone(), z.clone()], 0), Tensor::cat(vec![prompts.uncond.clone(), ctx.clone()], 0));
+                timed("UNet forward (2 images)", &mut || model.unet.forward(z2.clone(), &[499.0, 499.0], &ctx2))?;
+            }
             if part("encode") {
                 timed("VAE encode", &mut || model.vae.encode(x.clone()).mean)?;
             }
@@ -260,9 +264,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let cpu = cpu_seconds();
                 let mut clock =
                     StageClock { start: Instant::now(), last: Instant::now(), stages: vec![], current: None, device: device.clone() };
+                profile::enable(args.profile);
                 model.stylize(&content, Style::Image(&style), &opts, &prompts, &mut SeededNoise::new(0), &mut clock, None)?;
                 let total = clock.start.elapsed().as_secs_f64();
                 let total_cpu = cpu_seconds() - cpu;
+                profile::enable(false);
+                let table = profile::take();
                 let c = model.counters();
                 let stages: Vec<String> = clock.stages.iter().map(|(s, t)| format!("{} {t:.2}", s.name())).collect();
                 println!(
@@ -274,6 +281,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     c.vae_decodes,
                     peak_rss_mib().unwrap_or(f64::NAN)
                 );
+                if args.profile {
+                    print_profile(&format!("stylization, {size}², N={n} (timed above with the profile on)"), total, table, peaks);
+                }
             }
         }
     }
