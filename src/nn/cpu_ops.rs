@@ -395,24 +395,24 @@ mod tests {
     #[test]
     fn attention_equals_burn() {
         let device = Device::flex();
+        // q [b, heads, n, d], k [b, heads, m, d], v [b, heads, m, dv] against burn's attention.
+        let check = |[b, heads, n, m, d, dv]: [usize; 6]| {
+            let q = Tensor::<4>::random([b, heads, n, d], Distribution::Normal(0.0, 1.0), &device);
+            let k = Tensor::<4>::random([b, heads, m, d], Distribution::Normal(0.0, 1.0), &device);
+            let v = Tensor::<4>::random([b, heads, m, dv], Distribution::Normal(0.0, 1.0), &device);
+            let expected = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, Default::default());
+            let err = (attention(&q, &k, &v).expect("fast path") - expected).abs().max().into_scalar::<f32>();
+            assert!(err < 1e-5, "{:?}: max error {err}", [b, heads, n, m, d, dv]);
+            (q, k, v)
+        };
         // Two heads of 40 over 300 queries (three blocks, the last short) and 77 keys (a
         // cross-attention's context); values 24 wide.
-        let q = Tensor::<4>::random([2, 2, 300, 40], Distribution::Normal(0.0, 1.0), &device);
-        let k = Tensor::<4>::random([2, 2, 77, 40], Distribution::Normal(0.0, 1.0), &device);
-        let v = Tensor::<4>::random([2, 2, 77, 24], Distribution::Normal(0.0, 1.0), &device);
-        let expected = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, Default::default());
-        let err = (attention(&q, &k, &v).expect("fast path") - expected).abs().max().into_scalar::<f32>();
-        assert!(err < 1e-5, "max error {err}");
+        let (q, k, v) = check([2, 2, 300, 77, 40, 24]);
         // Transposed views (as split heads are) are read as their values.
         let qt = q.clone().swap_dims(1, 2).reshape([2, 300, 80]).reshape([2, 300, 2, 40]).swap_dims(1, 2);
         assert_eq!(attention(&qt, &k, &v).unwrap().into_data(), attention(&q, &k, &v).unwrap().into_data());
         // 4100 keys (more than a 64² map's), 150 queries: a full block and a short one.
-        let q = Tensor::<4>::random([1, 1, 150, 16], Distribution::Normal(0.0, 1.0), &device);
-        let k = Tensor::<4>::random([1, 1, 4100, 16], Distribution::Normal(0.0, 1.0), &device);
-        let v = Tensor::<4>::random([1, 1, 4100, 16], Distribution::Normal(0.0, 1.0), &device);
-        let expected = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, Default::default());
-        let err = (attention(&q, &k, &v).expect("fast path") - expected).abs().max().into_scalar::<f32>();
-        assert!(err < 1e-5, "4100 keys: max error {err}");
+        check([1, 1, 150, 4100, 16, 16]);
     }
 
     #[test]
