@@ -35,7 +35,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Parts to time, comma-separated (unet, unet2: a CFG pair, as the pipeline calls it,
-    /// encode, decode); e.g. `--parts unet --steps 0` for a UNet-only profile, `--parts none` for a stylization's own peak memory.
+    /// encode, decode); e.g. `--parts unet --steps 0` for a UNet-only profile, `--parts none`
+    /// for a stylization's own peak memory.
     #[arg(long, default_value = "unet,encode,decode", value_delimiter = ',')]
     parts: Vec<String>,
     /// Compute precision: f32, or f16 (weights and activations; GPU backends with f16).

@@ -89,10 +89,10 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
         let out = super::winograd::conv3x3(xs, ws, bs, [b, c_in, h, w], c_out, (top, left), (geo.h_out, geo.w_out));
         return Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, [b, c_out, geo.h_out, geo.w_out]))));
     }
-    let k = c_in * kh * kw;
     if b > 1 && plane < MIN_BAND_PIXELS {
         return Ok(small_maps_batched(xs, ws, bs, &geo, [b, c_in, c_out]));
     }
+    let k = c_in * kh * kw;
     let mut out = vec![0f32; b * c_out * plane];
     if let Some(bs) = bs {
         for (row, &v) in out.chunks_mut(plane).zip(bs.iter().cycle()) {
@@ -108,7 +108,7 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
             let nr = rows.min(geo.h_out - r0);
             let n = nr * geo.w_out;
             let cols = &mut cols[..k * n];
-            geo.unfold(xi, r0, nr, cols);
+            geo.unfold(xi, r0, nr, cols, n);
             // out[:, r0·w_out ..][c_out × n] += W[c_out × k] · cols[k × n]
             let dst = oi[r0 * geo.w_out..].as_mut_ptr();
             // SAFETY: c_out rows of n values at stride plane from there; W is c_out × k, cols k × n.
@@ -119,20 +119,16 @@ fn try_fast(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
     Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
 }
 
-/// A batch of small maps (the UNet's 8² and 4² at 256², where its 1280-channel weights of 59–118
-/// MB meet 64 or 16 pixels an image): every image's columns side by side in one product, which
+/// A batch of small maps (the UNet's 16², 8² and 4² at 256², where weights of up to 118 MB meet
+/// 256, 64 or 16 pixels an image): every image's columns side by side in one product, which
 /// streams the weight once for the batch instead of once per image, then each image's part put
 /// in its place.
 fn small_maps_batched(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry, [b, c_in, c_out]: [usize; 3]) -> Tensor<4> {
     let (plane, k) = (geo.h_out * geo.w_out, c_in * geo.kh * geo.kw);
     let n = b * plane;
     let mut cols = vec![0f32; k * n];
-    let mut image_cols = vec![0f32; k * plane];
     for i in 0..b {
-        geo.unfold(&x[i * c_in * geo.h * geo.w..(i + 1) * c_in * geo.h * geo.w], 0, geo.h_out, &mut image_cols);
-        for (dst, src) in cols.chunks_exact_mut(n).zip(image_cols.chunks_exact(plane)) {
-            dst[i * plane..(i + 1) * plane].copy_from_slice(src);
-        }
+        geo.unfold(&x[i * c_in * geo.h * geo.w..(i + 1) * c_in * geo.h * geo.w], 0, geo.h_out, &mut cols[i * plane..], n);
     }
     let mut product = vec![0f32; c_out * n];
     if let Some(bias) = bias {
@@ -168,11 +164,13 @@ struct Geometry {
 
 impl Geometry {
     /// im2col of output rows `r0 .. r0 + nr` of one image `x` `[c_in, h, w]`: `cols` `[c_in·kh·kw,
-    /// nr·w_out]`, row `(c·kh + i)·kw + j` holding `x[c, oy·sh + i - top, ox·sw + j - left]`
-    /// (0 outside the image).
-    fn unfold(&self, x: &[f32], r0: usize, nr: usize, cols: &mut [f32]) {
+    /// nr·w_out]` with rows `ld` apart (wider than `nr·w_out` where a batch's images lie side by
+    /// side), row `(c·kh + i)·kw + j` holding `x[c, oy·sh + i - top, ox·sw + j - left]` (0
+    /// outside the image).
+    fn unfold(&self, x: &[f32], r0: usize, nr: usize, cols: &mut [f32], ld: usize) {
         let n = nr * self.w_out;
-        cols.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+        cols.par_chunks_mut(ld).enumerate().for_each(|(row, dst)| {
+            let dst = &mut dst[..n];
             let (c, ij) = (row / (self.kh * self.kw), row % (self.kh * self.kw));
             let (i, j) = (ij / self.kw, ij % self.kw);
             let src = &x[c * self.h * self.w..(c + 1) * self.h * self.w];

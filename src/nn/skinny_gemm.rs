@@ -22,9 +22,9 @@
 use rayon::prelude::*;
 
 /// Columns of `C` per task, and per register block: four AVX-512 vectors.
-pub const TILE_COLS: usize = 64;
+const TILE_COLS: usize = 64;
 /// Rows of `C` per register block: with [`TILE_COLS`], 24 accumulators of the 32 registers.
-pub const BLOCK_ROWS: usize = 6;
+const BLOCK_ROWS: usize = 6;
 /// Rows of `C` per task where the columns are too few to share out (a multiple of
 /// [`BLOCK_ROWS`]).
 const TILE_ROWS: usize = 48;
@@ -33,9 +33,9 @@ const TILE_ROWS: usize = 48;
 const CHUNK_K: usize = 1024;
 
 /// Whether [`sgemm`] should take `[m, n, k]`: one side short (at most 64 rows, or at most 32
-/// columns; at 128 rows or 64 columns `gemm` measured as fast, at 256 faster) against a long reduction,
-/// columns in whole vectors, on a CPU with AVX-512 (elsewhere `gemm`'s kernels are the better
-/// choice).
+/// columns; at 128 rows or 64 columns `gemm` measured as fast, at 256 faster) against a long
+/// reduction, columns in whole vectors, on a CPU with AVX-512 (elsewhere `gemm`'s kernels are
+/// the better choice).
 pub fn applies([m, n, k]: [usize; 3]) -> bool {
     (m <= 64 || n <= 32) && n % 16 == 0 && k >= 256 && has_avx512()
 }
